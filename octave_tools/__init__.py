@@ -1,0 +1,53 @@
+"""octave-tools: text-to-speech for LLM agents, on the AIML API (hume/octave-2 by default).
+
+The core has no LangChain or MCP imports; those faces live in
+``octave_tools.langchain`` and ``octave_tools.mcp``.
+"""
+
+from ._version import __version__
+from .client import AsyncOctaveClient, OctaveClient
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BudgetExceededError,
+    ConfigurationError,
+    InvalidInputError,
+    NotFoundError,
+    OctaveError,
+    RateLimitError,
+    ServerError,
+    UnexpectedResponseError,
+)
+from .models import Speech
+from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "DEFAULT_MODEL",
+    "DEFAULT_VOICE",
+    "FORMATS",
+    "MAX_TEXT_CHARS",
+    "VOICES",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncOctaveClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "ConfigurationError",
+    "InvalidInputError",
+    "NotFoundError",
+    "OctaveClient",
+    "OctaveError",
+    "RateLimitError",
+    "ServerError",
+    "Speech",
+    "UnexpectedResponseError",
+    "__version__",
+]

@@ -1,0 +1,468 @@
+"""Everything about a call that is not I/O: validation, the request, parsing, retries.
+
+The sync and async clients share these pure functions and differ only in how
+bytes move and how they sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._version import __version__
+from ._settings import ENV_API_KEY, ENV_MODEL, Settings, is_loopback
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UnexpectedResponseError,
+)
+from .models import Speech
+from .voices import MAX_TEXT_CHARS, AudioFormat, resolve_format, resolve_voice
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+# A Retry-After longer than this is not waited out: the caller gets the error and the hint.
+MAX_RETRY_AFTER = 30.0
+MAX_JSON_BYTES = 1 << 20
+MAX_AUDIO_BYTES = 64 << 20
+EXCERPT_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Call:
+    """A validated request, ready to send (the same bytes on every attempt)."""
+
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    text_chars: int
+    model: str
+    voice: str | None
+    format: AudioFormat
+    client_request_id: str
+    secret: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What came back from one attempt, body already capped and read."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class AudioPayload:
+    """A 2xx that carried the audio bytes themselves instead of a URL."""
+
+    data: bytes
+    extension: str
+    request_id: str | None
+    credits_used: int | float | None
+    usd_spent: float | None
+
+
+def validate_text(text: object) -> str:
+    """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix."""
+    if not isinstance(text, str):
+        raise InvalidInputError(
+            f"text must be a string, not {type(text).__name__}.", field="text"
+        )
+    if not text.strip():
+        raise InvalidInputError(
+            "text is empty. Pass the words to speak (at least one non-space character).",
+            field="text",
+        )
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInputError(
+            f"text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}. "
+            "Split it into shorter parts and synthesise each.",
+            field="text",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"text holds invalid Unicode at character {exc.start} (a lone surrogate). "
+            "Remove it or decode the text properly.",
+            field="text",
+        ) from None
+    return text
+
+
+def prepare(
+    settings: Settings, text: object, voice: str | None, fmt: str | None
+) -> Call:
+    """Validate the arguments and build the request; raises before any I/O."""
+    text = validate_text(text)
+    model = settings.model
+    resolved_voice = resolve_voice(voice if voice is not None else settings.voice, model)
+    resolved_format = resolve_format(fmt if fmt is not None else settings.format)
+    key = settings.require_key()
+    payload: dict[str, Any] = {"model": model, "text": text, "format": resolved_format}
+    if resolved_voice is not None:
+        payload["voice"] = resolved_voice
+    client_request_id = f"octave-tools-{uuid.uuid4().hex}"
+    return Call(
+        url=settings.tts_url(),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"octave-tools/{__version__}",
+            "X-Client-Request-Id": client_request_id,
+        },
+        body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+        text_chars=len(text),
+        model=model,
+        voice=resolved_voice,
+        format=resolved_format,
+        client_request_id=client_request_id,
+        secret=key,
+    )
+
+
+# ---------------------------------------------------------------- responses
+
+
+def body_limit(headers: Mapping[str, str]) -> int:
+    """How many body bytes to accept for a response with these headers."""
+    return MAX_AUDIO_BYTES if _is_audio(headers) else MAX_JSON_BYTES
+
+
+def _is_audio(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").lower().startswith("audio/")
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` masked."""
+    return text.replace(secret, "**********") if secret else text
+
+
+def excerpt(body: bytes, secret: str) -> str:
+    """A short, single-line, key-free quote of a response body."""
+    text = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    text = re.sub(r"<[^>]*>", " ", text)
+    text = " ".join(text.split())
+    text = redact(text, secret)
+    if len(text) > EXCERPT_CHARS:
+        text = text[: EXCERPT_CHARS - 1] + "…"
+    return text or "(empty body)"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _number(value: object) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            return None
+        if parsed != parsed or abs(parsed) == float("inf"):
+            return None
+        return int(parsed) if parsed.is_integer() else parsed
+    return None
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _request_id(headers: Mapping[str, str], data: Any) -> str | None:
+    for candidate in (
+        headers.get("x-inference-id"),
+        _dig(data, "meta", "request_id"),
+        _dig(data, "metadata", "request_id"),
+        _dig(data, "requestId"),
+    ):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()[:200]
+    return None
+
+
+def _usage(headers: Mapping[str, str], data: Any) -> tuple[int | float | None, float | None]:
+    credits = _number(_dig(data, "meta", "usage", "credits_used"))
+    if credits is None:
+        credits = _number(headers.get("x-aimlapi-credits-used"))
+    usd = _number(_dig(data, "meta", "usage", "usd_spent"))
+    if usd is None:
+        usd = _number(headers.get("x-aimlapi-usd-spent"))
+    return credits, (float(usd) if usd is not None else None)
+
+
+def _audio_url(data: Any) -> str | None:
+    audio = _dig(data, "audio")
+    if isinstance(audio, dict):
+        audio = audio.get("url")
+    if isinstance(audio, str) and audio.strip():
+        return audio.strip()
+    return None
+
+
+def check_audio_url(url: str, base_url: str) -> bool:
+    """True if ``url`` is safe to hand to a user: https, or loopback http in tests."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if not parts.hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    base = urlsplit(base_url)
+    return (
+        parts.scheme == "http"
+        and base.scheme == "http"
+        and is_loopback(base.hostname)
+        and is_loopback(parts.hostname)
+    )
+
+
+def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | AudioPayload:
+    """Turn a 2xx into a Speech (or raw audio to save); raise if it holds neither."""
+    request_id = raw.headers.get("x-inference-id") or None
+    if _is_audio(raw.headers):
+        if not raw.body:
+            raise _unexpected(call, raw, "an empty audio body", request_id)
+        subtype = raw.headers["content-type"].split(";")[0].split("/")[-1].strip().lower()
+        extension = {"mpeg": "mp3", "x-wav": "wav", "wave": "wav"}.get(subtype, subtype)
+        credits, usd = _usage(raw.headers, None)
+        return AudioPayload(raw.body, extension or call.format, request_id, credits, usd)
+    data = _json(raw.body)
+    url = _audio_url(data)
+    if data is None or url is None:
+        what = "no audio URL" if data is not None else "a body that is not JSON"
+        raise _unexpected(call, raw, what, _request_id(raw.headers, data))
+    if not check_audio_url(url, base_url):
+        raise _unexpected(
+            call, raw, f"an audio URL that is not https ({_scheme(url)})",
+            _request_id(raw.headers, data),
+        )
+    credits, usd = _usage(raw.headers, data)
+    return Speech(
+        audio_url=url,
+        format=call.format,
+        voice=call.voice,
+        model=call.model,
+        characters=call.text_chars,
+        credits_used=credits,
+        usd_spent=usd,
+        request_id=_request_id(raw.headers, data),
+        engine="aimlapi",
+    )
+
+
+def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech:
+    """The Speech for raw audio that was saved to ``file_url``."""
+    return Speech(
+        audio_url=file_url,
+        format=payload.extension if payload.extension in ("wav", "mp3") else call.format,
+        voice=call.voice,
+        model=call.model,
+        characters=call.text_chars,
+        credits_used=payload.credits_used,
+        usd_spent=payload.usd_spent,
+        request_id=payload.request_id,
+        engine="aimlapi",
+    )
+
+
+def _scheme(url: str) -> str:
+    scheme = url.split(":", 1)[0] if ":" in url else "no scheme"
+    return (scheme[:20] or "no scheme") + ("" if scheme == "no scheme" else ":")
+
+
+def _unexpected(
+    call: Call, raw: RawResponse, what: str, request_id: str | None
+) -> UnexpectedResponseError:
+    quote = excerpt(raw.body, call.secret)
+    return UnexpectedResponseError(
+        f"The API answered {raw.status_code} with {what}, so there is no audio to return: "
+        f"{quote!r}. Report this with request id {request_id or call.client_request_id}.",
+        status_code=raw.status_code,
+        body_excerpt=quote,
+        request_id=request_id,
+    )
+
+
+def _error_message(body: bytes, secret: str) -> str:
+    data = _json(body)
+    message = _dig(data, "message") or _dig(data, "error", "message") or _dig(data, "error")
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    if isinstance(message, str) and message.strip():
+        return excerpt(message.encode("utf-8"), secret)
+    return excerpt(body, secret)
+
+
+def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> APIStatusError:
+    """The typed error for a non-2xx response, with a message that says what to do."""
+    status = raw.status_code
+    data = _json(raw.body)
+    request_id = _request_id(raw.headers, data)
+    detail = _error_message(raw.body, call.secret)
+    common: dict[str, Any] = {
+        "status_code": status,
+        "body_excerpt": detail,
+        "request_id": request_id,
+    }
+    if status in (400, 422):
+        return BadRequestError(
+            f"The API rejected the request ({status}: {detail}). Check the text, voice "
+            f"{call.voice!r} and format {call.format!r} for model {call.model!r}.",
+            **common,
+        )
+    if status == 401:
+        return AuthenticationError(
+            f"The API key was rejected (401: {detail}). Check {ENV_API_KEY[0]}: it must be a "
+            "valid AIML API key (https://aimlapi.com/app/keys).",
+            **common,
+        )
+    if status == 403:
+        return AuthenticationError(
+            f"The API refused this call (403: {detail}). The account may be out of credits or "
+            f"not allowed to use {call.model!r}; check the balance and key permissions at "
+            "https://aimlapi.com/app/billing.",
+            **common,
+        )
+    if status == 404:
+        return NotFoundError(
+            f"The API does not know model {call.model!r} (404: {detail}); it may be retired. "
+            f"Set {ENV_MODEL[0]} to a current text-to-speech model.",
+            **common,
+        )
+    if status == 429:
+        when = (
+            f"Retry after {retry_after:g} s."
+            if retry_after is not None
+            else "Wait a few seconds and retry, or lower the request rate."
+        )
+        return RateLimitError(
+            f"The API rate limit was hit (429: {detail}). {when}",
+            retry_after=retry_after,
+            **common,
+        )
+    if status >= 500:
+        return ServerError(
+            f"The API failed ({status}: {detail}). This is usually temporary; try again later.",
+            **common,
+        )
+    return APIStatusError(f"The API answered {status}: {detail}.", **common)
+
+
+# ---------------------------------------------------------------- retries
+
+
+def should_retry(status_code: int) -> bool:
+    """Whether a response with this status is worth another attempt."""
+    return status_code in RETRY_STATUSES
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        value = _number(ms.strip())
+        if value is not None and value >= 0:
+            return float(value) / 1000
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    value = _number(raw)
+    if value is not None:
+        return float(value) if value >= 0 else None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter for retry number ``attempt`` (0-based)."""
+    delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY)
+    return delay * (1 - 0.25 * rand())
+
+
+def retry_wait(
+    attempt: int,
+    max_retries: int,
+    retry_after: float | None,
+    remaining: float,
+    rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Seconds to wait before the next attempt, or None to give up now.
+
+    Gives up when retries are spent, when the server asks for a wait longer than
+    MAX_RETRY_AFTER, or when the wait would not leave time for another attempt.
+    """
+    if attempt >= max_retries:
+        return None
+    if retry_after is not None:
+        if retry_after > MAX_RETRY_AFTER:
+            return None
+        wait = retry_after
+    else:
+        wait = backoff_delay(attempt, rand)
+    return wait if wait < remaining else None
+
+
+def timeout_error(call: Call, timeout: float) -> APITimeoutError:
+    return APITimeoutError(
+        f"The call did not finish within its {timeout:g} s limit. Try again, send shorter "
+        "text, or raise OCTAVE_TOOLS_TIMEOUT.",
+        timeout=timeout,
+    )
+
+
+def connection_error(call: Call, exc: BaseException, attempts: int) -> APIConnectionError:
+    reason = redact(str(exc) or type(exc).__name__, call.secret)
+    host = urlsplit(call.url).netloc
+    return APIConnectionError(
+        f"Could not reach the API at {host} after {attempts} attempt"
+        f"{'s' if attempts != 1 else ''} ({type(exc).__name__}: {reason}). Check the network "
+        "and AIMLAPI_BASE_URL, then try again."
+    )
+
+
+def too_large_error(call: Call, raw_status: int, limit: int) -> UnexpectedResponseError:
+    return UnexpectedResponseError(
+        f"The API's response was larger than {limit:,} bytes and was not read. "
+        "This is not a normal answer; try again later.",
+        status_code=raw_status,
+        body_excerpt="",
+    )

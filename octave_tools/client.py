@@ -1,0 +1,297 @@
+"""OctaveClient and AsyncOctaveClient: the same logic, only the send loop differs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+
+from . import _protocol as proto
+from ._files import new_audio_path, write_atomic
+from ._settings import Settings
+from .errors import ConfigurationError
+from .models import Speech
+from .voices import VoiceCatalogue, catalogue_for
+
+__all__ = ["AsyncOctaveClient", "OctaveClient"]
+
+logger = logging.getLogger("octave_tools")
+
+_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
+
+
+class _BaseClient:
+    """Settings, validation, engine choice and response handling; no I/O of its own."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        voice: str | None = None,
+        format: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        engine: str | None = None,
+        output_dir: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self._settings = settings or Settings.load(
+            api_key=api_key,
+            base_url=base_url,
+            model=model,
+            voice=voice,
+            format=format,
+            timeout=timeout,
+            max_retries=max_retries,
+            engine=engine,
+            output_dir=output_dir,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The resolved settings (the key is never shown)."""
+        return self._settings
+
+    def __repr__(self) -> str:
+        s = self._settings
+        key = "set" if s.has_key else "missing"
+        return (
+            f"{type(self).__name__}(model={s.model!r}, base_url={s.base_url!r}, "
+            f"engine={s.engine!r}, api_key=<{key}>)"
+        )
+
+    def voice_catalogue(self) -> VoiceCatalogue | None:
+        """The voices of the engine and model that would serve a call now.
+
+        Needs no API key; None when the model's catalogue is unknown.
+        """
+        if self._engine(strict=False) == "local":
+            from . import _local
+
+            return _local.catalogue()
+        return catalogue_for(self._settings.model)
+
+    def _engine(self, *, strict: bool = True) -> str:
+        """Which engine serves a call under the current settings.
+
+        With ``strict`` (a real call), a choice that cannot work raises
+        ConfigurationError; without it the AIML API is assumed.
+        """
+        choice = self._settings.engine
+        if choice != "auto":
+            return choice
+        if self._settings.has_key:
+            return "aimlapi"
+        from . import _local
+
+        if _local.is_available():
+            if strict:
+                _local.announce_auto_choice()
+            return "local"
+        if not strict:
+            return "aimlapi"
+        raise ConfigurationError(
+            "No AIML API key and no local engine. Either set AIMLAPI_API_KEY to use "
+            "hume/octave-2, or install the offline engine with "
+            "pip install 'octave-tools[local]'."
+        )
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self._settings.timeout
+
+    def _next_step(
+        self, call: proto.Call, raw: proto.RawResponse, attempt: int, deadline: float
+    ) -> Speech | float:
+        """A Speech when done, seconds to wait before retrying, or raise."""
+        if 200 <= raw.status_code < 300:
+            result = proto.interpret_success(call, raw, self._settings.base_url)
+            if isinstance(result, proto.AudioPayload):
+                path = write_atomic(
+                    new_audio_path(self._settings.output_dir, result.extension), result.data
+                )
+                return proto.speech_from_file(call, result, path.as_uri())
+            return result
+        retry_after = proto.parse_retry_after(raw.headers, now=time.time())
+        if proto.should_retry(raw.status_code):
+            wait = proto.retry_wait(
+                attempt, self._settings.max_retries, retry_after, deadline - time.monotonic()
+            )
+            if wait is not None:
+                logger.info(
+                    "octave-tools: %s from the API, retry %d in %.2f s",
+                    raw.status_code, attempt + 1, wait,
+                )
+                return wait
+        raise proto.status_error(call, raw, retry_after)
+
+    def _connection_wait(self, attempt: int, deadline: float) -> float | None:
+        return proto.retry_wait(
+            attempt, self._settings.max_retries, None, deadline - time.monotonic()
+        )
+
+
+def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length", "")
+    return declared.isdigit() and int(declared) > limit
+
+
+class OctaveClient(_BaseClient):
+    """Blocking client for the AIML API text-to-speech endpoint.
+
+    Settings come from the arguments, then the environment (``AIMLAPI_API_KEY``,
+    ``OCTAVE_TOOLS_*``). Pass ``http_client`` to use your own ``httpx.Client``;
+    it is then yours to close.
+    """
+
+    def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(limits=_LIMITS, follow_redirects=False)
+
+    def synthesize(self, text: str, *, voice: str | None = None, format: str | None = None) -> Speech:
+        """Turn ``text`` into speech and return where the audio is.
+
+        Raises InvalidInputError before any request for bad arguments, and another
+        OctaveError subclass when the call fails.
+        """
+        if self._engine() == "local":
+            from . import _local
+
+            return _local.synthesize(text, voice=voice, format=format, settings=self._settings)
+        call = proto.prepare(self._settings, text, voice, format)
+        deadline = self._deadline()
+        attempt = 0
+        while True:
+            try:
+                raw = self._send(call, deadline)
+            except (httpx.TimeoutException, TimeoutError):
+                raise proto.timeout_error(call, self._settings.timeout) from None
+            except httpx.HTTPError as exc:
+                wait = self._connection_wait(attempt, deadline)
+                if wait is None:
+                    raise proto.connection_error(call, exc, attempt + 1) from None
+                logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
+            else:
+                step = self._next_step(call, raw, attempt, deadline)
+                if isinstance(step, Speech):
+                    return step
+                wait = step
+            time.sleep(wait)
+            attempt += 1
+
+    def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        with self._http.stream(
+            "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
+        ) as response:
+            limit = proto.body_limit(response.headers)
+            if _declared_too_large(response, limit):
+                raise proto.too_large_error(call, response.status_code, limit)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise proto.too_large_error(call, response.status_code, limit)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+            return proto.RawResponse(response.status_code, response.headers, bytes(body))
+
+    def close(self) -> None:
+        """Close the HTTP connections this client opened (not an injected client)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> OctaveClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncOctaveClient(_BaseClient):
+    """The asyncio twin of OctaveClient: same arguments, same results, same errors."""
+
+    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
+
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, format: str | None = None
+    ) -> Speech:
+        """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
+        if self._engine() == "local":
+            from . import _local
+
+            return await _local.asynthesize(
+                text, voice=voice, format=format, settings=self._settings
+            )
+        call = proto.prepare(self._settings, text, voice, format)
+        deadline = self._deadline()
+        attempt = 0
+        while True:
+            try:
+                raw = await self._send(call, deadline)
+            except (httpx.TimeoutException, TimeoutError):
+                raise proto.timeout_error(call, self._settings.timeout) from None
+            except httpx.HTTPError as exc:
+                wait = self._connection_wait(attempt, deadline)
+                if wait is None:
+                    raise proto.connection_error(call, exc, attempt + 1) from None
+                logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
+            else:
+                step = self._next_step(call, raw, attempt, deadline)
+                if isinstance(step, Speech):
+                    return step
+                wait = step
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        # The cancel scope makes the total limit hard, even against a slow trickle of bytes.
+        with anyio.fail_after(remaining):
+            async with self._http.stream(
+                "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
+            ) as response:
+                limit = proto.body_limit(response.headers)
+                if _declared_too_large(response, limit):
+                    raise proto.too_large_error(call, response.status_code, limit)
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise proto.too_large_error(call, response.status_code, limit)
+                return proto.RawResponse(response.status_code, response.headers, bytes(body))
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections this client opened (not an injected client)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncOctaveClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
