@@ -30,3 +30,15 @@ class Speech(BaseModel):
     )
     engine: Engine = Field(default="aimlapi", description="Which engine produced the audio.")
     cached: bool = Field(default=False, description="True when served from the local cache.")
+
+    def summary(self) -> str:
+        """One short sentence with the URL, for an LLM or a person to read."""
+        details = [f"voice {self.voice!r}" if self.voice else "default voice", self.format]
+        if self.credits_used is not None:
+            details.append(f"{self.credits_used:,} credits")
+        if self.cached:
+            details.append("from cache, no charge")
+        where = (
+            "offline with the local engine (not Octave)" if self.engine == "local" else self.model
+        )
+        return f"Speech generated {where}: {self.audio_url} ({', '.join(details)})."
