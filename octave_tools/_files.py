@@ -8,8 +8,21 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
 
-__all__ = ["default_output_dir", "new_audio_path", "write_atomic"]
+import httpx
+
+from ._protocol import MAX_AUDIO_BYTES, check_audio_url
+from ._settings import Settings
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    UnexpectedResponseError,
+)
+
+__all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "write_atomic"]
 
 
 def default_output_dir() -> Path:
@@ -38,6 +51,8 @@ def write_atomic(path: Path, data: bytes) -> Path:
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        # mkstemp makes the file 0600; audio is not secret, so use the usual mode.
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -48,3 +63,60 @@ def write_atomic(path: Path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def fetch_audio(url: str, settings: Settings) -> bytes:
+    """The bytes behind an audio URL a synthesis returned (https, loopback http or file://).
+
+    Never sends the API key: the audio host is not the API.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(url2pathname(unquote(parts.path)))
+        try:
+            if path.stat().st_size > MAX_AUDIO_BYTES:
+                raise UnexpectedResponseError(
+                    f"The audio file {path} is larger than {MAX_AUDIO_BYTES:,} bytes.",
+                    status_code=200,
+                    body_excerpt="",
+                )
+            return path.read_bytes()
+        except OSError as exc:
+            raise APIConnectionError(
+                f"Could not read the audio file {path}: {exc.strerror}."
+            ) from None
+    if not check_audio_url(url, settings.base_url):
+        raise UnexpectedResponseError(
+            f"Refusing to download audio from a URL that is not https: {url[:80]!r}.",
+            status_code=200,
+            body_excerpt="",
+        )
+    host = parts.netloc
+    try:
+        with httpx.stream("GET", url, timeout=settings.timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise APIStatusError(
+                    f"Downloading the audio from {host} failed ({response.status_code}). The URL "
+                    "may have expired; synthesise again.",
+                    status_code=response.status_code,
+                )
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > MAX_AUDIO_BYTES:
+                    raise UnexpectedResponseError(
+                        f"The audio at {host} is larger than {MAX_AUDIO_BYTES:,} bytes.",
+                        status_code=response.status_code,
+                        body_excerpt="",
+                    )
+            return bytes(data)
+    except httpx.TimeoutException:
+        raise APITimeoutError(
+            f"Downloading the audio from {host} took longer than {settings.timeout:g} s.",
+            timeout=settings.timeout,
+        ) from None
+    except httpx.HTTPError as exc:
+        raise APIConnectionError(
+            f"Could not download the audio from {host} ({type(exc).__name__}). "
+            "Check the network and try again."
+        ) from None

@@ -16,8 +16,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._version import __version__
 from ._settings import ENV_API_KEY, ENV_MODEL, Settings, is_loopback
+from ._version import __version__
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -81,9 +81,7 @@ class AudioPayload:
 def validate_text(text: object) -> str:
     """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix."""
     if not isinstance(text, str):
-        raise InvalidInputError(
-            f"text must be a string, not {type(text).__name__}.", field="text"
-        )
+        raise InvalidInputError(f"text must be a string, not {type(text).__name__}.", field="text")
     if not text.strip():
         raise InvalidInputError(
             "text is empty. Pass the words to speak (at least one non-space character).",
@@ -106,9 +104,7 @@ def validate_text(text: object) -> str:
     return text
 
 
-def prepare(
-    settings: Settings, text: object, voice: str | None, fmt: str | None
-) -> Call:
+def prepare(settings: Settings, text: object, voice: str | None, fmt: str | None) -> Call:
     """Validate the arguments and build the request; raises before any I/O."""
     text = validate_text(text)
     model = settings.model
@@ -266,7 +262,9 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         raise _unexpected(call, raw, what, _request_id(raw.headers, data))
     if not check_audio_url(url, base_url):
         raise _unexpected(
-            call, raw, f"an audio URL that is not https ({_scheme(url)})",
+            call,
+            raw,
+            f"an audio URL that is not https ({_scheme(url)})",
             _request_id(raw.headers, data),
         )
     credits, usd = _usage(raw.headers, data)
@@ -414,7 +412,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
 
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter for retry number ``attempt`` (0-based)."""
-    delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY)
+    delay = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
     return delay * (1 - 0.25 * rand())
 
 

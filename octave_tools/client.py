@@ -67,6 +67,10 @@ class _BaseClient:
             f"engine={s.engine!r}, api_key=<{key}>)"
         )
 
+    def active_engine(self) -> str:
+        """``"aimlapi"`` or ``"local"``: the engine a call would use now (needs no key)."""
+        return self._engine(strict=False)
+
     def voice_catalogue(self) -> VoiceCatalogue | None:
         """The voices of the engine and model that would serve a call now.
 
@@ -126,7 +130,9 @@ class _BaseClient:
             if wait is not None:
                 logger.info(
                     "octave-tools: %s from the API, retry %d in %.2f s",
-                    raw.status_code, attempt + 1, wait,
+                    raw.status_code,
+                    attempt + 1,
+                    wait,
                 )
                 return wait
         raise proto.status_error(call, raw, retry_after)
@@ -155,7 +161,9 @@ class OctaveClient(_BaseClient):
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(limits=_LIMITS, follow_redirects=False)
 
-    def synthesize(self, text: str, *, voice: str | None = None, format: str | None = None) -> Speech:
+    def synthesize(
+        self, text: str, *, voice: str | None = None, format: str | None = None
+    ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
         Raises InvalidInputError before any request for bad arguments, and another
@@ -177,7 +185,9 @@ class OctaveClient(_BaseClient):
                 wait = self._connection_wait(attempt, deadline)
                 if wait is None:
                     raise proto.connection_error(call, exc, attempt + 1) from None
-                logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
+                logger.info(
+                    "octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait
+                )
             else:
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
@@ -252,7 +262,9 @@ class AsyncOctaveClient(_BaseClient):
                 wait = self._connection_wait(attempt, deadline)
                 if wait is None:
                     raise proto.connection_error(call, exc, attempt + 1) from None
-                logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
+                logger.info(
+                    "octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait
+                )
             else:
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from .voices import DEFAULT_MODEL, FORMATS, MAX_TEXT_CHARS, VOICES
 
-__all__ = ["Fault", "FakeAIMLAPI", "RecordedRequest"]
+__all__ = ["FakeAIMLAPI", "Fault", "RecordedRequest"]
 
 CREDITS_PER_CHAR = 125
 USD_PER_CREDIT = 1 / 2_000_000
@@ -129,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
                 content_type = "audio/mpeg" if self.path.endswith(".mp3") else "audio/wav"
                 self._send(200, data, content_type)
                 return
-        self._send(404, _error_body(404, f"Cannot GET {self.path}", self.path))
+        self._send(404, _error_body(404, f"Cannot GET {self.path}", self.path), "application/json")
 
     def do_POST(self) -> None:
         fake = self.server.fake
@@ -225,8 +225,10 @@ class FakeAIMLAPI:
         server.fake = self
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="fake-aimlapi", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-aimlapi",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -353,7 +355,7 @@ class FakeAIMLAPI:
     def random_faults(self, rate: float, faults: list[Fault], *, seed: int = 0) -> FakeAIMLAPI:
         """From now on, apply one of ``faults`` (at random) to a share ``rate`` of calls."""
         with self._lock:
-            self._random = (rate, list(faults), random.Random(seed))  # noqa: S311
+            self._random = (rate, list(faults), random.Random(seed))
         return self
 
     def _next_fault(self) -> Fault:

@@ -1,0 +1,253 @@
+"""The `octave-tools` command: say, voices, serve.
+
+Exit codes: 0 success; 2 usage or invalid input; 3 configuration (no key, bad
+setting, missing extra); 4 API or network failure; 5 spend limit reached;
+1 anything unexpected; 130 interrupted. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ._files import fetch_audio, write_atomic
+from ._version import __version__
+from .client import OctaveClient
+from .errors import (
+    APIError,
+    BudgetExceededError,
+    ConfigurationError,
+    InvalidInputError,
+    OctaveError,
+)
+from .voices import FORMATS
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_API = 4
+EXIT_BUDGET = 5
+EXIT_INTERRUPTED = 130
+
+PROG = "octave-tools"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print the whole usage block; one line is the contract.
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Text-to-speech for agents and people: the AIML API (hume/octave-2).",
+        epilog="Exit codes: 0 ok, 2 usage/invalid input, 3 configuration, 4 API/network, "
+        "5 spend limit, 1 unexpected.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log retries (-v) or debug (-vv)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    say = sub.add_parser("say", help="speak TEXT and print the audio URL")
+    say.add_argument("text", metavar="TEXT", help="the words to speak; '-' reads stdin")
+    say.add_argument("--voice", help="a voice name (see `octave-tools voices`)")
+    say.add_argument("--format", choices=FORMATS, help="audio format (default wav)")
+    say.add_argument("--out", metavar="FILE", help="also download the audio to FILE")
+    say.add_argument("--json", action="store_true", help="print the full result as JSON")
+    say.add_argument("--model", help="TTS model id (default hume/octave-2)")
+    say.add_argument("--timeout", type=float, help="total seconds for the call (default 60)")
+
+    voices = sub.add_parser("voices", help="list the voices of the active engine")
+    voices.add_argument("--json", action="store_true", help="print the catalogue as JSON")
+    voices.add_argument("--model", help="TTS model id (default hume/octave-2)")
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio or streamable HTTP)")
+    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback HTTP bind without OCTAVE_TOOLS_SERVER_TOKEN",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="server log level (logs go to stderr)",
+    )
+    return parser
+
+
+def _read_text(arg: str) -> str:
+    if arg != "-":
+        return arg
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"stdin is not UTF-8 (byte {exc.start}); convert it with iconv first.", field="text"
+        ) from None
+
+
+def _format_for(args: argparse.Namespace) -> str | None:
+    """--format, or the one --out's extension names; a contradiction is a usage error."""
+    suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""
+    if args.format and suffix in FORMATS and suffix != args.format:
+        raise InvalidInputError(
+            f"--out ends in .{suffix} but --format is {args.format}; make them agree.",
+            field="format",
+        )
+    return args.format or (suffix if suffix in FORMATS else None)
+
+
+def _say(args: argparse.Namespace) -> int:
+    text = _read_text(args.text)
+    fmt = _format_for(args)
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise InvalidInputError(
+            f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
+        )
+    with OctaveClient(model=args.model, timeout=args.timeout) as client:
+        speech = client.synthesize(text, voice=args.voice, format=fmt)
+        saved = None
+        if out is not None:
+            data = fetch_audio(speech.audio_url, client.settings)
+            saved = write_atomic(out, data)
+    if args.json:
+        record = speech.model_dump(mode="json")
+        if saved is not None:
+            record["file"] = str(saved)
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        print(speech.audio_url)
+    if speech.engine == "local" or saved is not None:
+        note = speech.summary()
+        if saved is not None:
+            note += f" Saved to {saved}."
+        print(note, file=sys.stderr)
+    return EXIT_OK
+
+
+def _voices(args: argparse.Namespace) -> int:
+    client = OctaveClient(model=args.model)
+    catalogue = client.voice_catalogue()
+    engine = client.active_engine()
+    client.close()
+    if catalogue is None:
+        raise ConfigurationError(
+            f"No voice catalogue is known for model {client.settings.model!r}; "
+            "its voices are passed to the API unchecked."
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "engine": engine,
+                    "model": catalogue.model,
+                    "default": catalogue.default,
+                    "voices": list(catalogue.voices),
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return EXIT_OK
+    print(f"Voices for {catalogue.model} (engine: {engine}); * marks the default:")
+    for name in catalogue.voices:
+        print(f"{'*' if name == catalogue.default else ' '} {name}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .mcp import run_server
+    except ImportError as exc:
+        if exc.name and (exc.name == "mcp" or exc.name.startswith(("mcp.", "uvicorn"))):
+            raise ConfigurationError(
+                "The MCP server needs the mcp extra: pip install 'octave-tools[mcp]'."
+            ) from None
+        raise
+    run_server(
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        insecure_no_auth=args.insecure_no_auth,
+        log_level=args.log_level,
+    )
+    return EXIT_OK
+
+
+def _exit_code(exc: OctaveError) -> int:
+    if isinstance(exc, InvalidInputError):
+        return EXIT_USAGE
+    if isinstance(exc, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(exc, BudgetExceededError):
+        return EXIT_BUDGET
+    if isinstance(exc, APIError):
+        return EXIT_API
+    return EXIT_UNEXPECTED
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code (never raises)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        if args.verbose:
+            logging.basicConfig(
+                stream=sys.stderr,
+                level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+                format="%(levelname)s %(name)s: %(message)s",
+            )
+        handler = {"say": _say, "voices": _voices, "serve": _serve}[args.command]
+        return handler(args)
+    except _UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OctaveError as exc:
+        return _fail(exc.message, _exit_code(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc} ({exc.filename or 'I/O'})", EXIT_UNEXPECTED)
+    except Exception as exc:  # the CLI promises no traceback, whatever happens
+        return _fail(
+            f"unexpected {type(exc).__name__}; run with -vv and report it", EXIT_UNEXPECTED
+        )
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
