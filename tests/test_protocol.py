@@ -1,0 +1,275 @@
+"""The pure decisions: requests, parsing, errors and retry policy, with no server."""
+
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from octave_tools import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UnexpectedResponseError,
+)
+from octave_tools import _protocol as proto
+from octave_tools._settings import Settings
+
+KEY = "sk-unit-9b1c0d"
+BASE = "https://api.aimlapi.com/v1"
+
+
+def call(**kw: object) -> proto.Call:
+    settings = Settings.load(api_key=KEY, environ={})
+    return proto.prepare(settings, kw.get("text", "Hello there."), kw.get("voice"), kw.get("fmt"))  # type: ignore[arg-type]
+
+
+def raw(status: int, body: object = b"", **headers: str) -> proto.RawResponse:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return proto.RawResponse(status, httpx.Headers(headers), data)
+
+
+# ------------------------------------------------------------ requests
+
+
+def test_prepare_builds_the_documented_request() -> None:
+    c = call(text="Hello there.", voice="relaxing asmr woman")
+    assert c.url == "https://api.aimlapi.com/v1/tts"
+    assert json.loads(c.body) == {
+        "model": "hume/octave-2",
+        "text": "Hello there.",
+        "voice": "Relaxing ASMR Woman",
+        "format": "wav",
+    }
+    assert c.headers["Authorization"] == f"Bearer {KEY}"
+    assert c.headers["Content-Type"] == "application/json"
+    assert c.headers["X-Client-Request-Id"] == c.client_request_id
+    assert 1 <= len(c.client_request_id) <= 128
+    assert KEY not in repr(c)
+
+
+def test_request_body_keeps_the_text_exactly() -> None:
+    text = 'Quotes " and \\ slashes, emoji 🎙️, NUL \x00 and newlines\n\tend'
+    assert json.loads(call(text=text).body)["text"] == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "text is empty"),
+        (" \n\t ", "text is empty"),
+        ("x" * 500_001, "text is 500,001 characters; the limit is 500,000"),
+        ("bad \ud800 surrogate", "text holds invalid Unicode at character 4"),
+        (42, "text must be a string, not int"),
+    ],
+)
+def test_invalid_text_is_refused_before_the_key_is_even_needed(text: object, message: str) -> None:
+    settings = Settings.load(environ={})  # no key: validation comes first
+    with pytest.raises(InvalidInputError, match=message) as info:
+        proto.prepare(settings, text, None, None)
+    assert info.value.field == "text"
+
+
+def test_text_at_the_limit_is_accepted() -> None:
+    assert call(text="x" * 500_000).text_chars == 500_000
+
+
+# ------------------------------------------------------------ success shapes
+
+
+def test_object_shape_with_usage() -> None:
+    body = {
+        "audio": {"url": "https://cdn.aimlapi.com/generations/a/1-u.wav"},
+        "meta": {"usage": {"credits_used": 12222}},
+    }
+    speech = proto.interpret_success(call(), raw(201, body, **{"x-inference-id": "inf-1"}), BASE)
+    assert not isinstance(speech, proto.AudioPayload)
+    assert speech.model_dump() == {
+        "audio_url": "https://cdn.aimlapi.com/generations/a/1-u.wav",
+        "format": "wav",
+        "voice": "Vince Douglas",
+        "model": "hume/octave-2",
+        "characters": 12,
+        "credits_used": 12222,
+        "usd_spent": None,
+        "request_id": "inf-1",
+        "engine": "aimlapi",
+        "cached": False,
+    }
+
+
+def test_string_shape_with_null_meta_reads_usage_from_headers() -> None:
+    body = {"audio": "https://cdn.example/x.wav", "meta": None}
+    headers = {"x-aimlapi-credits-used": "1500", "x-aimlapi-usd-spent": "0.00075"}
+    speech = proto.interpret_success(call(), raw(200, body, **headers), BASE)
+    assert not isinstance(speech, proto.AudioPayload)
+    assert speech.audio_url == "https://cdn.example/x.wav"
+    assert speech.credits_used == 1500
+    assert speech.usd_spent == 0.00075
+    assert speech.request_id is None
+
+
+def test_extra_fields_and_string_numbers_are_tolerated() -> None:
+    body = {
+        "audio": {"url": "https://cdn.example/x.wav", "duration": 1.8},
+        "meta": {"usage": {"credits_used": "12.5", "usd_spent": 1e-5}, "extra": [1]},
+        "metadata": {"request_id": "meta-id"},
+    }
+    speech = proto.interpret_success(call(), raw(200, body), BASE)
+    assert not isinstance(speech, proto.AudioPayload)
+    assert (speech.credits_used, speech.usd_spent, speech.request_id) == (12.5, 1e-5, "meta-id")
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        ({"meta": {"usage": {"credits_used": 5}}}, "no audio URL"),
+        ({"audio": {"url": ""}}, "no audio URL"),
+        ({"audio": None}, "no audio URL"),
+        ([1, 2], "no audio URL"),
+        (b"<html>oops</html>", "a body that is not JSON"),
+        (b"", "a body that is not JSON"),
+    ],
+)
+def test_2xx_without_a_usable_url_is_unexpected(body: object, what: str) -> None:
+    with pytest.raises(UnexpectedResponseError, match=f"answered 201 with {what}"):
+        proto.interpret_success(call(), raw(201, body), BASE)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://cdn.example/x.wav",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "data:audio/wav;base64,AAAA",
+        "https://",
+        "https://cdn.example/x.wav\nSet-Cookie: a",
+    ],
+)
+def test_only_https_audio_urls_are_accepted(url: str) -> None:
+    with pytest.raises(UnexpectedResponseError, match="audio URL that is not https"):
+        proto.interpret_success(call(), raw(200, {"audio": {"url": url}}), BASE)
+
+
+def test_loopback_http_urls_are_allowed_only_with_a_loopback_http_base() -> None:
+    assert proto.check_audio_url("http://127.0.0.1:5/f.wav", "http://127.0.0.1:5/v1")
+    assert not proto.check_audio_url("http://127.0.0.1:5/f.wav", BASE)
+    assert not proto.check_audio_url("http://evil.example/f.wav", "http://127.0.0.1:5/v1")
+
+
+def test_raw_audio_body_becomes_a_payload_to_save() -> None:
+    result = proto.interpret_success(
+        call(), raw(200, b"RIFF....WAVE", **{"content-type": "audio/wav"}), BASE
+    )
+    assert isinstance(result, proto.AudioPayload)
+    assert (result.data, result.extension) == (b"RIFF....WAVE", "wav")
+    assert proto.body_limit(httpx.Headers({"content-type": "audio/mpeg"})) == proto.MAX_AUDIO_BYTES
+    assert proto.body_limit(httpx.Headers({"content-type": "application/json"})) == (
+        proto.MAX_JSON_BYTES
+    )
+
+
+# ------------------------------------------------------------ error statuses
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "fragment"),
+    [
+        (400, BadRequestError, "The API rejected the request (400: Body validation error!)"),
+        (422, BadRequestError, "The API rejected the request (422"),
+        (401, AuthenticationError, "Check AIMLAPI_API_KEY"),
+        (403, AuthenticationError, "may be out of credits"),
+        (404, NotFoundError, "Set OCTAVE_TOOLS_MODEL to a current text-to-speech model"),
+        (429, RateLimitError, "Wait a few seconds and retry"),
+        (500, ServerError, "usually temporary"),
+        (504, ServerError, "(504: Body validation error!)"),
+        (418, APIStatusError, "The API answered 418"),
+    ],
+)
+def test_status_errors_are_typed_and_say_what_to_do(
+    status: int, kind: type[Exception], fragment: str
+) -> None:
+    body = {"message": "Body validation error!", "statusCode": str(status), "requestId": "r-9"}
+    err = proto.status_error(call(), raw(status, body), None)
+    assert type(err) is kind
+    assert fragment in str(err)
+    assert err.status_code == status
+    assert err.request_id == "r-9"
+
+
+def test_rate_limit_error_carries_retry_after() -> None:
+    err = proto.status_error(call(), raw(429, b"Too Many Requests"), 12.0)
+    assert isinstance(err, RateLimitError)
+    assert err.retry_after == 12.0
+    assert str(err) == "The API rate limit was hit (429: Too Many Requests). Retry after 12 s."
+
+
+def test_html_error_pages_are_quoted_as_short_plain_text() -> None:
+    page = b"<html><head><title>502 Bad Gateway</title></head><body>" + b"x" * 5000 + b"</body>"
+    err = proto.status_error(call(), raw(502, page), None)
+    assert err.body_excerpt.startswith("502 Bad Gateway x")
+    assert len(err.body_excerpt) <= proto.EXCERPT_CHARS
+    assert "<" not in err.body_excerpt
+
+
+def test_an_echoed_key_is_redacted_from_error_text() -> None:
+    err = proto.status_error(call(), raw(401, {"message": f"Bad key {KEY}"}), None)
+    assert KEY not in str(err)
+    assert KEY not in err.body_excerpt
+    assert "Bad key **********" in str(err)
+
+
+# ------------------------------------------------------------ retry policy
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried(status: int) -> None:
+    assert proto.should_retry(status)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 200, 201, 418, 501])
+def test_other_statuses_are_not_retried(status: int) -> None:
+    assert not proto.should_retry(status)
+
+
+def test_retry_after_in_seconds_milliseconds_and_http_date() -> None:
+    now = 1_000_000.0
+    assert proto.parse_retry_after(httpx.Headers({"retry-after": "3"}), now=now) == 3.0
+    assert proto.parse_retry_after(httpx.Headers({"retry-after": "0.5"}), now=now) == 0.5
+    assert proto.parse_retry_after(httpx.Headers({"retry-after-ms": "250"}), now=now) == 0.25
+    date = formatdate(now + 7, usegmt=True)
+    assert proto.parse_retry_after(httpx.Headers({"retry-after": date}), now=now) == 7.0
+    past = formatdate(now - 60, usegmt=True)
+    assert proto.parse_retry_after(httpx.Headers({"retry-after": past}), now=now) == 0.0
+    for junk in ("soon", "-4", ""):
+        assert proto.parse_retry_after(httpx.Headers({"retry-after": junk}), now=now) is None
+    assert proto.parse_retry_after(httpx.Headers({}), now=now) is None
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    assert [proto.backoff_delay(n, rand=lambda: 0.0) for n in range(6)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        8.0,
+    ]
+    assert proto.backoff_delay(1, rand=lambda: 1.0) == 0.75
+
+
+def test_retry_wait_honours_retry_after_and_gives_up_sensibly() -> None:
+    zero = lambda: 0.0  # noqa: E731
+    assert proto.retry_wait(0, 2, None, 60, zero) == 0.5
+    assert proto.retry_wait(0, 2, 3.0, 60, zero) == 3.0
+    assert proto.retry_wait(2, 2, None, 60, zero) is None  # retries spent
+    assert proto.retry_wait(0, 0, None, 60, zero) is None  # retries disabled
+    assert proto.retry_wait(0, 2, 3600.0, 1e9, zero) is None  # far future: give up, report
+    assert proto.retry_wait(0, 2, 5.0, 4.0, zero) is None  # would pass the deadline
