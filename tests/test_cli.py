@@ -54,7 +54,7 @@ def test_say_out_downloads_atomically_and_infers_the_format(
     capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI, tmp_path: Path
 ) -> None:
     target = tmp_path / "hello.mp3"
-    code, out, err = cli(capsys, "say", "Hi there", "--out", str(target))
+    code, _out, err = cli(capsys, "say", "Hi there", "--out", str(target))
     assert code == 0
     assert api_env.tts_requests[0].json["format"] == "mp3"
     assert target.read_bytes().startswith(b"ID3")
