@@ -6,6 +6,7 @@ bytes move and how they sleep.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -41,6 +42,7 @@ MAX_RETRY_AFTER = 30.0
 MAX_JSON_BYTES = 1 << 20
 MAX_AUDIO_BYTES = 64 << 20
 EXCERPT_CHARS = 200
+_UNSAFE_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,11 @@ class Call:
 
 @dataclass(frozen=True)
 class RawResponse:
-    """What came back from one attempt, body already capped and read."""
+    """What came back from one attempt, body already capped and read.
+
+    ``headers`` has lower-case names (a plain dict is much cheaper to query than
+    ``httpx.Headers``, and this is on every call's path).
+    """
 
     status_code: int
     headers: Mapping[str, str]
@@ -226,23 +232,24 @@ def _audio_url(data: Any) -> str | None:
 
 def check_audio_url(url: str, base_url: str) -> bool:
     """True if ``url`` is safe to hand to a user: https, or loopback http in tests."""
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+    if _UNSAFE_URL_CHARS.search(url):
         return False
     try:
         parts = urlsplit(url)
+        hostname = parts.hostname
     except ValueError:
         return False
-    if not parts.hostname:
+    if not hostname:
         return False
     if parts.scheme == "https":
         return True
+    return parts.scheme == "http" and is_loopback(hostname) and _loopback_http_base(base_url)
+
+
+@functools.lru_cache(maxsize=16)
+def _loopback_http_base(base_url: str) -> bool:
     base = urlsplit(base_url)
-    return (
-        parts.scheme == "http"
-        and base.scheme == "http"
-        and is_loopback(base.hostname)
-        and is_loopback(parts.hostname)
-    )
+    return base.scheme == "http" and is_loopback(base.hostname)
 
 
 def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | AudioPayload:

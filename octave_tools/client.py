@@ -213,7 +213,9 @@ class OctaveClient(_BaseClient):
                     raise proto.too_large_error(call, response.status_code, limit)
                 if time.monotonic() > deadline:
                     raise TimeoutError
-            return proto.RawResponse(response.status_code, response.headers, bytes(body))
+            return proto.RawResponse(
+                response.status_code, dict(response.headers.items()), bytes(body)
+            )
 
     def close(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
@@ -290,7 +292,9 @@ class AsyncOctaveClient(_BaseClient):
                     body += chunk
                     if len(body) > limit:
                         raise proto.too_large_error(call, response.status_code, limit)
-                return proto.RawResponse(response.status_code, response.headers, bytes(body))
+                return proto.RawResponse(
+                    response.status_code, dict(response.headers.items()), bytes(body)
+                )
 
     async def aclose(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""

@@ -32,7 +32,7 @@ def call(**kw: object) -> proto.Call:
 
 def raw(status: int, body: object = b"", **headers: str) -> proto.RawResponse:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return proto.RawResponse(status, httpx.Headers(headers), data)
+    return proto.RawResponse(status, {k.lower(): v for k, v in headers.items()}, data)
 
 
 # ------------------------------------------------------------ requests
