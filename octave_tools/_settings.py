@@ -28,6 +28,10 @@ ENV_TIMEOUT = ("OCTAVE_TOOLS_TIMEOUT",)
 ENV_MAX_RETRIES = ("OCTAVE_TOOLS_MAX_RETRIES",)
 ENV_ENGINE = ("OCTAVE_TOOLS_ENGINE",)
 ENV_OUTPUT_DIR = ("OCTAVE_TOOLS_OUTPUT_DIR",)
+ENV_DATA_DIR = ("OCTAVE_TOOLS_DATA_DIR",)
+ENV_LEDGER = ("OCTAVE_TOOLS_LEDGER",)
+ENV_MAX_CREDITS = ("OCTAVE_TOOLS_MAX_CREDITS",)
+ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -74,6 +78,10 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     engine: EngineChoice = "auto"
     output_dir: str | None = None
+    data_dir: str | None = None
+    ledger: bool = True
+    max_credits_per_day: float | None = None
+    cache_ttl: float = 0.0
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -112,6 +120,10 @@ class Settings:
         max_retries: int | None = None,
         engine: str | None = None,
         output_dir: str | None = None,
+        data_dir: str | None = None,
+        ledger: bool | None = None,
+        max_credits_per_day: float | None = None,
+        cache_ttl: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``)."""
@@ -135,6 +147,12 @@ class Settings:
         raw_retries, retries_src = pick(max_retries, "max_retries", ENV_MAX_RETRIES)
         raw_engine, engine_src = pick(engine, "engine", ENV_ENGINE)
         raw_out, _ = pick(output_dir, "output_dir", ENV_OUTPUT_DIR)
+        raw_data, _ = pick(data_dir, "data_dir", ENV_DATA_DIR)
+        raw_ledger, ledger_src = pick(
+            None if ledger is None else ("on" if ledger else "off"), "ledger", ENV_LEDGER
+        )
+        raw_max, max_src = pick(max_credits_per_day, "max_credits_per_day", ENV_MAX_CREDITS)
+        raw_ttl, ttl_src = pick(cache_ttl, "cache_ttl", ENV_CACHE_TTL)
 
         return cls(
             api_key=_Secret(key.strip()) if key and key.strip() else None,
@@ -146,6 +164,10 @@ class Settings:
             max_retries=_parse_retries(raw_retries, retries_src),
             engine=_parse_engine(raw_engine, engine_src),
             output_dir=raw_out,
+            data_dir=raw_data,
+            ledger=_parse_switch(raw_ledger, ledger_src),
+            max_credits_per_day=_parse_amount(raw_max, max_src, allow_zero=True),
+            cache_ttl=_parse_amount(raw_ttl, ttl_src, allow_zero=True) or 0.0,
         )
 
 
@@ -220,3 +242,26 @@ def _parse_engine(raw: str | None, source: str) -> EngineChoice:
         if folded == choice:
             return choice
     raise ConfigurationError(f"{source} must be one of {', '.join(ENGINE_CHOICES)}; got {raw!r}.")
+
+
+def _parse_switch(raw: str | None, source: str) -> bool:
+    if raw is None:
+        return True
+    folded = raw.strip().lower()
+    if folded in ("on", "1", "true", "yes"):
+        return True
+    if folded in ("off", "0", "false", "no"):
+        return False
+    raise ConfigurationError(f"{source} must be on or off; got {raw!r}.")
+
+
+def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
+        raise ConfigurationError(f"{source} must be a number of 0 or more; got {raw!r}.")
+    return value

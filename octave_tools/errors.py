@@ -70,6 +70,21 @@ class InvalidInputError(OctaveError, ValueError):
 class BudgetExceededError(OctaveError):
     """The call would pass the configured spend limit; no request was sent."""
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: float,
+        spent: float,
+        estimate: float,
+        frees_at: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.spent = spent
+        self.estimate = estimate
+        self.frees_at = frees_at
+
 
 class APIError(OctaveError):
     """The upstream API could not be reached or gave an unusable answer."""

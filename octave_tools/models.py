@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech"]
+__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport"]
 
 Engine = Literal["aimlapi", "local"]
 
@@ -42,3 +42,47 @@ class Speech(BaseModel):
             "offline with the local engine (not Octave)" if self.engine == "local" else self.model
         )
         return f"Speech generated {where}: {self.audio_url} ({', '.join(details)})."
+
+
+class UsageGroup(BaseModel):
+    """Spend for one day, model, voice or engine."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str = Field(description="The day (YYYY-MM-DD, UTC), model, voice or engine.")
+    calls: int = Field(description="Calls recorded, cached ones included.")
+    cached_calls: int = Field(description="Calls served from the cache at no charge.")
+    characters: int = Field(description="Characters synthesised.")
+    credits: float = Field(description="Credits spent.")
+    usd: float = Field(description="USD spent, where the API reported it.")
+
+
+class UsageReport(BaseModel):
+    """What the ledger says was spent since a moment, grouped one way."""
+
+    model_config = ConfigDict(frozen=True)
+
+    since: str = Field(description="Start of the period, ISO 8601 UTC.")
+    by: str = Field(description="How the groups are formed: day, model, voice or engine.")
+    groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
+    total_calls: int
+    total_credits: float
+    total_usd: float
+    ledger: str = Field(description="Where the ledger is, or why it is not in use.")
+
+    def table(self) -> str:
+        """The report as a small plain-text table."""
+        lines = [
+            f"Usage since {self.since} by {self.by} ({self.ledger})",
+            f"{self.by:<34} {'calls':>7} {'cached':>7} {'chars':>9} {'credits':>12} {'usd':>9}",
+        ]
+        for g in self.groups:
+            lines.append(
+                f"{g.key[:34]:<34} {g.calls:>7} {g.cached_calls:>7} {g.characters:>9} "
+                f"{g.credits:>12,.0f} {g.usd:>9.4f}"
+            )
+        lines.append(
+            f"{'total':<34} {self.total_calls:>7} {'':>7} {'':>9} "
+            f"{self.total_credits:>12,.0f} {self.total_usd:>9.4f}"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Spend control for one client: the ledger, the budget and the opt-in result cache.
+
+Policy lives here; storage is behind ``_store.Store``. Nothing here sends requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ._settings import ENV_MAX_CREDITS, Settings
+from ._store import GroupBy, LedgerEntry, Store, open_store
+from .errors import BudgetExceededError, InvalidInputError
+from .models import Speech, UsageGroup, UsageReport
+
+__all__ = ["DAY", "Spend", "default_data_dir", "parse_since"]
+
+DAY = 86_400.0
+# What a call is expected to cost before it is made, from the provider's documented
+# example (12,222 credits for 98 characters). Unknown models are estimated at 0.
+CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {"hume/octave-2": 125.0}
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
+
+
+def default_data_dir() -> Path:
+    """The user data directory for octave-tools on this platform."""
+    if sys.platform == "win32":
+        root = os.environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
+        return Path(root) / "octave-tools"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "octave-tools"
+    root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(root) / "octave-tools"
+
+
+def parse_since(value: str | float | None, *, now: float | None = None) -> float:
+    """Epoch seconds for ``7d``, ``12h``, ``30m``, ``90s`` ago (default 7 days)."""
+    now = time.time() if now is None else now
+    if value is None:
+        return now - 7 * DAY
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = value.strip().lower()
+    units = {"d": DAY, "h": 3600.0, "m": 60.0, "s": 1.0}
+    try:
+        amount = float(text[:-1]) if text and text[-1] in units else float("nan")
+    except ValueError:
+        amount = float("nan")
+    if not (amount >= 0):
+        raise InvalidInputError(
+            f"since must look like 7d, 12h, 30m or 90s; got {value!r}.", field="since"
+        )
+    return now - amount * units[text[-1]]
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Spend:
+    """Ledger, budget and cache as one client sees them; safe across threads."""
+
+    def __init__(self, settings: Settings, *, client_limit: float | None = None) -> None:
+        self._settings = settings
+        self.client_limit = client_limit
+        self.daily_limit = settings.max_credits_per_day
+        self.cache_ttl = settings.cache_ttl
+        self._lock = threading.Lock()
+        self._client_spent = 0.0
+        self._reserved = 0.0
+        self._local_entries: list[LedgerEntry] = []  # when the ledger is off
+        self._store: Store | None = None
+        self._store_opened = False
+
+    @property
+    def ledger_path(self) -> Path:
+        base = Path(self._settings.data_dir) if self._settings.data_dir else default_data_dir()
+        return base.expanduser() / "ledger.sqlite3"
+
+    @property
+    def store(self) -> Store | None:
+        """The shared store, opened on first use; None when the ledger is off."""
+        if not self._store_opened:
+            self._store_opened = True
+            if self._settings.ledger:
+                self._store = open_store(self.ledger_path)
+        return self._store
+
+    @property
+    def needs_budget_check(self) -> bool:
+        return self.daily_limit is not None or self.client_limit is not None
+
+    # ------------------------------------------------------------ cache
+
+    def cache_key(self, engine: str, model: str, voice: str | None, fmt: str, text: str) -> str:
+        parts = json.dumps([engine, model, voice, fmt, text_digest(text)])
+        return hashlib.sha256(parts.encode()).hexdigest()
+
+    def cached(self, key: str) -> Speech | None:
+        """The earlier result for ``key`` within the TTL, marked cached and free."""
+        store = self.store
+        if self.cache_ttl <= 0 or store is None:
+            return None
+        value = store.cache_get(key, time.time())
+        if value is None:
+            return None
+        try:
+            earlier = Speech.model_validate_json(value)
+        except ValueError:
+            return None
+        return earlier.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
+
+    # ------------------------------------------------------------ budget
+
+    def estimate(self, model: str, characters: int) -> float:
+        return CREDITS_PER_CHAR_ESTIMATE.get(model, 0.0) * characters
+
+    def reserve(self, model: str, characters: int) -> float:
+        """Hold the estimated cost of a call, or raise BudgetExceededError."""
+        estimate = self.estimate(model, characters)
+        if not self.needs_budget_check:
+            return 0.0
+        now = time.time()
+        day_spent, oldest = self._spent_in_window(now)
+        with self._lock:
+            if self.client_limit is not None:
+                spent = self._client_spent + self._reserved
+                if spent + estimate > self.client_limit or spent >= self.client_limit:
+                    raise BudgetExceededError(
+                        f"Spend limit reached: this call would cost about {estimate:,.0f} "
+                        f"credits and this client has spent {spent:,.0f} of its "
+                        f"{self.client_limit:,.0f}-credit limit (max_credits). Create a "
+                        "client with a higher max_credits to go on.",
+                        limit=self.client_limit,
+                        spent=spent,
+                        estimate=estimate,
+                    )
+            if self.daily_limit is not None:
+                spent = day_spent + self._reserved
+                if spent + estimate > self.daily_limit or spent >= self.daily_limit:
+                    frees_at = oldest + DAY if oldest is not None else None
+                    raise BudgetExceededError(
+                        _daily_message(estimate, spent, self.daily_limit, frees_at, now),
+                        limit=self.daily_limit,
+                        spent=spent,
+                        estimate=estimate,
+                        frees_at=frees_at,
+                    )
+            self._reserved += estimate
+        return estimate
+
+    def release(self, reserved: float) -> None:
+        """Give back a reservation (the call finished or failed)."""
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - reserved)
+
+    def _spent_in_window(self, now: float) -> tuple[float, float | None]:
+        store = self.store
+        if store is not None:
+            return store.spent_since(now - DAY)
+        with self._lock:
+            recent = [e for e in self._local_entries if e.ts >= now - DAY and e.credits > 0]
+        return sum(e.credits for e in recent), min((e.ts for e in recent), default=None)
+
+    # ------------------------------------------------------------ ledger
+
+    def settle(self, speech: Speech, text: str, cache_key: str | None) -> None:
+        """Record a finished call (and remember it for the cache)."""
+        credits = float(speech.credits_used or 0)
+        entry = LedgerEntry(
+            ts=time.time(),
+            engine=speech.engine,
+            model=speech.model,
+            voice=speech.voice,
+            format=speech.format,
+            characters=speech.characters,
+            credits=credits,
+            usd=speech.usd_spent,
+            request_id=speech.request_id,
+            text_sha256=text_digest(text),
+            cached=speech.cached,
+        )
+        with self._lock:
+            self._client_spent += credits
+        store = self.store
+        if store is None:
+            if self.daily_limit is not None:
+                with self._lock:
+                    self._local_entries.append(entry)
+            return
+        store.add(entry)
+        if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
+            store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
+
+    def usage(self, since: str | float | None = None, by: str = "day") -> UsageReport:
+        """What the ledger holds since ``since`` (``"7d"``, ``"24h"``, epoch seconds)."""
+        if by not in GROUPINGS:
+            raise InvalidInputError(
+                f"by must be one of {', '.join(GROUPINGS)}; got {by!r}.", field="by"
+            )
+        start = parse_since(since)
+        store = self.store
+        rows = store.usage(start, by) if store is not None else []
+        groups = [
+            UsageGroup(
+                key=r.key,
+                calls=r.calls,
+                cached_calls=r.cached_calls,
+                characters=r.characters,
+                credits=r.credits,
+                usd=round(r.usd, 6),
+            )
+            for r in rows
+        ]
+        return UsageReport(
+            since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+            by=by,
+            groups=groups,
+            total_calls=sum(g.calls for g in groups),
+            total_credits=sum(g.credits for g in groups),
+            total_usd=round(sum(g.usd for g in groups), 6),
+            ledger=str(self.ledger_path) if store is not None else "ledger off",
+        )
+
+
+def _daily_message(
+    estimate: float, spent: float, limit: float, frees_at: float | None, now: float
+) -> str:
+    when = ""
+    if frees_at is not None:
+        minutes = max(1, round((frees_at - now) / 60))
+        clock = time.strftime("%H:%M UTC", time.gmtime(frees_at))
+        when = f" The oldest charge leaves the 24-hour window at {clock} (in {minutes} min)."
+    return (
+        f"Spend limit reached: this call would cost about {estimate:,.0f} credits and "
+        f"{spent:,.0f} of the {limit:,.0f}-credit daily budget ({ENV_MAX_CREDITS[0]}) "
+        f"were spent in the last 24 hours.{when} Wait, or raise the budget."
+    )
