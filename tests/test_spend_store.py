@@ -88,7 +88,8 @@ def test_several_processes_write_one_ledger_at_once(tmp_path: Path) -> None:
         "from octave_tools._store import SQLiteStore, LedgerEntry\n"
         "s = SQLiteStore(__import__('pathlib').Path(sys.argv[1]))\n"
         "for i in range(200):\n"
-        "    s.add(LedgerEntry(time.time(), 'aimlapi', 'm', None, 'wav', 1, 1.0, None, None, 'x', False))\n"
+        "    s.add(LedgerEntry(time.time(), 'aimlapi', 'm', None, 'wav', 1, 1.0, None, None,\n"
+        "                      'x', False))\n"
         "s.close()\n"
     )
     path = tmp_path / "ledger.sqlite3"
