@@ -38,7 +38,8 @@ def default_output_dir() -> Path:
 
 def new_audio_path(output_dir: str | None, extension: str) -> Path:
     """A fresh, unique file path for a new clip in ``output_dir`` (or the default)."""
-    directory = Path(output_dir).expanduser() if output_dir else default_output_dir()
+    # Absolute, so that the file:// URL made from it is valid wherever it is read.
+    directory = (Path(output_dir).expanduser() if output_dir else default_output_dir()).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"speech-{uuid.uuid4().hex}.{extension}"
 

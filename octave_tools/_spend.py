@@ -92,6 +92,10 @@ class Spend:
         return self._store
 
     @property
+    def store_is_open(self) -> bool:
+        return self._store_opened
+
+    @property
     def needs_budget_check(self) -> bool:
         return self.daily_limit is not None or self.client_limit is not None
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -14,8 +17,9 @@ import httpx
 from . import _protocol as proto
 from ._files import new_audio_path, write_atomic
 from ._settings import Settings
+from ._spend import Spend
 from .errors import ConfigurationError
-from .models import Speech
+from .models import Speech, UsageReport
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -23,6 +27,19 @@ __all__ = ["AsyncOctaveClient", "OctaveClient"]
 logger = logging.getLogger("octave_tools")
 
 _LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One validated call: the request for the API (None for local) and its cache key."""
+
+    text: str
+    voice: str | None
+    format: str | None
+    call: proto.Call | None
+    model: str
+    characters: int
+    cache_key: str | None
 
 
 class _BaseClient:
@@ -40,6 +57,11 @@ class _BaseClient:
         max_retries: int | None = None,
         engine: str | None = None,
         output_dir: str | None = None,
+        max_credits: float | None = None,
+        max_credits_per_day: float | None = None,
+        cache_ttl: float | None = None,
+        ledger: bool | None = None,
+        data_dir: str | None = None,
         settings: Settings | None = None,
     ) -> None:
         self._settings = settings or Settings.load(
@@ -52,7 +74,14 @@ class _BaseClient:
             max_retries=max_retries,
             engine=engine,
             output_dir=output_dir,
+            max_credits_per_day=max_credits_per_day,
+            cache_ttl=cache_ttl,
+            ledger=ledger,
+            data_dir=data_dir,
         )
+        if max_credits is not None and not max_credits >= 0:
+            raise ConfigurationError(f"max_credits must be 0 or more; got {max_credits!r}.")
+        self._spend = Spend(self._settings, client_limit=max_credits)
 
     @property
     def settings(self) -> Settings:
@@ -107,6 +136,27 @@ class _BaseClient:
             "pip install 'octave-tools[local]'."
         )
 
+    def _plan(self, text: str, voice: str | None, fmt: str | None) -> _Job:
+        """Validate and route one call; raises before anything is spent."""
+        if self._engine() == "local":
+            from . import _local
+
+            text = proto.validate_text(text)
+            model, call = _local.MODEL, None
+            voice_key, fmt_key, chars = voice, fmt or "wav", len(text)
+        else:
+            call = proto.prepare(self._settings, text, voice, fmt)
+            model, voice_key, fmt_key, chars = call.model, call.voice, call.format, call.text_chars
+        key = None
+        if self._spend.cache_ttl > 0:
+            engine = "aimlapi" if call is not None else "local"
+            key = self._spend.cache_key(engine, model, voice_key, fmt_key, text)
+        return _Job(text, voice, fmt, call, model, chars, key)
+
+    def _follower_result(self, speech: Speech) -> Speech:
+        """What a coalesced duplicate gets: the leader's audio, marked cached and free."""
+        return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
+
     def _deadline(self) -> float:
         return time.monotonic() + self._settings.timeout
 
@@ -160,20 +210,64 @@ class OctaveClient(_BaseClient):
         super().__init__(**kwargs)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(limits=_LIMITS, follow_redirects=False)
+        self._inflight: dict[str, concurrent.futures.Future[Speech]] = {}
+        self._inflight_lock = threading.Lock()
 
     def synthesize(
         self, text: str, *, voice: str | None = None, format: str | None = None
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
-        Raises InvalidInputError before any request for bad arguments, and another
+        Raises InvalidInputError before any request for bad arguments,
+        BudgetExceededError when a spend limit would be passed, and another
         OctaveError subclass when the call fails.
         """
-        if self._engine() == "local":
+        job = self._plan(text, voice, format)
+        key = job.cache_key
+        if key is None:
+            return self._spend_and_run(job)
+        hit = self._spend.cached(key)
+        if hit is not None:
+            self._spend.settle(hit, job.text, None)
+            return hit
+        with self._inflight_lock:
+            leader = self._inflight.get(key)
+            if leader is None:
+                future: concurrent.futures.Future[Speech] = concurrent.futures.Future()
+                self._inflight[key] = future
+        if leader is not None:
+            speech = self._follower_result(leader.result())
+            self._spend.settle(speech, job.text, None)
+            return speech
+        try:
+            speech = self._spend_and_run(job)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(speech)
+            return speech
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+    def _spend_and_run(self, job: _Job) -> Speech:
+        held = self._spend.reserve(job.model, job.characters)
+        try:
+            speech = self._run(job)
+        finally:
+            self._spend.release(held)
+        self._spend.settle(speech, job.text, job.cache_key)
+        return speech
+
+    def _run(self, job: _Job) -> Speech:
+        call = job.call
+        if call is None:
             from . import _local
 
-            return _local.synthesize(text, voice=voice, format=format, settings=self._settings)
-        call = proto.prepare(self._settings, text, voice, format)
+            return _local.synthesize(
+                job.text, voice=job.voice, format=job.format, settings=self._settings
+            )
         deadline = self._deadline()
         attempt = 0
         while True:
@@ -195,6 +289,11 @@ class OctaveClient(_BaseClient):
                 wait = step
             time.sleep(wait)
             attempt += 1
+
+    def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
+        """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
+        (day, model, voice or engine), across every process sharing the ledger."""
+        return self._spend.usage(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -241,18 +340,69 @@ class AsyncOctaveClient(_BaseClient):
         super().__init__(**kwargs)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
+        self._inflight: dict[str, asyncio.Future[Speech]] = {}
 
     async def synthesize(
         self, text: str, *, voice: str | None = None, format: str | None = None
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
-        if self._engine() == "local":
+        job = self._plan(text, voice, format)
+        key = job.cache_key
+        if key is None:
+            return await self._spend_and_run(job)
+        hit = await asyncio.to_thread(self._spend.cached, key)
+        if hit is not None:
+            await self._settle(hit, job.text, None)
+            return hit
+        leader = self._inflight.get(key)
+        if leader is not None:
+            speech = self._follower_result(await asyncio.shield(leader))
+            await self._settle(speech, job.text, None)
+            return speech
+        future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            speech = await self._spend_and_run(job)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: no warning when nobody was waiting
+            raise
+        else:
+            future.set_result(speech)
+            return speech
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _spend_and_run(self, job: _Job) -> Speech:
+        spend = self._spend
+        # Budget reads touch the ledger file: keep them off the event loop.
+        held = (
+            await asyncio.to_thread(spend.reserve, job.model, job.characters)
+            if spend.needs_budget_check
+            else 0.0
+        )
+        try:
+            speech = await self._run(job)
+        finally:
+            spend.release(held)
+        await self._settle(speech, job.text, job.cache_key)
+        return speech
+
+    async def _settle(self, speech: Speech, text: str, cache_key: str | None) -> None:
+        spend = self._spend
+        if spend.store_is_open and (cache_key is None or spend.cache_ttl <= 0):
+            spend.settle(speech, text, cache_key)  # only an in-memory queue put
+        else:
+            await asyncio.to_thread(spend.settle, speech, text, cache_key)
+
+    async def _run(self, job: _Job) -> Speech:
+        call = job.call
+        if call is None:
             from . import _local
 
             return await _local.asynthesize(
-                text, voice=voice, format=format, settings=self._settings
+                job.text, voice=job.voice, format=job.format, settings=self._settings
             )
-        call = proto.prepare(self._settings, text, voice, format)
         deadline = self._deadline()
         attempt = 0
         while True:
@@ -274,6 +424,10 @@ class AsyncOctaveClient(_BaseClient):
                 wait = step
             await asyncio.sleep(wait)
             attempt += 1
+
+    async def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
+        """Spend in the ledger (see OctaveClient.usage), read off the event loop."""
+        return await asyncio.to_thread(self._spend.usage, since, by)
 
     async def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()

@@ -53,13 +53,14 @@ def test_say_json_prints_the_speech_record(
 def test_say_out_downloads_atomically_and_infers_the_format(
     capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI, tmp_path: Path
 ) -> None:
-    target = tmp_path / "hello.mp3"
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "hello.mp3"
     code, _out, err = cli(capsys, "say", "Hi there", "--out", str(target))
     assert code == 0
     assert api_env.tts_requests[0].json["format"] == "mp3"
     assert target.read_bytes().startswith(b"ID3")
     assert f"Saved to {target}." in err
-    assert [p.name for p in tmp_path.iterdir()] == ["hello.mp3"]  # no temp file left
+    assert [p.name for p in target.parent.iterdir()] == ["hello.mp3"]  # no temp file left
 
 
 def test_say_out_replaces_a_symlink_instead_of_writing_through_it(

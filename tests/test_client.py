@@ -251,9 +251,9 @@ def test_raw_audio_answer_is_saved_and_returned_as_a_file_url(
     fake_aimlapi.respond(
         200, b"RIFFfakeWAVE", content_type="audio/wav", headers={"x-inference-id": "i-7"}
     )
-    speech = synth(client={"output_dir": str(tmp_path)})
+    speech = synth(client={"output_dir": str(tmp_path / "out")})
     assert speech.audio_url.startswith("file://")
-    [saved] = tmp_path.iterdir()
+    [saved] = (tmp_path / "out").iterdir()
     assert saved.read_bytes() == b"RIFFfakeWAVE"
     assert speech.audio_url == saved.as_uri()
     assert speech.request_id == "i-7"
