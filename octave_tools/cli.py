@@ -1,4 +1,4 @@
-"""The `octave-tools` command: say, voices, serve.
+"""The `octave-tools` command: say, voices, usage, serve.
 
 Exit codes: 0 success; 2 usage or invalid input; 3 configuration (no key, bad
 setting, missing extra); 4 API or network failure; 5 spend limit reached;
@@ -75,6 +75,13 @@ def _build_parser() -> argparse.ArgumentParser:
     voices = sub.add_parser("voices", help="list the voices of the active engine")
     voices.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     voices.add_argument("--model", help="TTS model id (default hume/octave-2)")
+
+    usage = sub.add_parser("usage", help="what the ledger says was spent")
+    usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
+    usage.add_argument(
+        "--by", choices=("day", "model", "voice", "engine"), default="day", help="grouping"
+    )
+    usage.add_argument("--json", action="store_true", help="print the report as JSON")
 
     serve = sub.add_parser("serve", help="run the MCP server (stdio or streamable HTTP)")
     serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
@@ -176,6 +183,13 @@ def _voices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _usage(args: argparse.Namespace) -> int:
+    with OctaveClient() as client:
+        report = client.usage(since=args.since, by=args.by)
+    print(report.model_dump_json(indent=2) if args.json else report.table())
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from .mcp import run_server
@@ -226,7 +240,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                 format="%(levelname)s %(name)s: %(message)s",
             )
-        handler = {"say": _say, "voices": _voices, "serve": _serve}[args.command]
+        handler = {"say": _say, "voices": _voices, "usage": _usage, "serve": _serve}[args.command]
         return handler(args)
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)

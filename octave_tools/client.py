@@ -209,7 +209,9 @@ class OctaveClient(_BaseClient):
     def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(limits=_LIMITS, follow_redirects=False)
+        # Built on first use: its TLS setup costs tens of ms that a local-engine
+        # call, `voices` or a starting MCP server should not pay.
+        self._http: httpx.Client | None = http_client
         self._inflight: dict[str, concurrent.futures.Future[Speech]] = {}
         self._inflight_lock = threading.Lock()
 
@@ -299,7 +301,13 @@ class OctaveClient(_BaseClient):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        with self._http.stream(
+        http = self._http
+        if http is None:
+            with self._inflight_lock:
+                if self._http is None:
+                    self._http = httpx.Client(limits=_LIMITS, follow_redirects=False)
+                http = self._http
+        with http.stream(
             "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
         ) as response:
             limit = proto.body_limit(response.headers)
@@ -318,7 +326,7 @@ class OctaveClient(_BaseClient):
 
     def close(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
-        if self._owns_http:
+        if self._owns_http and self._http is not None:
             self._http.close()
 
     def __enter__(self) -> OctaveClient:
@@ -339,7 +347,7 @@ class AsyncOctaveClient(_BaseClient):
     def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
+        self._http: httpx.AsyncClient | None = http_client  # built on first use
         self._inflight: dict[str, asyncio.Future[Speech]] = {}
 
     async def synthesize(
@@ -435,6 +443,8 @@ class AsyncOctaveClient(_BaseClient):
             raise TimeoutError
         # The cancel scope makes the total limit hard, even against a slow trickle of bytes.
         with anyio.fail_after(remaining):
+            if self._http is None:
+                self._http = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
@@ -452,7 +462,7 @@ class AsyncOctaveClient(_BaseClient):
 
     async def aclose(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
-        if self._owns_http:
+        if self._owns_http and self._http is not None:
             await self._http.aclose()
 
     async def __aenter__(self) -> AsyncOctaveClient:

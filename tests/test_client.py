@@ -293,10 +293,16 @@ async def test_injected_async_client_is_used_and_left_open() -> None:
     await http.aclose()
 
 
-def test_owned_clients_close_their_connections() -> None:
-    client = OctaveClient(api_key="k")
+def test_owned_clients_close_their_connections(fake_aimlapi: FakeAIMLAPI) -> None:
+    client = OctaveClient(api_key="k", base_url=fake_aimlapi.base_url, engine="aimlapi")
+    assert client._http is None  # nothing is built until the first call
     client.close()
-    assert client._http.is_closed
+    with OctaveClient(
+        api_key=fake_aimlapi.api_key, base_url=fake_aimlapi.base_url, engine="aimlapi"
+    ) as used:
+        used.synthesize("hi")
+        http = used._http
+    assert http is not None and http.is_closed
 
 
 async def test_async_calls_run_concurrently(fake_aimlapi: FakeAIMLAPI) -> None:
