@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
-import os
 import threading
 from pathlib import Path
 
