@@ -24,6 +24,7 @@ __all__ = ["LedgerEntry", "SQLiteStore", "Store", "UsageRow", "open_store"]
 logger = logging.getLogger("octave_tools")
 
 GroupBy = Literal["day", "model", "voice", "engine"]
+WINDOW_REFRESH = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class SQLiteStore:
         self._broken = False
         self._pending: list[LedgerEntry] = []  # queued, not yet written
         self._lost: list[LedgerEntry] = []  # could not be written: still counted
+        # The database's window total, re-read at most every WINDOW_REFRESH seconds so a
+        # budget check does not scan a day of rows per call; what this process wrote
+        # since the read is added from memory, other processes' writes show up on refresh.
+        self._window: tuple[float, float, float, float | None] | None = None
+        self._written_since_read: list[LedgerEntry] = []
         self._queue: queue.SimpleQueue[LedgerEntry | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._idle = threading.Event()
@@ -186,6 +192,9 @@ class SQLiteStore:
                     "usd, request_id, text_sha256, cached) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [astuple(e) for e in batch],
                 )
+                # Under the database lock, so a window read sees each row exactly once.
+                with self._lock:
+                    self._written_since_read.extend(batch)
         except (sqlite3.Error, OSError) as exc:
             with self._lock:
                 self._lost.extend(batch)
@@ -222,24 +231,38 @@ class SQLiteStore:
 
     def spent_since(self, since: float) -> tuple[float, float | None]:
         """Credits spent since ``since`` (epoch seconds) and the oldest charge's time."""
-        total, oldest = 0.0, None
-        db = self._db
-        if db is not None and not self._broken:
-            try:
-                with self._db_lock:
-                    row = db.execute(
-                        "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
-                        "WHERE ts >= ? AND credits > 0",
-                        (since,),
-                    ).fetchone()
-                total, oldest = float(row[0]), row[1]
-            except (sqlite3.Error, OSError) as exc:
-                self._disable(exc)
-        for e in self._unwritten():
+        total, oldest = self._window_total(since)
+        with self._lock:
+            recent = self._written_since_read + self._pending + self._lost
+        for e in recent:
             if e.ts >= since and e.credits > 0:
                 total += e.credits
                 oldest = e.ts if oldest is None else min(oldest, e.ts)
         return total, oldest
+
+    def _window_total(self, since: float) -> tuple[float, float | None]:
+        now = time.monotonic()
+        cached = self._window
+        # A cached read for an earlier start only over-counts, by what left the window.
+        if cached is not None and now - cached[0] < WINDOW_REFRESH and cached[1] <= since:
+            return cached[2], cached[3]
+        db = self._db
+        if db is None or self._broken:
+            return 0.0, None
+        try:
+            with self._db_lock:
+                with self._lock:
+                    self._written_since_read = []
+                row = db.execute(
+                    "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
+                    "WHERE ts >= ? AND credits > 0",
+                    (since,),
+                ).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            self._disable(exc)
+            return 0.0, None
+        self._window = (now, since, float(row[0]), row[1])
+        return float(row[0]), row[1]
 
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
         """Totals per group since ``since``, largest spend first."""

@@ -190,3 +190,27 @@ def test_parse_since() -> None:
     for bad in ("soon", "-3d", "7", "d"):
         with pytest.raises(InvalidInputError, match="since must look like 7d"):
             parse_since(bad, now=now)
+
+
+def test_window_total_is_reread_after_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import octave_tools._store as store_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "l.sqlite3"
+    mine, other = SQLiteStore(path), SQLiteStore(path)  # two processes, in effect
+    mine.add(entry(100))
+    mine.flush()
+    assert mine.spent_since(0)[0] == 100
+    mine.add(entry(10))  # this process's own writes count at once
+    mine.flush()
+    assert mine.spent_since(0)[0] == 110
+    other.add(entry(1000))
+    other.flush()
+    assert mine.spent_since(0)[0] == 110  # another process's write: seen on the next read
+    clock[0] += 1.01
+    assert mine.spent_since(0)[0] == 1110
+    mine.close()
+    other.close()
