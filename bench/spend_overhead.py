@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import tempfile
 import time
@@ -31,8 +32,10 @@ def sync_medians(
     for c in clients.values():
         for _ in range(20):
             c.synthesize(TEXT)
+    order = list(clients.items())
     for _ in range(calls):
-        for name, c in clients.items():
+        random.shuffle(order)  # no variant always runs first after the others
+        for name, c in order:
             t = time.perf_counter()
             c.synthesize(TEXT)
             times[name].append(time.perf_counter() - t)
@@ -51,8 +54,10 @@ async def async_throughput(
     }
     for c in clients.values():
         await asyncio.gather(*(c.synthesize(TEXT) for _ in range(n)))
+    order = list(clients.items())
     for _ in range(rounds):
-        for name, c in clients.items():
+        random.shuffle(order)
+        for name, c in order:
             t = time.perf_counter()
             await asyncio.gather(*(c.synthesize(TEXT) for _ in range(n)))
             results[name].append(n / (time.perf_counter() - t))
