@@ -57,6 +57,8 @@ class RecordedRequest:
     body: bytes
     json: Any
     received_at: float
+    peer: tuple[str, int] = ("", 0)
+    """The client's address and port: requests on one kept-alive connection share it."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.server.fake._connection_opened()
         # Without this, Nagle's algorithm on our side meets the client's delayed ACK
         # and adds ~40 ms to responses written in two parts.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._connection_closed()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: stderr belongs to the code under test."""
@@ -168,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             json=parsed,
             received_at=time.time(),
+            peer=(str(self.client_address[0]), int(self.client_address[1])),
         )
         self.server.fake._log(recorded)
         return recorded
@@ -219,6 +229,10 @@ class FakeAIMLAPI:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.open_connections = 0
+        """Client connections open right now."""
+        self.max_open_connections = 0
+        """The most client connections that were open at once."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -373,6 +387,15 @@ class FakeAIMLAPI:
                 if rng.random() < rate:
                     return rng.choice(faults)
         return Fault()
+
+    def _connection_opened(self) -> None:
+        with self._lock:
+            self.open_connections += 1
+            self.max_open_connections = max(self.max_open_connections, self.open_connections)
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
 
     def _log(self, recorded: RecordedRequest) -> None:
         with self._lock:
