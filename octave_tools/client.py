@@ -26,7 +26,10 @@ __all__ = ["AsyncOctaveClient", "OctaveClient"]
 
 logger = logging.getLogger("octave_tools")
 
-_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
+# Keep as many idle connections as may be open: with fewer, httpcore closes the surplus
+# before handing queued requests a connection, so a burst reconnects (a TLS handshake)
+# for every call.
+_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30)
 
 
 @dataclass(frozen=True)
