@@ -26,10 +26,13 @@ __all__ = ["AsyncOctaveClient", "OctaveClient"]
 
 logger = logging.getLogger("octave_tools")
 
-# Keep as many idle connections as may be open: with fewer, httpcore closes the surplus
-# before handing queued requests a connection, so a burst reconnects (a TLS handshake)
-# for every call.
-_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30)
+# At most 64 connections; 16 kept idle. More idle ones make httpcore's per-response
+# pool cleanup quadratic, and with the async client's own queue (``_slots``) a burst
+# seldom leaves more than a few connections idle at once, so they are reused anyway.
+MAX_CONNECTIONS = 64
+_LIMITS = httpx.Limits(
+    max_connections=MAX_CONNECTIONS, max_keepalive_connections=16, keepalive_expiry=30
+)
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,9 @@ class AsyncOctaveClient(_BaseClient):
         super().__init__(**kwargs)
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
+        # Calls beyond the pool size wait here, not in httpcore's queue, whose
+        # hand-out scans every connection for every queued request (quadratic).
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS) if http_client is None else None
         self._inflight: dict[str, asyncio.Future[Speech]] = {}
 
     async def synthesize(
@@ -418,7 +424,11 @@ class AsyncOctaveClient(_BaseClient):
         attempt = 0
         while True:
             try:
-                raw = await self._send(call, deadline)
+                if self._slots is None:
+                    raw = await self._send(call, deadline)
+                else:
+                    async with self._slots:
+                        raw = await self._send(call, deadline)
             except (httpx.TimeoutException, TimeoutError):
                 raise proto.timeout_error(call, self._settings.timeout) from None
             except httpx.HTTPError as exc:

@@ -22,11 +22,11 @@ records every request, and can be told to misbehave for the next calls:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
 import random
-import socket
 import struct
 import threading
 import time
@@ -35,7 +35,6 @@ import wave
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
@@ -108,94 +107,100 @@ _WAV = _tone_wav()
 _MP3 = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 512
-    fake: FakeAIMLAPI
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_MAX_HEADER_BYTES = 64 * 1024
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
+def _response(
+    status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._connection_opened()
-        # Without this, Nagle's algorithm on our side meets the client's delayed ACK
-        # and adds ~40 ms to responses written in two parts.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.fake._connection_closed()
+class _Connection:
+    """One client connection: HTTP/1.1 with keep-alive, served on the fake's event loop."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: stderr belongs to the code under test."""
-
-    def do_GET(self) -> None:
-        fake = self.server.fake
-        self._record(b"")
-        if self.path.startswith("/files/"):
-            data = fake._files.get(self.path)
-            if data is not None:
-                content_type = "audio/mpeg" if self.path.endswith(".mp3") else "audio/wav"
-                self._send(200, data, content_type)
-                return
-        self._send(404, _error_body(404, f"Cannot GET {self.path}", self.path), "application/json")
-
-    def do_POST(self) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        recorded = self._record(body)
-        fault = fake._next_fault() if self.path == "/v1/tts" else Fault()
-        if fault.delay and fake._stopping.wait(fault.delay):
-            self.close_connection = True
-            return
-        if fault.kind == "drop":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if fault.kind == "status":
-            self._send(fault.status, fault.body, fault.content_type, fault.headers)
-            return
-        status, payload, headers = fake._answer(self.path, recorded)
-        self._send(status, payload, "application/json", headers)
-
-    def _record(self, body: bytes) -> RecordedRequest:
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        recorded = RecordedRequest(
-            method=self.command,
-            path=self.path,
-            headers={k.lower(): v for k, v in self.headers.items()},
-            body=body,
-            json=parsed,
-            received_at=time.time(),
-            peer=(str(self.client_address[0]), int(self.client_address[1])),
-        )
-        self.server.fake._log(recorded)
-        return recorded
-
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
+    def __init__(
+        self, fake: FakeAIMLAPI, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        self.fake = fake
+        self.reader = reader
+        self.writer = writer
+        host, port = writer.get_extra_info("peername")[:2]
+        self.peer = (str(host), int(port))
+
+    async def serve(self) -> None:
+        self.fake._connection_opened()
+        try:
+            while await self._one_request():
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.fake._connection_closed()
+            self.writer.close()
+
+    async def _one_request(self) -> bool:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        if len(head) > _MAX_HEADER_BYTES:
+            return False
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, target, _version = request_line.split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        body = await self.reader.readexactly(length) if length else b""
+        recorded = self.fake._record(method, target, headers, body, self.peer)
+        keep_alive = headers.get("connection", "").lower() != "close"
+        if method == "GET":
+            data = self.fake._files.get(target) if target.startswith("/files/") else None
+            if data is not None:
+                content_type = "audio/mpeg" if target.endswith(".mp3") else "audio/wav"
+                self.writer.write(_response(200, data, content_type))
+            else:
+                message = _error_body(404, f"Cannot GET {target}", target)
+                self.writer.write(_response(404, message, "application/json"))
+            await self.writer.drain()
+            return keep_alive
+        fault = self.fake._next_fault() if target == "/v1/tts" else Fault()
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.kind == "drop":
+            self.writer.transport.abort()
+            return False
+        if fault.kind == "status":
+            self.writer.write(
+                _response(fault.status, fault.body, fault.content_type, fault.headers)
+            )
+        else:
+            status, payload, extra = self.fake._answer(target, recorded)
+            self.writer.write(_response(status, payload, "application/json", extra))
+        await self.writer.drain()
+        return keep_alive
 
 
 class FakeAIMLAPI:
@@ -226,9 +231,10 @@ class FakeAIMLAPI:
         self._files: dict[str, bytes] = {}
         self.issued: dict[str, str] = {}
         """Every audio URL the fake handed out, mapped to the text it was made from."""
-        self._server: _Server | None = None
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.open_connections = 0
         """Client connections open right now."""
         self.max_open_connections = 0
@@ -237,32 +243,71 @@ class FakeAIMLAPI:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeAIMLAPI:
-        """Bind the port and serve in a background thread."""
-        if self._server is not None:
+        """Bind the port and serve on an event loop in a background thread."""
+        if self._loop is not None:
             return self
-        self._stopping.clear()
-        server = _Server((self._host, self._port), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-aimlapi",
-            daemon=True,
-        )
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        problem: list[BaseException] = []
+
+        async def open_server() -> None:
+            try:
+                self._server = await asyncio.start_server(
+                    self._serve_connection, self._host, self._port, backlog=1024
+                )
+            except OSError as exc:
+                problem.append(exc)
+            finally:
+                ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            opening = loop.create_task(open_server())
+            loop.run_forever()
+            opening.cancel()
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="fake-aimlapi", daemon=True)
         self._thread.start()
+        ready.wait(10)
+        if problem:
+            self.stop()
+            raise problem[0]
         return self
 
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await _Connection(self, reader, writer).serve()
+        except asyncio.CancelledError:
+            pass  # stop() ends every connection; a shutdown is not an error
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
     def stop(self) -> None:
-        """Stop serving and free the port; in-flight delays end at once."""
-        server, self._server = self._server, None
-        if server is None:
+        """Stop serving and free the port; connections and delays end at once."""
+        loop, self._loop = self._loop, None
+        if loop is None:
             return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
+        self._server = None
 
     def __enter__(self) -> FakeAIMLAPI:
         return self.start()
@@ -279,7 +324,7 @@ class FakeAIMLAPI:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("FakeAIMLAPI is not started")
-        return int(self._server.server_address[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def origin(self) -> str:
@@ -397,9 +442,22 @@ class FakeAIMLAPI:
         with self._lock:
             self.open_connections -= 1
 
-    def _log(self, recorded: RecordedRequest) -> None:
+    def _record(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        peer: tuple[str, int],
+    ) -> RecordedRequest:
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        recorded = RecordedRequest(method, path, headers, body, parsed, time.time(), peer)
         with self._lock:
             self._requests.append(recorded)
+        return recorded
 
     # ------------------------------------------------------------ the API
 
