@@ -18,6 +18,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(_GUARD_DIR), os.environ.get("PYTHONPATH", "")) if p
 )
 os.environ["OCTAVE_TOOLS_NETGUARD_LOG"] = str(_GUARD_LOG)
+# A subprocess started with a hand-made environment still keeps its ledger and audio
+# out of the developer's real user folders.
+os.environ["XDG_DATA_HOME"] = str(_GUARD_LOG.parent / "xdg-data")
+os.environ["XDG_CACHE_HOME"] = str(_GUARD_LOG.parent / "xdg-cache")
 sys.path.insert(0, str(_GUARD_DIR))
 import sitecustomize as _netguard  # noqa: E402
 

@@ -188,6 +188,8 @@ def _subprocess_env(api: FakeAIMLAPI, **extra: str) -> dict[str, str]:
             "AIMLAPI_BASE_URL": api.base_url,
             "OCTAVE_TOOLS_ENGINE": "aimlapi",
             "OCTAVE_TOOLS_NETGUARD_LOG": os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
+            "OCTAVE_TOOLS_DATA_DIR": os.environ["OCTAVE_TOOLS_DATA_DIR"],
+            "OCTAVE_TOOLS_OUTPUT_DIR": os.environ["OCTAVE_TOOLS_OUTPUT_DIR"],
             **extra,
         }
     )
