@@ -17,6 +17,7 @@ This is the only module that imports ``mcp``.
 # so the annotations must be real objects, not strings resolved in module globals.
 
 import argparse
+import asyncio
 import hmac
 import logging
 import os
@@ -45,7 +46,7 @@ from ._settings import Settings, is_loopback
 from ._version import __version__
 from .client import AsyncOctaveClient, _BaseClient
 from .errors import ConfigurationError, InvalidInputError, OctaveError
-from .models import Speech
+from .models import Speech, UsageReport
 from .voices import DEFAULT_FORMAT, FORMATS, MAX_TEXT_CHARS, VoiceCatalogue
 
 __all__ = [
@@ -67,6 +68,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MCP_PATH = "/mcp"
 VOICES_URI = "octave://voices"
+USAGE_URI = "octave://usage"
 MIN_TOKEN_CHARS = 16
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
@@ -220,6 +222,23 @@ def create_server(client: AsyncOctaveClient | None = None, **options: Any) -> MC
     async def voice_catalogue() -> str:
         return voices.model_dump_json()
 
+    async def usage(
+        since: Annotated[
+            str, Field(description="How far back: a number and a unit, e.g. 24h, 7d, 30m.")
+        ] = "7d",
+        by: Annotated[
+            Literal["day", "model", "voice", "engine"],
+            Field(description="How to group the figures."),
+        ] = "day",
+    ) -> Annotated[CallToolResult, UsageReport]:
+        with _as_tool_errors("usage"):
+            report = await asyncio.to_thread(probe._spend.usage, since, by)
+        return _result(report.table(), report.model_dump(mode="json"))
+
+    async def usage_report() -> str:
+        report = await asyncio.to_thread(probe._spend.usage, "7d", "day")
+        return report.model_dump_json()
+
     server.add_tool(
         text_to_speech,
         title="Text to speech",
@@ -244,6 +263,25 @@ def create_server(client: AsyncOctaveClient | None = None, **options: Any) -> MC
             open_world_hint=False,
         ),
     )
+    server.add_tool(
+        usage,
+        title="Usage",
+        description=_USAGE_HELP,
+        annotations=ToolAnnotations(
+            title="Usage",
+            read_only_hint=True,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=False,
+        ),
+    )
+    server.resource(
+        USAGE_URI,
+        name="usage",
+        title="Spend over the last 7 days",
+        description="Calls, characters and credits per day from the local ledger, as JSON.",
+        mime_type="application/json",
+    )(usage_report)
     server.resource(
         VOICES_URI,
         name="voices",
@@ -264,6 +302,13 @@ voice, format, model, characters, credits_used, request_id. Every call makes new
 audio and may spend credits in proportion to the text length, so do not repeat a \
 call for the same text. An error message says what to change (an unknown voice \
 comes back with the closest names)."""
+
+_USAGE_HELP = """\
+Report what text-to-speech has spent: calls, cached calls, characters, credits and USD.
+
+Use it when the user asks about cost or usage, or before a long series of calls. \
+Reads the local ledger (every process on this machine that shares it); makes no API \
+call and costs nothing."""
 
 _VOICES_HELP = """\
 List the voices text_to_speech accepts, with the default marked.

@@ -35,6 +35,7 @@ from octave_tools.mcp import (
     _transport_security,
     create_server,
 )
+from octave_tools.models import UsageReport
 from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import DEFAULT_MODEL, DEFAULT_VOICE, VOICES, catalogue_for
 
@@ -252,8 +253,8 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     async with connect(peer, api_env(fake_aimlapi), monkeypatch) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
 
-    assert sorted(tools) == ["list_voices", "text_to_speech"]
-    tts, voices = tools["text_to_speech"], tools["list_voices"]
+    assert sorted(tools) == ["list_voices", "text_to_speech", "usage"]
+    tts, voices, usage = tools["text_to_speech"], tools["list_voices"], tools["usage"]
     assert tts.title == "Text to speech"
     assert tts.annotations is not None
     assert tts.annotations.model_dump(exclude_none=True) == {
@@ -281,6 +282,17 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     assert tts.output_schema == Speech.model_json_schema()
     assert voices.input_schema["properties"] == {}
     assert voices.output_schema == VoiceList.model_json_schema()
+    assert usage.annotations is not None
+    assert usage.annotations.model_dump(exclude_none=True) == {
+        "title": "Usage",
+        "read_only_hint": True,
+        "destructive_hint": False,
+        "idempotent_hint": True,
+        "open_world_hint": False,
+    }
+    assert usage.input_schema.get("required") is None
+    assert usage.input_schema["properties"]["by"]["enum"] == ["day", "model", "voice", "engine"]
+    assert usage.output_schema == UsageReport.model_json_schema()
 
 
 @pytest.mark.parametrize("peer", PEERS)
@@ -335,8 +347,9 @@ async def test_list_voices_and_the_resource_give_the_catalogue_with_the_default(
         f"27 voices for {DEFAULT_MODEL}: Vince Douglas (default), Male English Actor, Ava Song,"
     )
     assert text_of(result).endswith("Spanish Instructor, Charming Cowgirl.")
-    assert [(str(r.uri), r.name, r.mime_type) for r in resources] == [
-        ("octave://voices", "voices", "application/json")
+    assert sorted((str(r.uri), r.name, r.mime_type) for r in resources) == [
+        ("octave://usage", "usage", "application/json"),
+        ("octave://voices", "voices", "application/json"),
     ]
     (contents,) = read.contents
     assert contents.mime_type == "application/json"
@@ -375,7 +388,7 @@ async def test_without_a_key_the_server_starts_lists_and_explains_how_to_set_it(
         voices = await client.call_tool("list_voices", {})
         result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
-    assert names == ["text_to_speech", "list_voices"]
+    assert names == ["text_to_speech", "list_voices", "usage"]
     assert voices.is_error is False
     assert result.is_error is True
     assert text_of(result) == TTS_ERROR + str(expected.value)
@@ -503,7 +516,7 @@ async def test_a_configured_default_voice_is_the_one_listed_described_and_used(
         voice="french chef",
     )
     async with Client(server) as client:
-        (tts, _) = (await client.list_tools()).tools
+        tts = next(t for t in (await client.list_tools()).tools if t.name == "text_to_speech")
         voices = await client.call_tool("list_voices", {})
         spoken = await client.call_tool("text_to_speech", {"text": "Bonjour"})
 
@@ -768,10 +781,12 @@ def test_the_stdio_client_example_runs_offline() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     lines = done.stdout.splitlines()
-    assert lines[:4] == [
+    assert lines[:5] == [
         "[tool] text_to_speech: read_only_hint=False, destructive_hint=False, "
         "idempotent_hint=False, open_world_hint=True",
         "[tool] list_voices: read_only_hint=True, destructive_hint=False, "
+        "idempotent_hint=True, open_world_hint=False",
+        "[tool] usage: read_only_hint=True, destructive_hint=False, "
         "idempotent_hint=True, open_world_hint=False",
         "[call] text_to_speech {'text': 'Gather round, and I will tell you a story.', "
         "'voice': 'Campfire Narator'}",
@@ -783,6 +798,31 @@ def test_the_stdio_client_example_runs_offline() -> None:
     assert re.fullmatch(
         r"\[result\] Speech generated hume/octave-2: http://127\.0\.0\.1:\d+/files/[0-9a-f]{32}"
         r"\.wav \(voice 'Campfire Narrator', wav, 5,250 credits\)\.",
-        lines[5],
+        lines[6],
     )
-    assert lines[6].startswith("[structured] {'audio_url': 'http://127.0.0.1:")
+    assert lines[7].startswith("[structured] {'audio_url': 'http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("peer", PEERS)
+async def test_usage_tool_and_resource_report_the_ledger(
+    peer: str, fake_aimlapi: FakeAIMLAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with connect(peer, api_env(fake_aimlapi), monkeypatch) as client:
+        await client.call_tool("text_to_speech", {"text": "Hello", "voice": "Ava Song"})
+        await client.call_tool("text_to_speech", {"text": "Hi"})
+        result = await client.call_tool("usage", {"since": "1h", "by": "voice"})
+        read = await client.read_resource("octave://usage")
+        bad = await client.call_tool("usage", {"since": "soon"})
+
+    assert result.is_error is False
+    groups = result.structured_content["groups"]  # type: ignore[index]
+    assert [(g["key"], g["calls"], g["credits"]) for g in groups] == [
+        ("Ava Song", 1, 625.0),
+        ("Vince Douglas", 1, 250.0),
+    ]
+    assert result.structured_content["total_credits"] == 875.0  # type: ignore[index]
+    assert "Ava Song" in text_of(result)
+    (contents,) = read.contents
+    assert json.loads(getattr(contents, "text", ""))["total_calls"] == 2
+    assert bad.is_error is True
+    assert "since must look like 7d" in text_of(bad)
