@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -83,22 +83,33 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    serve = sub.add_parser("serve", help="run the MCP server (stdio or streamable HTTP)")
-    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
-    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
-    serve.add_argument("--port", type=int, default=8000, help="HTTP port")
-    serve.add_argument(
+    _add_serve_arguments(
+        sub.add_parser("serve", help="run the MCP server (stdio or streamable HTTP)")
+    )
+    return parser
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio (default) or http: streamable HTTP at /mcp",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
+    parser.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback HTTP bind without OCTAVE_TOOLS_SERVER_TOKEN",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--log-level",
         default="WARNING",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="server log level (logs go to stderr)",
     )
-    return parser
 
 
 def _read_text(arg: str) -> str:
@@ -221,15 +232,33 @@ def _exit_code(exc: OctaveError) -> int:
     return EXIT_UNEXPECTED
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def _guarded(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body``; any failure becomes one line on stderr and its exit code."""
+    try:
+        return body()
+    except _UsageError as exc:
+        message, code = str(exc), EXIT_USAGE
+    except OctaveError as exc:
+        message, code = exc.message, _exit_code(exc)
+    except KeyboardInterrupt:
+        message, code = "interrupted", EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as exc:
+        message, code = f"{exc.strerror or exc} ({exc.filename or 'I/O'})", EXIT_UNEXPECTED
+    except Exception as exc:  # the CLI promises no traceback, whatever happens
+        logging.getLogger("octave_tools").debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(exc).__name__}; run with -vv and report it"
+        code = EXIT_UNEXPECTED
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return code
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (never raises)."""
     parser = _build_parser()
-    try:
+
+    def body() -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -242,20 +271,18 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         handler = {"say": _say, "voices": _voices, "usage": _usage, "serve": _serve}[args.command]
         return handler(args)
-    except _UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except OctaveError as exc:
-        return _fail(exc.message, _exit_code(exc))
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        return EXIT_OK
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc} ({exc.filename or 'I/O'})", EXIT_UNEXPECTED)
-    except Exception as exc:  # the CLI promises no traceback, whatever happens
-        return _fail(
-            f"unexpected {type(exc).__name__}; run with -vv and report it", EXIT_UNEXPECTED
-        )
+
+    return _guarded(PROG, body)
+
+
+def serve_main(argv: Sequence[str] | None = None, prog: str = "octave-tools-mcp") -> int:
+    """``octave-tools serve`` as a command of its own (the ``octave-tools-mcp`` script)."""
+    parser = _Parser(
+        prog=prog,
+        description="Run the octave-tools MCP server (text-to-speech tools for MCP clients).",
+    )
+    _add_serve_arguments(parser)
+    return _guarded(prog, lambda: _serve(parser.parse_args(argv)))
 
 
 def main() -> NoReturn:

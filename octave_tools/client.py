@@ -193,10 +193,22 @@ class _BaseClient:
                 return wait
         raise proto.status_error(call, raw, retry_after)
 
-    def _connection_wait(self, attempt: int, deadline: float) -> float | None:
-        return proto.retry_wait(
+    def _after_transport_error(
+        self, call: proto.Call, exc: Exception, attempt: int, deadline: float
+    ) -> float:
+        """Seconds to wait before retrying a failed send, or raise its typed error.
+
+        Raised ``from None``: httpx exceptions carry the request, headers and all.
+        """
+        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+            raise proto.timeout_error(call, self._settings.timeout) from None
+        wait = proto.retry_wait(
             attempt, self._settings.max_retries, None, deadline - time.monotonic()
         )
+        if wait is None:
+            raise proto.connection_error(call, exc, attempt + 1) from None
+        logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
+        return wait
 
 
 def _declared_too_large(response: httpx.Response, limit: int) -> bool:
@@ -281,15 +293,8 @@ class OctaveClient(_BaseClient):
         while True:
             try:
                 raw = self._send(call, deadline)
-            except (httpx.TimeoutException, TimeoutError):
-                raise proto.timeout_error(call, self._settings.timeout) from None
-            except httpx.HTTPError as exc:
-                wait = self._connection_wait(attempt, deadline)
-                if wait is None:
-                    raise proto.connection_error(call, exc, attempt + 1) from None
-                logger.info(
-                    "octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait
-                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
@@ -429,15 +434,8 @@ class AsyncOctaveClient(_BaseClient):
                 else:
                     async with self._slots:
                         raw = await self._send(call, deadline)
-            except (httpx.TimeoutException, TimeoutError):
-                raise proto.timeout_error(call, self._settings.timeout) from None
-            except httpx.HTTPError as exc:
-                wait = self._connection_wait(attempt, deadline)
-                if wait is None:
-                    raise proto.connection_error(call, exc, attempt + 1) from None
-                logger.info(
-                    "octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait
-                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):

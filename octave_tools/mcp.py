@@ -16,7 +16,6 @@ This is the only module that imports ``mcp``.
 # registration, and their Field descriptions are built per server from the catalogue,
 # so the annotations must be real objects, not strings resolved in module globals.
 
-import argparse
 import asyncio
 import hmac
 import logging
@@ -518,41 +517,10 @@ def _serve_http(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``octave-tools-mcp`` command: stdio by default, ``--transport http`` for HTTP."""
-    parser = argparse.ArgumentParser(
-        prog="octave-tools-mcp",
-        description="Run the octave-tools MCP server (text-to-speech tools for MCP clients).",
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("stdio", "http"),
-        default="stdio",
-        help=f"stdio (default) or http: streamable HTTP at {MCP_PATH}.",
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="HTTP bind address.")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port (0: any).")
-    parser.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help=f"Serve a non-loopback host without {ENV_SERVER_TOKEN}.",
-    )
-    parser.add_argument("--log-level", default="WARNING", help="Log level on stderr.")
-    args = parser.parse_args(argv)
-    try:
-        run_server(
-            transport=args.transport,
-            host=args.host,
-            port=args.port,
-            insecure_no_auth=args.insecure_no_auth,
-            log_level=args.log_level,
-        )
-    except OctaveError as exc:
-        # The same line and exit code as `octave-tools serve` (3: configuration).
-        print(f"octave-tools-mcp: error: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    """The ``octave-tools-mcp`` command: ``octave-tools serve`` under its own name."""
+    from .cli import serve_main
+
+    return serve_main(argv)
 
 
 if __name__ == "__main__":
