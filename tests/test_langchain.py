@@ -26,6 +26,7 @@ from octave_tools import (
     VOICES,
     AsyncOctaveClient,
     AuthenticationError,
+    BudgetExceededError,
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
@@ -467,6 +468,15 @@ def test_a_retired_model_is_raised(fake_aimlapi: FakeAIMLAPI) -> None:
 
     with pytest.raises(NotFoundError, match="Set OCTAVE_TOOLS_MODEL to a current"):
         tool.invoke(call({"text": "Hi"}))
+
+
+def test_a_spend_limit_is_raised_before_any_request(fake_aimlapi: FakeAIMLAPI) -> None:
+    tool = OctaveTTSTool(client=OctaveClient(**api_options(fake_aimlapi), max_credits=1000))
+    tool.invoke(call({"text": "x" * 8}))  # 1,000 credits: the whole limit
+
+    with pytest.raises(BudgetExceededError, match="this client has spent 1,000 of its 1,000"):
+        tool.invoke(call({"text": "one more"}))
+    assert len(fake_aimlapi.tts_requests) == 1
 
 
 async def test_configuration_errors_are_raised_on_the_async_path() -> None:
