@@ -826,3 +826,18 @@ async def test_usage_tool_and_resource_report_the_ledger(
     assert json.loads(getattr(contents, "text", ""))["total_calls"] == 2
     assert bad.is_error is True
     assert "since must look like 7d" in text_of(bad)
+
+
+async def test_a_spend_limit_comes_back_as_a_tool_error_before_any_request(
+    fake_aimlapi: FakeAIMLAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = api_env(fake_aimlapi, OCTAVE_TOOLS_MAX_CREDITS="1000")
+    async with connect("memory", env, monkeypatch) as client:
+        first = await client.call_tool("text_to_speech", {"text": "x" * 8})  # 1,000 credits
+        second = await client.call_tool("text_to_speech", {"text": "one more"})
+
+    assert first.is_error is False
+    assert second.is_error is True
+    assert text_of(second).startswith(TTS_ERROR + "Spend limit reached: this call would cost")
+    assert "OCTAVE_TOOLS_MAX_CREDITS" in text_of(second)
+    assert len(fake_aimlapi.tts_requests) == 1
