@@ -22,7 +22,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech
+from .models import Speech, UsageGroup, UsageReport
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -49,5 +49,7 @@ __all__ = [
     "ServerError",
     "Speech",
     "UnexpectedResponseError",
+    "UsageGroup",
+    "UsageReport",
     "__version__",
 ]
