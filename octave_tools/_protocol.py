@@ -159,7 +159,11 @@ def redact(text: str, secret: str) -> str:
 
 def excerpt(body: bytes, secret: str) -> str:
     """A short, single-line, key-free quote of a response body."""
-    text = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    window = body[: EXCERPT_CHARS * 4]
+    text = redact(window.decode("utf-8", errors="replace"), secret)
+    if secret and len(body) > len(window):
+        # The cut may have gone through a copy of the key: what is left of it goes too.
+        text = text[: -len(secret)]
     text = re.sub(r"<[^>]*>", " ", text)
     text = " ".join(text.split())
     text = redact(text, secret)
@@ -273,6 +277,11 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
             raw,
             f"an audio URL that is not https ({_scheme(url)})",
             _request_id(raw.headers, data),
+        )
+    if call.secret and call.secret in url:
+        # Passed on, the URL would show the key to the model, the user and every log.
+        raise _unexpected(
+            call, raw, "an audio URL that contains the API key", _request_id(raw.headers, data)
         )
     credits, usd = _usage(raw.headers, data)
     return Speech(

@@ -76,6 +76,7 @@ class Spend:
         self._local_entries: list[LedgerEntry] = []  # when the ledger is off
         self._store: Store | None = None
         self._store_opened = False
+        self._open_lock = threading.Lock()
 
     @property
     def ledger_path(self) -> Path:
@@ -86,9 +87,13 @@ class Spend:
     def store(self) -> Store | None:
         """The shared store, opened on first use; None when the ledger is off."""
         if not self._store_opened:
-            self._store_opened = True
-            if self._settings.ledger:
-                self._store = open_store(self.ledger_path)
+            # Under a lock, and marked open only once it is: concurrent first calls (each
+            # settling in its own thread) must all see the store, not a None that means "off".
+            with self._open_lock:
+                if not self._store_opened:
+                    if self._settings.ledger:
+                        self._store = open_store(self.ledger_path)
+                    self._store_opened = True
         return self._store
 
     @property

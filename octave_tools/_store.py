@@ -194,7 +194,15 @@ class SQLiteStore:
                 )
                 # Under the database lock, so a window read sees each row exactly once.
                 with self._lock:
-                    self._written_since_read.extend(batch)
+                    window = self._window
+                    if window is not None and time.monotonic() - window[0] < 2 * WINDOW_REFRESH:
+                        self._written_since_read.extend(batch)
+                    else:
+                        # No recent read to add these to (no budget is being checked): the
+                        # next read is fresh and counts them, so keep nothing, or a server
+                        # without a budget would hold every entry it ever wrote.
+                        self._window = None
+                        self._written_since_read = []
         except (sqlite3.Error, OSError) as exc:
             with self._lock:
                 self._lost.extend(batch)
@@ -258,10 +266,11 @@ class SQLiteStore:
                     "WHERE ts >= ? AND credits > 0",
                     (since,),
                 ).fetchone()
+                # Still under the database lock: a write after this read must see the window.
+                self._window = (now, since, float(row[0]), row[1])
         except (sqlite3.Error, OSError) as exc:
             self._disable(exc)
             return 0.0, None
-        self._window = (now, since, float(row[0]), row[1])
         return float(row[0]), row[1]
 
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
