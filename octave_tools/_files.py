@@ -93,8 +93,26 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
             body_excerpt="",
         )
     host = parts.netloc
+
+    def check_hop(request: httpx.Request) -> None:
+        # A CDN may redirect; every hop must pass the same check as the first URL.
+        if not check_audio_url(str(request.url), settings.base_url):
+            raise UnexpectedResponseError(
+                f"Refusing to follow a redirect of the audio to {str(request.url)[:80]!r}.",
+                status_code=302,
+                body_excerpt="",
+            )
+
     try:
-        with httpx.stream("GET", url, timeout=settings.timeout, follow_redirects=True) as response:
+        with (
+            httpx.Client(
+                timeout=settings.timeout,
+                follow_redirects=True,
+                max_redirects=5,
+                event_hooks={"request": [check_hop]},
+            ) as http,
+            http.stream("GET", url) as response,
+        ):
             if response.status_code != 200:
                 raise APIStatusError(
                     f"Downloading the audio from {host} failed ({response.status_code}). The URL "

@@ -555,3 +555,34 @@ def test_any_encoded_answer_to_the_async_client_is_speech_or_octave_error(
                 assert isinstance(result, Speech)
 
     asyncio.run(go())
+
+
+def test_out_refuses_a_redirect_to_a_url_that_is_not_allowed() -> None:
+    import http.server
+    import threading
+
+    from octave_tools import UnexpectedResponseError
+    from octave_tools._files import fetch_audio
+    from octave_tools._settings import Settings
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = Settings.load(api_key="k", base_url=base + "/v1", environ={})
+        with pytest.raises(UnexpectedResponseError, match="Refusing to follow a redirect"):
+            fetch_audio(base + "/files/a.wav", settings)
+    finally:
+        server.shutdown()
+        server.server_close()
