@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import tempfile
 import time
 
 import httpx
@@ -91,6 +93,8 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    # Default settings (ledger on), but the ledger goes to a temp folder, not the user's.
+    os.environ["OCTAVE_TOOLS_DATA_DIR"] = tempfile.mkdtemp(prefix="octave-bench-")
     with FakeAIMLAPI() as api:
         bare, ours = per_call(api, args.calls)
         print(
