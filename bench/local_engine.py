@@ -70,6 +70,7 @@ def _child(code: str, *args: str, env: dict[str, str]) -> tuple[dict[str, Any], 
 def cold(runs: int, out_dir: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))}
     env["OCTAVE_TOOLS_OUTPUT_DIR"] = out_dir
+    env["OCTAVE_TOOLS_DATA_DIR"] = os.environ["OCTAVE_TOOLS_DATA_DIR"]
     base_wall: list[float] = []
     base_rss: list[float] = []
     import_ms: list[float] = []
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="cold processes (default 10)")
     parser.add_argument("--calls", type=int, default=200, help="warm calls (default 200)")
     args = parser.parse_args()
+    # The ledger stays on, as by default, but in a temp folder rather than the user's.
+    os.environ["OCTAVE_TOOLS_DATA_DIR"] = tempfile.mkdtemp(prefix="octave-bench-")
     with tempfile.TemporaryDirectory(prefix="octave-bench-") as out_dir:
         os.environ["OCTAVE_TOOLS_OUTPUT_DIR"] = out_dir
         c = cold(args.runs, out_dir)

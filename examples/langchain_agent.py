@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit("--live needs AIMLAPI_API_KEY in the environment.")
         run(OctaveToolkit(engine="aimlapi").get_tools(), live_model(args.model), args.prompt)
         return
+    os.environ["OCTAVE_TOOLS_LEDGER"] = "off"  # fake calls stay out of your usage report
     with FakeAIMLAPI() as api:
         toolkit = OctaveToolkit(api_key=api.api_key, base_url=api.base_url, engine="aimlapi")
         run(toolkit.get_tools(), ScriptedChatModel(), args.prompt)

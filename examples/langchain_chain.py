@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit("--live needs AIMLAPI_API_KEY in the environment.")
         asyncio.run(narrate(OctaveTTSTool(engine="aimlapi"), SCENE))
         return
+    os.environ["OCTAVE_TOOLS_LEDGER"] = "off"  # fake calls stay out of your usage report
     with FakeAIMLAPI() as api:
         tts = OctaveTTSTool(api_key=api.api_key, base_url=api.base_url, engine="aimlapi")
         asyncio.run(narrate(tts, SCENE))
