@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +35,7 @@ ENV_MAX_CREDITS = ("OCTAVE_TOOLS_MAX_CREDITS",)
 ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES_LIMIT = 10
@@ -154,8 +156,16 @@ class Settings:
         raw_max, max_src = pick(max_credits_per_day, "max_credits_per_day", ENV_MAX_CREDITS)
         raw_ttl, ttl_src = pick(cache_ttl, "cache_ttl", ENV_CACHE_TTL)
 
+        key = key.strip() if key else None
+        if key and not _KEY_CHARS.fullmatch(key):
+            # Said without the key: a pasted key with a newline or a stray character would
+            # otherwise end up in an HTTP library's error message, in full.
+            raise ConfigurationError(
+                f"The API key ({ENV_API_KEY[0]} or api_key) holds a space, a control character "
+                "or a non-ASCII character; copy it again from https://aimlapi.com/app/keys."
+            )
         return cls(
-            api_key=_Secret(key.strip()) if key and key.strip() else None,
+            api_key=_Secret(key) if key else None,
             base_url=_parse_base_url(raw_base, base_src),
             model=raw_model or DEFAULT_MODEL,
             voice=raw_voice,

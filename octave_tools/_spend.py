@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -51,7 +52,7 @@ def parse_since(value: str | float | None, *, now: float | None = None) -> float
         amount = float(text[:-1]) if text and text[-1] in units else float("nan")
     except ValueError:
         amount = float("nan")
-    if not (amount >= 0):
+    if not (math.isfinite(amount) and 0 <= amount * units.get(text[-1:], 0) <= now):
         raise InvalidInputError(
             f"since must look like 7d, 12h, 30m or 90s; got {value!r}.", field="since"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,10 +140,20 @@ def _say(args: argparse.Namespace) -> int:
     text = _read_text(args.text)
     fmt = _format_for(args)
     out = Path(args.out).expanduser() if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise InvalidInputError(
-            f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
-        )
+    if out is not None:
+        # Checked before the paid call, so a bad path never wastes one.
+        if not out.parent.is_dir():
+            raise InvalidInputError(
+                f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
+            )
+        if out.is_dir():
+            raise InvalidInputError(
+                f"--out {str(out)!r} is a folder; give a file name such as hello.wav.", field="out"
+            )
+        if not os.access(out.parent, os.W_OK):
+            raise InvalidInputError(
+                f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
+            )
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
         speech = client.synthesize(text, voice=args.voice, format=fmt)
         saved = None

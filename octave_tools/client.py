@@ -376,15 +376,23 @@ class AsyncOctaveClient(_BaseClient):
         if hit is not None:
             await self._settle(hit, job.text, None)
             return hit
-        leader = self._inflight.get(key)
-        if leader is not None:
-            speech = self._follower_result(await asyncio.shield(leader))
+        while (leader := self._inflight.get(key)) is not None:
+            try:
+                earlier = await asyncio.shield(leader)
+            except asyncio.CancelledError:
+                if leader.cancelled():
+                    continue  # the leading caller was cancelled, not this one: go on alone
+                raise
+            speech = self._follower_result(earlier)
             await self._settle(speech, job.text, None)
             return speech
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             speech = await self._spend_and_run(job)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: no warning when nobody was waiting

@@ -227,3 +227,12 @@ def test_no_traceback_and_no_key_at_any_verbosity(api_env: FakeAIMLAPI) -> None:
             assert "Traceback" not in proc.stderr
             assert key not in proc.stderr + proc.stdout
             assert proc.stderr.strip().splitlines()[-1].startswith("octave-tools: error: ")
+
+
+def test_say_out_that_is_a_folder_fails_before_spending(
+    capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI, tmp_path: Path
+) -> None:
+    code, _, err = cli(capsys, "say", "Hi", "--out", str(tmp_path))
+    assert code == 2
+    assert "is a folder; give a file name" in err
+    assert api_env.requests == []

@@ -102,3 +102,11 @@ def test_repr_str_and_pickle_never_show_the_key() -> None:
 
     with pytest.raises(TypeError):
         pickle.dumps(s)
+
+
+@pytest.mark.parametrize("key", ["abc\ndefSECRET123", "abcé-SECRET123", "abc def-SECRET123"])
+def test_a_malformed_key_is_refused_without_being_shown(key: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.load(api_key=key, environ={})
+    assert "SECRET123" not in str(info.value)
+    assert "copy it again" in str(info.value)

@@ -211,3 +211,24 @@ def test_cli_loop_matches_fake_requests_and_ledger(
 def test_usage_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["usage", "--since", "soon"]) == 2
     assert "since must look like 7d" in capsys.readouterr().err
+
+
+def test_a_cancelled_leader_does_not_cancel_the_callers_waiting_on_it(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path
+) -> None:
+    fake_aimlapi.inject(Fault("ok", delay=0.5))
+
+    async def go() -> object:
+        async with aclient(fake_aimlapi, data_dir=str(tmp_path), cache_ttl=60) as c:
+            leader = asyncio.create_task(c.synthesize("Shared words"))
+            await asyncio.sleep(0.1)
+            follower = asyncio.create_task(c.synthesize("Shared words"))
+            await asyncio.sleep(0.1)
+            leader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+            return await follower
+
+    speech = asyncio.run(go())
+    assert speech.audio_url in fake_aimlapi.issued  # type: ignore[attr-defined]
+    assert speech.cached is False  # type: ignore[attr-defined]

@@ -214,3 +214,9 @@ def test_window_total_is_reread_after_a_second(
     assert mine.spent_since(0)[0] == 1110
     mine.close()
     other.close()
+
+
+@pytest.mark.parametrize("bad", ["1e20d", "1e400d", "nand", "infh"])
+def test_parse_since_refuses_out_of_range_periods(bad: str) -> None:
+    with pytest.raises(InvalidInputError, match="since must look like 7d"):
+        parse_since(bad, now=1_000_000.0)
