@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -13,6 +14,7 @@ from urllib.request import url2pathname
 
 import httpx
 
+from ._deadline import deadline_transport, hard_deadline
 from ._protocol import MAX_AUDIO_BYTES, check_audio_url
 from ._settings import Settings
 from .errors import (
@@ -105,7 +107,9 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
 
     try:
         with (
+            hard_deadline(time.monotonic() + settings.timeout),
             httpx.Client(
+                transport=deadline_transport(httpx.Limits()),
                 timeout=settings.timeout,
                 follow_redirects=True,
                 max_redirects=5,

@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from . import _protocol as proto
+from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
 from ._settings import Settings
 from ._spend import Spend
@@ -316,11 +317,16 @@ class OctaveClient(_BaseClient):
         if http is None:
             with self._inflight_lock:
                 if self._http is None:
-                    self._http = httpx.Client(limits=_LIMITS, follow_redirects=False)
+                    self._http = httpx.Client(
+                        transport=deadline_transport(_LIMITS), follow_redirects=False
+                    )
                 http = self._http
-        with http.stream(
-            "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
-        ) as response:
+        with (
+            hard_deadline(deadline),
+            http.stream(
+                "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
+            ) as response,
+        ):
             limit = proto.body_limit(response.headers)
             if _declared_too_large(response, limit):
                 raise proto.too_large_error(call, response.status_code, limit)
