@@ -9,6 +9,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -24,18 +25,33 @@ from .errors import (
     UnexpectedResponseError,
 )
 
-__all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "write_atomic"]
+__all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "user_dir", "write_atomic"]
+
+
+# Per platform: (Windows variable, its fallback under home, suffix), macOS folder,
+# (XDG variable, its fallback under home). The usual user folders, as platformdirs has them.
+_USER_DIRS = {
+    "cache": (("LOCALAPPDATA", "AppData/Local", "Cache"), "Library/Caches",
+              ("XDG_CACHE_HOME", ".cache")),
+    "data": (("APPDATA", "AppData/Roaming", ""), "Library/Application Support",
+             ("XDG_DATA_HOME", ".local/share")),
+}  # fmt: skip
+
+
+def user_dir(kind: Literal["cache", "data"]) -> Path:
+    """The user cache or data directory for octave-tools on this platform."""
+    (win_var, win_home, win_suffix), mac, (xdg_var, xdg_home) = _USER_DIRS[kind]
+    if sys.platform == "win32":
+        root = os.environ.get(win_var) or str(Path.home() / win_home)
+        return Path(root) / "octave-tools" / win_suffix
+    if sys.platform == "darwin":
+        return Path.home() / mac / "octave-tools"
+    return Path(os.environ.get(xdg_var) or str(Path.home() / xdg_home)) / "octave-tools"
 
 
 def default_output_dir() -> Path:
     """The user cache directory for octave-tools on this platform."""
-    if sys.platform == "win32":
-        root = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(root) / "octave-tools" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "octave-tools"
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "octave-tools"
+    return user_dir("cache")
 
 
 def new_audio_path(output_dir: str | None, extension: str) -> Path:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import sys
 import threading
 import time
 from pathlib import Path
 
+from ._files import user_dir
 from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import GroupBy, LedgerEntry, Store, open_store
 from .errors import BudgetExceededError, InvalidInputError
@@ -30,13 +29,7 @@ GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
 
 def default_data_dir() -> Path:
     """The user data directory for octave-tools on this platform."""
-    if sys.platform == "win32":
-        root = os.environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
-        return Path(root) / "octave-tools"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "octave-tools"
-    root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(root) / "octave-tools"
+    return user_dir("data")
 
 
 def parse_since(value: str | float | None, *, now: float | None = None) -> float:
