@@ -94,6 +94,16 @@ class Spend:
     def store_is_open(self) -> bool:
         return self._store_opened
 
+    def reserve_needs_io(self) -> bool:
+        """Whether reserve() may read the ledger file (else it is a few microseconds)."""
+        if not self._store_opened:
+            return True
+        store = self._store
+        if store is None:
+            return False
+        fresh = getattr(store, "window_is_fresh", None)
+        return fresh is None or not fresh(time.time() - DAY)
+
     @property
     def needs_budget_check(self) -> bool:
         return self.daily_limit is not None or self.client_limit is not None

@@ -25,6 +25,7 @@ logger = logging.getLogger("octave_tools")
 
 GroupBy = Literal["day", "model", "voice", "engine"]
 WINDOW_REFRESH = 1.0
+BATCH_WINDOW = 0.02
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,13 @@ class SQLiteStore:
         self._pending: list[LedgerEntry] = []  # queued, not yet written
         self._lost: list[LedgerEntry] = []  # could not be written: still counted
         # The database's window total, re-read at most every WINDOW_REFRESH seconds so a
-        # budget check does not scan a day of rows per call; what this process wrote
-        # since the read is added from memory, other processes' writes show up on refresh.
+        # budget check does not scan a day of rows per call. What this process spent that
+        # the read did not see (queued then, or added since) is kept as a running sum, so
+        # a check costs the same after a million calls; other processes' spend shows up
+        # on the next read.
         self._window: tuple[float, float, float, float | None] | None = None
-        self._written_since_read: list[LedgerEntry] = []
+        self._unread_credits = 0.0
+        self._unread_oldest: float | None = None
         self._queue: queue.SimpleQueue[LedgerEntry | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._idle = threading.Event()
@@ -155,6 +159,10 @@ class SQLiteStore:
                 self._lost.append(entry)
                 return
             self._pending.append(entry)
+            if entry.credits > 0:
+                self._unread_credits += entry.credits
+                if self._unread_oldest is None:
+                    self._unread_oldest = entry.ts
             self._idle.clear()
             if self._writer is None:
                 self._writer = threading.Thread(
@@ -168,6 +176,9 @@ class SQLiteStore:
             first = self._queue.get()
             if first is None:
                 return
+            # Gather what arrives in the next moment: one write for many calls costs the
+            # callers' threads less GIL time than a write each.
+            time.sleep(BATCH_WINDOW)
             batch = [first]
             while True:
                 try:
@@ -192,27 +203,22 @@ class SQLiteStore:
                     "usd, request_id, text_sha256, cached) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [astuple(e) for e in batch],
                 )
-                # Under the database lock, so a window read sees each row exactly once.
+                # Still under the database lock: a window read sees each row in exactly
+                # one place, the database or the pending list.
                 with self._lock:
-                    window = self._window
-                    if window is not None and time.monotonic() - window[0] < 2 * WINDOW_REFRESH:
-                        self._written_since_read.extend(batch)
-                    else:
-                        # No recent read to add these to (no budget is being checked): the
-                        # next read is fresh and counts them, so keep nothing, or a server
-                        # without a budget would hold every entry it ever wrote.
-                        self._window = None
-                        self._written_since_read = []
+                    self._drop_pending(batch)
         except (sqlite3.Error, OSError) as exc:
             with self._lock:
-                self._lost.extend(batch)
+                self._drop_pending(batch)
+                self._lost.extend(batch)  # counted from there from now on
+                self._unread_credits -= sum(e.credits for e in batch if e.credits > 0)
             self._disable(exc)
-        finally:
-            with self._lock:
-                written = {id(e) for e in batch}
-                self._pending = [e for e in self._pending if id(e) not in written]
-                if not self._pending:
-                    self._idle.set()
+
+    def _drop_pending(self, batch: Sequence[LedgerEntry]) -> None:
+        done = {id(e) for e in batch}
+        self._pending = [e for e in self._pending if id(e) not in done]
+        if not self._pending:
+            self._idle.set()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every queued entry is written (or given up on)."""
@@ -241,12 +247,25 @@ class SQLiteStore:
         """Credits spent since ``since`` (epoch seconds) and the oldest charge's time."""
         total, oldest = self._window_total(since)
         with self._lock:
-            recent = self._written_since_read + self._pending + self._lost
-        for e in recent:
+            total += self._unread_credits
+            recent_oldest = self._unread_oldest
+            lost = list(self._lost) if self._lost else []
+        if recent_oldest is not None:
+            oldest = recent_oldest if oldest is None else min(oldest, recent_oldest)
+        for e in lost:
             if e.ts >= since and e.credits > 0:
                 total += e.credits
                 oldest = e.ts if oldest is None else min(oldest, e.ts)
         return total, oldest
+
+    def window_is_fresh(self, since: float) -> bool:
+        """Whether spent_since(since) would be answered from memory, without a read."""
+        cached = self._window
+        return (
+            cached is not None
+            and time.monotonic() - cached[0] < WINDOW_REFRESH
+            and cached[1] <= since
+        )
 
     def _window_total(self, since: float) -> tuple[float, float | None]:
         now = time.monotonic()
@@ -259,15 +278,18 @@ class SQLiteStore:
             return 0.0, None
         try:
             with self._db_lock:
-                with self._lock:
-                    self._written_since_read = []
                 row = db.execute(
                     "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
                     "WHERE ts >= ? AND credits > 0",
                     (since,),
                 ).fetchone()
-                # Still under the database lock: a write after this read must see the window.
-                self._window = (now, since, float(row[0]), row[1])
+                # Under the database lock, no write is half-done: what the read did not
+                # see is exactly what is still pending.
+                with self._lock:
+                    paid = [e for e in self._pending if e.credits > 0]
+                    self._unread_credits = sum(e.credits for e in paid)
+                    self._unread_oldest = min((e.ts for e in paid), default=None)
+                    self._window = (now, since, float(row[0]), row[1])
         except (sqlite3.Error, OSError) as exc:
             self._disable(exc)
             return 0.0, None

@@ -412,11 +412,12 @@ class AsyncOctaveClient(_BaseClient):
     async def _spend_and_run(self, job: _Job) -> Speech:
         spend = self._spend
         # Budget reads touch the ledger file: keep them off the event loop.
-        held = (
-            await asyncio.to_thread(spend.reserve, job.model, job.characters)
-            if spend.needs_budget_check
-            else 0.0
-        )
+        if not spend.needs_budget_check:
+            held = 0.0
+        elif spend.reserve_needs_io():
+            held = await asyncio.to_thread(spend.reserve, job.model, job.characters)
+        else:
+            held = spend.reserve(job.model, job.characters)
         try:
             speech = await self._run(job)
         finally:
