@@ -588,78 +588,36 @@ def test_out_refuses_a_redirect_to_a_url_that_is_not_allowed() -> None:
         server.server_close()
 
 
-class _Trickler:
-    """A loopback server that sends its answer one byte at a time, forever."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        import threading
-
-        self._listener.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn: object) -> None:
-        import socket
-
-        assert isinstance(conn, socket.socket)
-        with conn:
-            conn.recv(65536)
-            for byte in b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n" * 100:
-                if self._stop.wait(0.2):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        self._thread.join(timeout=5)
+def trickle_headers(conn: socket.socket) -> None:
+    """The status line and headers a byte every 0.2 s, never reaching the body."""
+    for byte in b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n" * 100:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async", "download"])
-def test_a_server_trickling_bytes_cannot_hold_a_call_past_its_timeout(mode: str) -> None:
-    import time
-
-    from octave_tools import APITimeoutError, AsyncOctaveClient, OctaveClient
+def test_a_server_trickling_bytes_cannot_hold_a_call_past_its_timeout(
+    mode: str, upstream: Callable[..., RawUpstream]
+) -> None:
     from octave_tools._files import fetch_audio
     from octave_tools._settings import Settings
 
-    server = _Trickler()
-    base = f"http://127.0.0.1:{server.port}/v1"
+    base = upstream(trickle_headers).base_url
     options = {"api_key": "k", "base_url": base, "engine": "aimlapi", "timeout": 1.0}
     started = time.monotonic()
-    try:
-        with pytest.raises(APITimeoutError):
-            if mode == "sync":
-                with OctaveClient(max_retries=0, **options) as client:  # type: ignore[arg-type]
-                    client.synthesize("hi")
-            elif mode == "async":
+    with pytest.raises(APITimeoutError):
+        if mode == "sync":
+            with OctaveClient(max_retries=0, **options) as client:  # type: ignore[arg-type]
+                client.synthesize("hi")
+        elif mode == "async":
 
-                async def go() -> None:
-                    async with AsyncOctaveClient(max_retries=0, **options) as client:  # type: ignore[arg-type]
-                        await client.synthesize("hi")
+            async def go() -> None:
+                async with AsyncOctaveClient(max_retries=0, **options) as client:  # type: ignore[arg-type]
+                    await client.synthesize("hi")
 
-                asyncio.run(go())
-            else:
-                settings = Settings.load(api_key="k", base_url=base, timeout=1.0, environ={})
-                fetch_audio(f"http://127.0.0.1:{server.port}/files/a.wav", settings)
-        # Each read is short, so only a total deadline stops this; allow scheduling slack.
-        assert time.monotonic() - started < 1.0 + 0.5
-    finally:
-        server.close()
+            asyncio.run(go())
+        else:
+            settings = Settings.load(api_key="k", base_url=base, timeout=1.0, environ={})
+            fetch_audio(base.removesuffix("/v1") + "/files/a.wav", settings)
+    # Each read is short, so only a total deadline stops this; allow scheduling slack.
+    assert time.monotonic() - started < 1.0 + 0.5
