@@ -127,6 +127,14 @@ class _Backend:
 
 _Ctx = Context[_Backend, Any]
 
+# list_voices and usage: they read local state only, change nothing and cost nothing.
+_LOCAL_READ_ONLY: dict[str, bool] = {
+    "read_only_hint": True,
+    "destructive_hint": False,
+    "idempotent_hint": True,
+    "open_world_hint": False,
+}
+
 # The schema offers exactly FORMATS; the core still checks the value, so a stray "MP3"
 # works and a wrong one gets "Unknown format 'ogg'. Use one of: wav, mp3."
 _FORMAT_SCHEMA = WithJsonSchema(
@@ -254,25 +262,13 @@ def create_server(client: AsyncOctaveClient | None = None, **options: Any) -> MC
         list_voices,
         title="List voices",
         description=_VOICES_HELP,
-        annotations=ToolAnnotations(
-            title="List voices",
-            read_only_hint=True,
-            destructive_hint=False,
-            idempotent_hint=True,
-            open_world_hint=False,
-        ),
+        annotations=ToolAnnotations(title="List voices", **_LOCAL_READ_ONLY),
     )
     server.add_tool(
         usage,
         title="Usage",
         description=_USAGE_HELP,
-        annotations=ToolAnnotations(
-            title="Usage",
-            read_only_hint=True,
-            destructive_hint=False,
-            idempotent_hint=True,
-            open_world_hint=False,
-        ),
+        annotations=ToolAnnotations(title="Usage", **_LOCAL_READ_ONLY),
     )
     server.resource(
         USAGE_URI,
