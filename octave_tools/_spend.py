@@ -52,6 +52,11 @@ def parse_since(value: str | float | None, *, now: float | None = None) -> float
     return now - amount * units[text[-1]]
 
 
+def reused(speech: Speech) -> Speech:
+    """``speech`` handed out again: marked cached, and free this time."""
+    return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
+
+
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -126,7 +131,7 @@ class Spend:
             earlier = Speech.model_validate_json(value)
         except ValueError:
             return None
-        return earlier.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
+        return reused(earlier)
 
     # ------------------------------------------------------------ budget
 

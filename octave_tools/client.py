@@ -18,7 +18,7 @@ from . import _protocol as proto
 from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
 from ._settings import Settings
-from ._spend import Spend
+from ._spend import Spend, reused
 from .errors import ConfigurationError
 from .models import Speech, UsageReport
 from .voices import VoiceCatalogue, catalogue_for
@@ -160,10 +160,6 @@ class _BaseClient:
             key = self._spend.cache_key(engine, model, voice_key, fmt_key, text)
         return _Job(text, voice, fmt, call, model, chars, key)
 
-    def _follower_result(self, speech: Speech) -> Speech:
-        """What a coalesced duplicate gets: the leader's audio, marked cached and free."""
-        return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
-
     def _deadline(self) -> float:
         return time.monotonic() + self._settings.timeout
 
@@ -257,7 +253,7 @@ class OctaveClient(_BaseClient):
                 future: concurrent.futures.Future[Speech] = concurrent.futures.Future()
                 self._inflight[key] = future
         if leader is not None:
-            speech = self._follower_result(leader.result())
+            speech = reused(leader.result())  # a coalesced duplicate
             self._spend.settle(speech, job.text, None)
             return speech
         try:
@@ -389,7 +385,7 @@ class AsyncOctaveClient(_BaseClient):
                 if leader.cancelled():
                     continue  # the leading caller was cancelled, not this one: go on alone
                 raise
-            speech = self._follower_result(earlier)
+            speech = reused(earlier)  # a coalesced duplicate
             await self._settle(speech, job.text, None)
             return speech
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
