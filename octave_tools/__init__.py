@@ -5,6 +5,7 @@ The core has no LangChain or MCP imports; those faces live in
 """
 
 from ._version import __version__
+from .catalogue import MODELS, ModelSpec
 from .client import AsyncOctaveClient, OctaveClient
 from .errors import (
     APIConnectionError,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_VOICE",
     "FORMATS",
     "MAX_TEXT_CHARS",
+    "MODELS",
     "VOICES",
     "APIConnectionError",
     "APIError",
@@ -42,6 +44,7 @@ __all__ = [
     "BudgetExceededError",
     "ConfigurationError",
     "InvalidInputError",
+    "ModelSpec",
     "NotFoundError",
     "OctaveClient",
     "OctaveError",
