@@ -7,9 +7,12 @@ bytes move and how they sleep.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import logging
 import random
 import re
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +20,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._settings import ENV_API_KEY, ENV_MODEL, Settings, is_loopback
+from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
+from .catalogue import MODELS, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -32,7 +36,7 @@ from .errors import (
     UnexpectedResponseError,
 )
 from .models import Speech
-from .voices import MAX_TEXT_CHARS, AudioFormat, resolve_format, resolve_voice
+from .voices import MAX_TEXT_CHARS, resolve_model_format, resolve_voice
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
@@ -42,6 +46,7 @@ MAX_RETRY_AFTER = 30.0
 MAX_JSON_BYTES = 1 << 20
 MAX_AUDIO_BYTES = 64 << 20
 EXCERPT_CHARS = 200
+logger = logging.getLogger("octave_tools")
 _UNSAFE_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
@@ -55,9 +60,11 @@ class Call:
     text_chars: int
     model: str
     voice: str | None
-    format: AudioFormat
+    format: str
+    """The user format the answer is in (what was asked, or the model's default)."""
     client_request_id: str
     secret: str = field(repr=False, default="")
+    speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,14 @@ class AudioPayload:
     usd_spent: float | None
 
 
-def validate_text(text: object) -> str:
-    """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix."""
+def validate_text(
+    text: object, *, limit: int | None = MAX_TEXT_CHARS, model: str | None = None
+) -> str:
+    """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix.
+
+    ``limit`` is the model's documented maximum (None: the docs give none, so the
+    API is left to enforce it); ``model`` names it in the message.
+    """
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a string, not {type(text).__name__}.", field="text")
     if not text.strip():
@@ -93,9 +106,10 @@ def validate_text(text: object) -> str:
             "text is empty. Pass the words to speak (at least one non-space character).",
             field="text",
         )
-    if len(text) > MAX_TEXT_CHARS:
+    if limit is not None and len(text) > limit:
+        for_model = f" for model {model!r}" if model else ""
         raise InvalidInputError(
-            f"text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}. "
+            f"text is {len(text):,} characters; the limit is {limit:,}{for_model}. "
             "Split it into shorter parts and synthesise each.",
             field="text",
         )
@@ -110,16 +124,30 @@ def validate_text(text: object) -> str:
     return text
 
 
-def prepare(settings: Settings, text: object, voice: str | None, fmt: str | None) -> Call:
-    """Validate the arguments and build the request; raises before any I/O."""
-    text = validate_text(text)
-    model = settings.model
-    resolved_voice = resolve_voice(voice if voice is not None else settings.voice, model)
-    resolved_format = resolve_format(fmt if fmt is not None else settings.format)
+def prepare(
+    settings: Settings,
+    text: object,
+    voice: str | None,
+    fmt: str | None,
+    *,
+    model: str | None = None,
+    speed: float | None = None,
+) -> Call:
+    """Validate the arguments and build the request for ``model``; raises before any I/O.
+
+    ``model`` defaults to the configured one. A catalogued model gets the body its
+    spec describes (voice, format and speed in its own fields, all checked first);
+    any other id is sent with the generic fields only and no local checks.
+    """
+    model_id = _model_id(model, settings)
+    spec = MODELS.get(model_id)
+    if spec is None:
+        text = validate_text(text, limit=None)
+        payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
+    else:
+        text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
+        payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
     key = settings.require_key()
-    payload: dict[str, Any] = {"model": model, "text": text, "format": resolved_format}
-    if resolved_voice is not None:
-        payload["voice"] = resolved_voice
     client_request_id = f"octave-tools-{uuid.uuid4().hex}"
     return Call(
         url=settings.tts_url(),
@@ -132,12 +160,163 @@ def prepare(settings: Settings, text: object, voice: str | None, fmt: str | None
         },
         body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
         text_chars=len(text),
-        model=model,
-        voice=resolved_voice,
-        format=resolved_format,
+        model=model_id,
+        voice=sent_voice,
+        format=produced,
         client_request_id=client_request_id,
         secret=key,
+        speed=speed,
     )
+
+
+def _model_id(model: str | None, settings: Settings) -> str:
+    if model is None:
+        return settings.model
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInputError(
+            "model is empty. Leave it out for the configured model "
+            f"({settings.model!r}), or pass a model id such as 'openai/tts-1'.",
+            field="model",
+        )
+    return model.strip()
+
+
+def _spec_body(
+    settings: Settings,
+    spec: ModelSpec,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    """The body ``spec`` describes, the voice sent and the user format produced."""
+    configured = spec.id == settings.model
+    if voice is not None:
+        chosen_voice = resolve_voice(voice, spec.id)
+    else:
+        chosen_voice = _configured_voice(settings, spec, configured)
+    if fmt is not None:
+        chosen_format = resolve_model_format(fmt, spec)
+    elif settings.format is not None and (configured or settings.format in spec.formats):
+        # The setting is checked for the configured model; for a model picked per call it
+        # is a preference that yields to that model's default when it cannot give it.
+        chosen_format = _configured_format(settings.format, spec)
+    else:
+        chosen_format = spec.default_format
+    body_speed = _speed_value(spec, speed)
+
+    payload: dict[str, Any] = {"model": spec.id, spec.text_field: text}
+    if chosen_voice is not None:
+        _put(payload, spec.voice_path, chosen_voice)
+    if chosen_format is not None and spec.format_path is not None:
+        _put(payload, spec.format_path, spec.format_value(chosen_format))
+    if body_speed is not None and spec.speed is not None:
+        _put(payload, spec.speed.path, body_speed)
+    if spec.stream_false:
+        payload["stream"] = False
+    return payload, chosen_voice, chosen_format or spec.native_format
+
+
+def _configured_voice(settings: Settings, spec: ModelSpec, configured: bool) -> str | None:
+    if settings.voice is None or configured:
+        return resolve_voice(settings.voice, spec.id)
+    # The configured voice belongs to the configured model; another model uses it only if
+    # it has a voice of that name, else its own default.
+    try:
+        return resolve_voice(settings.voice, spec.id)
+    except InvalidInputError:
+        return resolve_voice(None, spec.id)
+
+
+def _configured_format(fmt: str, spec: ModelSpec) -> str | None:
+    try:
+        return resolve_model_format(fmt, spec)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"{exc} (The format comes from the setting {ENV_FORMAT[0]}; change it or pass "
+            "a format per call.)",
+            field="format",
+        ) from None
+
+
+def _speed_value(spec: ModelSpec, speed: object) -> float | int | None:
+    if speed is None:
+        return None
+    option = spec.speed
+    if option is None:
+        with_speed = ", ".join(m for m, s in MODELS.items() if s.speed is not None)
+        raise InvalidInputError(
+            f"Model {spec.id!r} has no speed setting; leave speed out. "
+            f"Models with one: {with_speed}.",
+            field="speed",
+        )
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != speed:
+        raise InvalidInputError(
+            f"speed must be a number such as 1.0 (normal) or 1.25; got {speed!r}.", field="speed"
+        )
+    if not option.minimum <= speed <= option.maximum:
+        raise InvalidInputError(
+            f"speed {speed:g} is out of range for model {spec.id!r}: use "
+            f"{option.minimum:g} to {option.maximum:g} (1 is normal).",
+            field="speed",
+        )
+    return option.to_body(float(speed))
+
+
+def _put(payload: dict[str, Any], path: BodyPath, value: object) -> None:
+    """Set ``value`` at ``path`` in ``payload``, making the objects and arrays on the way."""
+    node: Any = payload
+    for step, after in itertools.pairwise((*path, None)):
+        child: Any = value if after is None else [] if isinstance(after, int) else {}
+        if isinstance(step, int):
+            while len(node) <= step:
+                node.append(None)
+            if after is None or node[step] is None:
+                node[step] = child
+            node = node[step]
+        else:
+            if after is None or step not in node:
+                node[step] = child
+            node = node[step]
+
+
+_warned_models: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _generic_body(
+    settings: Settings,
+    model_id: str,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    """The body for a model outside the catalogue: the generic fields, unchecked."""
+    if speed is not None:
+        raise InvalidInputError(
+            f"Model {model_id!r} is not in the catalogue, so where its speed goes is unknown; "
+            "leave speed out or use a catalogued model (octave_tools.MODELS).",
+            field="speed",
+        )
+    with _warned_lock:
+        first = model_id not in _warned_models
+        _warned_models.add(model_id)
+    if first:
+        logger.warning(
+            "octave-tools: model %r is not in the catalogue; sending only model, text, voice "
+            "and format, with no local checks of voice, format or text length.",
+            model_id[:100],
+        )
+    chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
+    chosen_format = fmt if fmt is not None else settings.format
+    payload: dict[str, Any] = {"model": model_id, "text": text}
+    if chosen_voice is not None:
+        payload["voice"] = chosen_voice
+    if chosen_format is not None:
+        chosen_format = chosen_format.strip()
+        payload["format"] = chosen_format
+    return payload, chosen_voice, chosen_format or "unknown"
 
 
 # ---------------------------------------------------------------- responses

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from .catalogue import ALL_FORMATS
 from .errors import ConfigurationError
-from .voices import DEFAULT_MODEL, AudioFormat, resolve_format
+from .voices import DEFAULT_MODEL, normalise_format
 
 EngineChoice = Literal["auto", "aimlapi", "local"]
 ENGINE_CHOICES: tuple[EngineChoice, ...] = ("auto", "aimlapi", "local")
@@ -75,7 +76,9 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     model: str = DEFAULT_MODEL
     voice: str | None = None
-    format: AudioFormat | None = None
+    format: str | None = None
+    """A format some model can give (checked against the model at call time);
+    None uses each model's own default."""
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     engine: EngineChoice = "auto"
@@ -167,7 +170,7 @@ class Settings:
         return cls(
             api_key=_Secret(key) if key else None,
             base_url=_parse_base_url(raw_base, base_src),
-            model=raw_model or DEFAULT_MODEL,
+            model=(raw_model or "").strip() or DEFAULT_MODEL,
             voice=raw_voice,
             format=_parse_format(raw_format, format_src),
             timeout=_parse_timeout(raw_timeout, timeout_src),
@@ -207,13 +210,16 @@ def is_loopback(host: str | None) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
-def _parse_format(raw: str | None, source: str) -> AudioFormat | None:
+def _parse_format(raw: str | None, source: str) -> str | None:
     if raw is None:
         return None
-    try:
-        return resolve_format(raw)
-    except ValueError:
-        raise ConfigurationError(f"{source} must be wav or mp3; got {raw!r}.") from None
+    fmt = normalise_format(raw)
+    if fmt is None:
+        raise ConfigurationError(
+            f"{source} must be wav or mp3, or another format some model gives "
+            f"({', '.join(f for f in ALL_FORMATS if f not in ('wav', 'mp3'))}); got {raw!r}."
+        )
+    return fmt
 
 
 def _parse_timeout(raw: str | None, source: str) -> float:

@@ -15,15 +15,24 @@ from pathlib import Path
 from ._files import user_dir
 from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import GroupBy, LedgerEntry, Store, open_store
+from .catalogue import MODELS
 from .errors import BudgetExceededError, InvalidInputError
 from .models import Speech, UsageGroup, UsageReport
 
 __all__ = ["DAY", "Spend", "default_data_dir", "parse_since"]
 
 DAY = 86_400.0
-# What a call is expected to cost before it is made, from the provider's documented
-# example (12,222 credits for 98 characters). Unknown models are estimated at 0.
-CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {"hume/octave-2": 125.0}
+# What a call is expected to cost before it is made. Documented rates come from the
+# catalogue (hume/octave-2: 12,222 credits for 98 characters, about 125 per character);
+# the offline engine is free. Every other model is estimated at DEFAULT_CREDITS_PER_CHAR
+# so the budget never admits a paid call on a zero estimate.
+CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
+    **{m: s.credits_per_char for m, s in MODELS.items() if s.credits_per_char is not None},
+    "espeak-ng": 0.0,
+}
+# No other model's price is documented. The highest known rate is used, so a budget
+# errs on refusing a call it could have afforded rather than overspending.
+DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
 GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
 
 
@@ -136,7 +145,8 @@ class Spend:
     # ------------------------------------------------------------ budget
 
     def estimate(self, model: str, characters: int) -> float:
-        return CREDITS_PER_CHAR_ESTIMATE.get(model, 0.0) * characters
+        """Credits a call is expected to cost, before it is made (see the rates above)."""
+        return CREDITS_PER_CHAR_ESTIMATE.get(model, DEFAULT_CREDITS_PER_CHAR) * characters
 
     def reserve(self, model: str, characters: int) -> float:
         """Hold the estimated cost of a call, or raise BudgetExceededError."""

@@ -19,7 +19,7 @@ from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
 from ._settings import Settings
 from ._spend import Spend, reused
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidInputError
 from .models import Speech, UsageReport
 from .voices import VoiceCatalogue, catalogue_for
 
@@ -47,6 +47,22 @@ class _Job:
     model: str
     characters: int
     cache_key: str | None
+
+
+def _refuse_for_local(model: str | None, speed: float | None, configured: str) -> None:
+    """The local engine speaks one way: a model or speed it cannot honour is an error."""
+    if model is not None and model.strip() != configured:
+        raise InvalidInputError(
+            f"Model {model!r} needs the AIML API, but the offline local engine is in use. Set "
+            "AIMLAPI_API_KEY (and OCTAVE_TOOLS_ENGINE=aimlapi or auto), or leave model out.",
+            field="model",
+        )
+    if speed is not None:
+        raise InvalidInputError(
+            "The offline local engine has no speed option; leave speed out or use the AIML "
+            "API with a model that has one.",
+            field="speed",
+        )
 
 
 class _BaseClient:
@@ -143,22 +159,32 @@ class _BaseClient:
             "pip install 'octave-tools[local]'."
         )
 
-    def _plan(self, text: str, voice: str | None, fmt: str | None) -> _Job:
+    def _plan(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None = None,
+        speed: float | None = None,
+    ) -> _Job:
         """Validate and route one call; raises before anything is spent."""
         if self._engine() == "local":
             from . import _local
 
+            _refuse_for_local(model, speed, self._settings.model)
             text = proto.validate_text(text)
-            model, call = _local.MODEL, None
-            voice_key, fmt_key, chars = voice, fmt or "wav", len(text)
+            call = None
+            model_key, voice_key, fmt_key, chars = _local.MODEL, voice, fmt or "wav", len(text)
         else:
-            call = proto.prepare(self._settings, text, voice, fmt)
-            model, voice_key, fmt_key, chars = call.model, call.voice, call.format, call.text_chars
+            call = proto.prepare(self._settings, text, voice, fmt, model=model, speed=speed)
+            model_key, voice_key, chars = call.model, call.voice, call.text_chars
+            # The speed is part of what was asked; without one the key is as it always was.
+            fmt_key = call.format if speed is None else f"{call.format};speed={float(speed)!r}"
         key = None
         if self._spend.cache_ttl > 0:
             engine = "aimlapi" if call is not None else "local"
-            key = self._spend.cache_key(engine, model, voice_key, fmt_key, text)
-        return _Job(text, voice, fmt, call, model, chars, key)
+            key = self._spend.cache_key(engine, model_key, voice_key, fmt_key, text)
+        return _Job(text, voice, fmt, call, model_key, chars, key)
 
     def _deadline(self) -> float:
         return time.monotonic() + self._settings.timeout
@@ -231,15 +257,23 @@ class OctaveClient(_BaseClient):
         self._inflight_lock = threading.Lock()
 
     def synthesize(
-        self, text: str, *, voice: str | None = None, format: str | None = None
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        format: str | None = None,
+        model: str | None = None,
+        speed: float | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
-        Raises InvalidInputError before any request for bad arguments,
-        BudgetExceededError when a spend limit would be passed, and another
-        OctaveError subclass when the call fails.
+        ``model`` picks any id in ``octave_tools.MODELS`` for this call (default: the
+        configured one); ``voice``, ``format`` and ``speed`` (1.0 = normal) are checked
+        against that model and mapped into its own fields. Raises InvalidInputError
+        before any request for bad arguments, BudgetExceededError when a spend limit
+        would be passed, and another OctaveError subclass when the call fails.
         """
-        job = self._plan(text, voice, format)
+        job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
@@ -367,10 +401,16 @@ class AsyncOctaveClient(_BaseClient):
         self._inflight: dict[str, asyncio.Future[Speech]] = {}
 
     async def synthesize(
-        self, text: str, *, voice: str | None = None, format: str | None = None
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        format: str | None = None,
+        model: str | None = None,
+        speed: float | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
-        job = self._plan(text, voice, format)
+        job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)

@@ -17,7 +17,9 @@ class Speech(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     audio_url: str = Field(description="URL of the generated audio (https, or file:// for local).")
-    format: str = Field(description="Audio format: wav or mp3.")
+    format: str = Field(
+        description="Audio format: wav, mp3, opus, aac, flac or pcm (what the model gave)."
+    )
     voice: str | None = Field(description="The voice used (None when the API chose).")
     model: str = Field(description="The TTS model id.")
     characters: int = Field(description="Characters of text synthesised.")
