@@ -107,7 +107,9 @@ def validate_text(
             field="text",
         )
     if limit is not None and len(text) > limit:
-        for_model = f" for model {model!r}" if model else ""
+        # A limit below the usual one is the model's own: say whose, as the fix may be
+        # another model rather than shorter text.
+        for_model = f" for model {model!r}" if model and limit != MAX_TEXT_CHARS else ""
         raise InvalidInputError(
             f"text is {len(text):,} characters; the limit is {limit:,}{for_model}. "
             "Split it into shorter parts and synthesise each.",
