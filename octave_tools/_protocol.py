@@ -176,8 +176,8 @@ def _model_id(model: str | None, settings: Settings) -> str:
         return settings.model
     if not isinstance(model, str) or not model.strip():
         raise InvalidInputError(
-            "model is empty. Leave it out for the configured model "
-            f"({settings.model!r}), or pass a model id such as 'openai/tts-1'.",
+            f"model must be a model id such as 'openai/tts-1'; got {model!r}. Leave it out "
+            f"for the configured model ({settings.model!r}).",
             field="model",
         )
     return model.strip()

@@ -11,6 +11,8 @@ import copy
 import itertools
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
@@ -602,6 +604,10 @@ def test_blank_model_is_refused(synth: Synth, fake_aimlapi: FakeAIMLAPI) -> None
     with pytest.raises(InvalidInputError) as info:
         synth(model="  ")
     assert info.value.field == "model"
+    assert str(info.value) == (
+        "model must be a model id such as 'openai/tts-1'; got '  '. Leave it out for the "
+        "configured model ('hume/octave-2')."
+    )
     assert fake_aimlapi.requests == []
 
 
@@ -781,3 +787,13 @@ def test_fake_serves_only_the_models_it_is_given() -> None:
         r = post(api, {"model": "openai/tts-1", "text": "Hi"})
     assert r.status_code == 404
     assert "Model openai/tts-1 not found" in r.json()["message"]
+
+
+def test_the_fake_needs_no_jsonschema() -> None:
+    code = (
+        "import sys, octave_tools.testing as t; "
+        "assert t.schema_errors(t.request_schema('hume/octave-2'), {'model': 'hume/octave-2'}) "
+        "== ['text is required']; "
+        "assert 'jsonschema' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
