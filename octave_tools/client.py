@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from . import _protocol as proto
+from ._body import BodyTooLarge, CappedBody
 from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
 from ._settings import Settings
@@ -208,11 +209,6 @@ class _BaseClient:
         return wait
 
 
-def _declared_too_large(response: httpx.Response, limit: int) -> bool:
-    declared = response.headers.get("content-length", "")
-    return declared.isdigit() and int(declared) > limit
-
-
 class OctaveClient(_BaseClient):
     """Blocking client for the AIML API text-to-speech endpoint.
 
@@ -323,18 +319,16 @@ class OctaveClient(_BaseClient):
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response,
         ):
-            limit = proto.body_limit(response.headers)
-            if _declared_too_large(response, limit):
-                raise proto.too_large_error(call, response.status_code, limit)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise proto.too_large_error(call, response.status_code, limit)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
+            try:
+                body = CappedBody(proto.body_limit(response.headers), response.headers)
+                for chunk in response.iter_bytes():
+                    body.feed(chunk)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+            except BodyTooLarge as exc:
+                raise proto.too_large_error(call, response.status_code, exc.limit) from None
             return proto.RawResponse(
-                response.status_code, dict(response.headers.items()), bytes(body)
+                response.status_code, dict(response.headers.items()), body.result()
             )
 
     def close(self) -> None:
@@ -470,16 +464,14 @@ class AsyncOctaveClient(_BaseClient):
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
-                limit = proto.body_limit(response.headers)
-                if _declared_too_large(response, limit):
-                    raise proto.too_large_error(call, response.status_code, limit)
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise proto.too_large_error(call, response.status_code, limit)
+                try:
+                    body = CappedBody(proto.body_limit(response.headers), response.headers)
+                    async for chunk in response.aiter_bytes():
+                        body.feed(chunk)
+                except BodyTooLarge as exc:
+                    raise proto.too_large_error(call, response.status_code, exc.limit) from None
                 return proto.RawResponse(
-                    response.status_code, dict(response.headers.items()), bytes(body)
+                    response.status_code, dict(response.headers.items()), body.result()
                 )
 
     async def aclose(self) -> None:
