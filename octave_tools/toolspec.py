@@ -1,0 +1,197 @@
+"""The tools every face offers, written once: names, words for the model, hints.
+
+The MCP server and the LangChain tools render these specs in their own types, so an
+LLM reads the same description, the same argument help and the same hints on either
+face; the CLI prints the same listings. Nothing here imports langchain or mcp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .models import VoiceList
+
+__all__ = [
+    "ArgSpec",
+    "Hints",
+    "ToolSpec",
+    "instructions",
+    "list_voices_spec",
+    "text_to_speech_spec",
+    "usage_spec",
+]
+
+
+@dataclass(frozen=True)
+class Hints:
+    """MCP tool annotations: what calling the tool does to the world."""
+
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+    open_world: bool
+
+    def camel_case(self) -> dict[str, bool]:
+        """The hints under MCP's wire names (as LangChain tool metadata carries them)."""
+        return {
+            "readOnlyHint": self.read_only,
+            "destructiveHint": self.destructive,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": self.open_world,
+        }
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument: its help for the model, and the values it may take."""
+
+    name: str
+    description: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as every face presents it."""
+
+    name: str
+    title: str
+    description: str
+    hints: Hints
+    args: tuple[ArgSpec, ...] = ()
+
+    def arg(self, name: str) -> ArgSpec:
+        """The argument called ``name``."""
+        for arg in self.args:
+            if arg.name == name:
+                return arg
+        raise KeyError(name)
+
+    def arg_names(self) -> tuple[str, ...]:
+        return tuple(arg.name for arg in self.args)
+
+
+# Speaking makes something new and may cost credits; the listings only read local state.
+SPEAKS = Hints(read_only=False, destructive=False, idempotent=False, open_world=True)
+READS_LOCAL_STATE = Hints(read_only=True, destructive=False, idempotent=True, open_world=False)
+
+_TTS_DESCRIPTION = """\
+Turn text into natural speech with {model} and get a link to the audio file.
+
+Use it when the user wants to hear something: a text read aloud, a voice-over, a \
+narration, a spoken message or an audio version of an answer. Pass the exact words \
+to speak as text; the other arguments are optional. Returns one sentence with the \
+audio URL (give it to the user unchanged) plus structured data: audio_url, voice, \
+format, model, characters, credits_used, request_id. Every call makes new audio and \
+may spend credits in proportion to the text length, so do not repeat a call that \
+succeeded. An error message says what to change (an unknown voice comes back with \
+the closest names)."""
+
+_VOICES_DESCRIPTION = """\
+List the voices text_to_speech accepts, with the default marked.
+
+Use it to pick a voice that fits what the user asked for (for example "a British \
+narrator") or to find the exact name of a voice. Returns the names as text plus \
+structured data: model, default, voices. Makes no API call and costs nothing."""
+
+_USAGE_DESCRIPTION = """\
+Report what text-to-speech has spent: calls, cached calls, characters, credits and USD.
+
+Use it when the user asks about cost or usage, or before a long series of calls. \
+Reads the ledger (shared by every process that uses the same store); makes no API \
+call and costs nothing."""
+
+
+def voice_help(voices: VoiceList) -> str:
+    """How to fill ``voice``, naming the valid values and the default."""
+    if not voices.voices:
+        return (
+            f"A voice name that {voices.model} accepts. Leave it out for "
+            f"{repr(voices.default) if voices.default else 'the model default'}."
+        )
+    default = f"the default, {voices.default}" if voices.default else "the model default"
+    return (
+        f"Voice name, one of: {', '.join(voices.voices)}. Leave it out for {default}. "
+        "Case and spacing are forgiven."
+    )
+
+
+def text_to_speech_spec(
+    voices: VoiceList,
+    *,
+    formats: Sequence[str],
+    default_format: str | None,
+    text_limit: int | None,
+) -> ToolSpec:
+    """``text_to_speech`` for one model's voices, formats and text limit."""
+    limit = f"1 to {text_limit:,} characters" if text_limit else "at least 1 character"
+    default = default_format or "the model default"
+    args = (
+        ArgSpec(
+            "text",
+            f"The exact words to speak, {limit}. Write numbers, abbreviations and symbols "
+            "the way they should be said.",
+        ),
+        ArgSpec("voice", voice_help(voices)),
+        ArgSpec(
+            "format",
+            f"Audio file format: {' or '.join(formats)}. Leave it out for {default}.",
+            choices=tuple(formats),
+        ),
+    )
+    return ToolSpec(
+        name="text_to_speech",
+        title="Text to speech",
+        description=_TTS_DESCRIPTION.format(model=voices.model),
+        hints=SPEAKS,
+        args=args,
+    )
+
+
+def list_voices_spec() -> ToolSpec:
+    """``list_voices``: takes no arguments."""
+    return ToolSpec(
+        name="list_voices",
+        title="List voices",
+        description=_VOICES_DESCRIPTION,
+        hints=READS_LOCAL_STATE,
+    )
+
+
+def usage_spec() -> ToolSpec:
+    """``usage``: spend from the ledger since a moment, grouped one way."""
+    return ToolSpec(
+        name="usage",
+        title="Usage",
+        description=_USAGE_DESCRIPTION,
+        hints=READS_LOCAL_STATE,
+        args=(
+            ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m."),
+            ArgSpec(
+                "by",
+                "How to group the figures: day, model, voice or engine.",
+                choices=("day", "model", "voice", "engine"),
+            ),
+        ),
+    )
+
+
+def instructions(voices: VoiceList, *, formats: Sequence[str], default_format: str | None) -> str:
+    """What a server tells the model about its tools, once per session."""
+    default = f"the voice is {voices.default}" if voices.default else "the model picks one"
+    return (
+        f"octave-tools speaks text aloud: text_to_speech turns text into audio with {voices.model} "
+        "and returns a URL of the audio file.\n"
+        "- Call text_to_speech with the exact words to speak. Answer the user with the URL it "
+        "returns, unchanged. You cannot hear the audio, so do not describe how it sounds.\n"
+        "- Leave voice out unless the user asks for a particular voice or style; then pick a "
+        f"name from list_voices. Without one, {default}.\n"
+        f"- format is {' or '.join(formats)} (default {default_format or 'the model default'}).\n"
+        "- Each call makes new audio and may cost credits: do not call it twice for the same "
+        "text.\n"
+        "- If a call fails, the message says what to change (a misspelt voice comes back with "
+        "'Did you mean ...'; a missing key with how to set it)."
+    )
