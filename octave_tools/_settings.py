@@ -5,13 +5,16 @@ The API key is held in a field that no repr, str or error ever shows.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit
+
+from typing_extensions import Unpack
 
 from .errors import ConfigurationError
 from .voices import DEFAULT_MODEL, AudioFormat, resolve_format
@@ -67,9 +70,43 @@ class _Secret:
         raise TypeError("the API key is not picklable")
 
 
+class SettingsOptions(TypedDict, total=False):
+    """Every setting as a keyword argument (None or absent: the environment, then the default).
+
+    ``SETTINGS`` below says, per name, its environment variable, default and meaning; a
+    test keeps the two, ``Settings`` and the README's table the same list.
+    """
+
+    api_key: str | None
+    base_url: str | None
+    model: str | None
+    voice: str | None
+    format: str | None
+    timeout: float | None
+    max_retries: int | None
+    engine: str | None
+    output_dir: str | None
+    data_dir: str | None
+    ledger: bool | None
+    max_credits_per_day: float | None
+    max_credits: float | None
+    cache_ttl: float | None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, where it is read from, its default and what it does."""
+
+    name: str
+    env: tuple[str, ...]
+    default: str
+    doc: str
+    parse: Callable[[str | None, str], Any]
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything a client needs to know, resolved once."""
+    """Everything a client needs to know, resolved once (fields as in ``SETTINGS``)."""
 
     api_key: _Secret | None = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -83,6 +120,7 @@ class Settings:
     data_dir: str | None = None
     ledger: bool = True
     max_credits_per_day: float | None = None
+    max_credits: float | None = None
     cache_ttl: float = 0.0
 
     def __repr__(self) -> str:
@@ -111,74 +149,70 @@ class Settings:
 
     @classmethod
     def load(
-        cls,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        voice: str | None = None,
-        format: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        engine: str | None = None,
-        output_dir: str | None = None,
-        data_dir: str | None = None,
-        ledger: bool | None = None,
-        max_credits_per_day: float | None = None,
-        cache_ttl: float | None = None,
-        environ: Mapping[str, str] | None = None,
+        cls, *, environ: Mapping[str, str] | None = None, **options: Unpack[SettingsOptions]
     ) -> Settings:
-        """Resolve settings from arguments, then ``environ`` (default ``os.environ``)."""
+        """Resolve settings from ``options``, then ``environ`` (default ``os.environ``).
+
+        An unknown option is a TypeError naming the known ones; a bad value is a
+        ConfigurationError naming the setting (or its environment variable) and the fix.
+        """
+        check_options(options)
         env = os.environ if environ is None else environ
-
-        def pick(arg: object, arg_name: str, names: tuple[str, ...]) -> tuple[str | None, str]:
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            arg = options.get(setting.name)
+            raw: str | None
             if arg is not None:
-                return str(arg), arg_name
-            for name in names:
-                value = env.get(name, "").strip()
-                if value:
-                    return value, name
-            return None, names[0]
+                raw, source = str(arg), setting.name
+            else:
+                raw, source = None, setting.env[0] if setting.env else setting.name
+                for name in setting.env:
+                    value = env.get(name, "").strip()
+                    if value:
+                        raw, source = value, name
+                        break
+            values[setting.name] = setting.parse(raw, source)
+        return cls(**values)
 
-        key, _ = pick(api_key, "api_key", ENV_API_KEY)
-        raw_base, base_src = pick(base_url, "base_url", ENV_BASE_URL)
-        raw_model, _ = pick(model, "model", ENV_MODEL)
-        raw_voice, _ = pick(voice, "voice", ENV_VOICE)
-        raw_format, format_src = pick(format, "format", ENV_FORMAT)
-        raw_timeout, timeout_src = pick(timeout, "timeout", ENV_TIMEOUT)
-        raw_retries, retries_src = pick(max_retries, "max_retries", ENV_MAX_RETRIES)
-        raw_engine, engine_src = pick(engine, "engine", ENV_ENGINE)
-        raw_out, _ = pick(output_dir, "output_dir", ENV_OUTPUT_DIR)
-        raw_data, _ = pick(data_dir, "data_dir", ENV_DATA_DIR)
-        raw_ledger, ledger_src = pick(
-            None if ledger is None else ("on" if ledger else "off"), "ledger", ENV_LEDGER
-        )
-        raw_max, max_src = pick(max_credits_per_day, "max_credits_per_day", ENV_MAX_CREDITS)
-        raw_ttl, ttl_src = pick(cache_ttl, "cache_ttl", ENV_CACHE_TTL)
 
-        key = key.strip() if key else None
-        if key and not _KEY_CHARS.fullmatch(key):
-            # Said without the key: a pasted key with a newline or a stray character would
-            # otherwise end up in an HTTP library's error message, in full.
-            raise ConfigurationError(
-                f"The API key ({ENV_API_KEY[0]} or api_key) holds a space, a control character "
-                "or a non-ASCII character; copy it again from https://aimlapi.com/app/keys."
-            )
-        return cls(
-            api_key=_Secret(key) if key else None,
-            base_url=_parse_base_url(raw_base, base_src),
-            model=raw_model or DEFAULT_MODEL,
-            voice=raw_voice,
-            format=_parse_format(raw_format, format_src),
-            timeout=_parse_timeout(raw_timeout, timeout_src),
-            max_retries=_parse_retries(raw_retries, retries_src),
-            engine=_parse_engine(raw_engine, engine_src),
-            output_dir=raw_out,
-            data_dir=raw_data,
-            ledger=_parse_switch(raw_ledger, ledger_src),
-            max_credits_per_day=_parse_amount(raw_max, max_src, allow_zero=True),
-            cache_ttl=_parse_amount(raw_ttl, ttl_src, allow_zero=True) or 0.0,
+def check_options(options: Mapping[str, object]) -> None:
+    """Raise TypeError for any name in ``options`` that is not a setting."""
+    unknown = [name for name in options if name not in SETTING_NAMES]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], SETTING_NAMES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"Unknown setting {', '.join(map(repr, unknown))}.{hint} "
+            f"Settings: {', '.join(SETTING_NAMES)}."
         )
+
+
+def _parse_key(raw: str | None, source: str) -> _Secret | None:
+    key = raw.strip() if raw else None
+    if key and not _KEY_CHARS.fullmatch(key):
+        # Said without the key: a pasted key with a newline or a stray character would
+        # otherwise end up in an HTTP library's error message, in full.
+        raise ConfigurationError(
+            f"The API key ({ENV_API_KEY[0]} or api_key) holds a space, a control character "
+            "or a non-ASCII character; copy it again from https://aimlapi.com/app/keys."
+        )
+    return _Secret(key) if key else None
+
+
+def _parse_text(raw: str | None, source: str) -> str | None:
+    return raw
+
+
+def _parse_model(raw: str | None, source: str) -> str:
+    return raw or DEFAULT_MODEL
+
+
+def _parse_ttl(raw: str | None, source: str) -> float:
+    return _parse_amount(raw, source, allow_zero=True) or 0.0
+
+
+def _parse_limit(raw: str | None, source: str) -> float | None:
+    return _parse_amount(raw, source, allow_zero=True)
 
 
 def _parse_base_url(raw: str | None, source: str) -> str:
@@ -275,3 +309,44 @@ def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | 
     if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
         raise ConfigurationError(f"{source} must be a number of 0 or more; got {raw!r}.")
     return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_key", ENV_API_KEY, "none", "AIML API key; never printed.", _parse_key),
+    Setting(
+        "base_url", ENV_BASE_URL, DEFAULT_BASE_URL, "API base URL (https, or loopback http).",
+        _parse_base_url,
+    ),
+    Setting("model", ENV_MODEL, DEFAULT_MODEL, "Text-to-speech model id.", _parse_model),
+    Setting("voice", ENV_VOICE, "the model's", "Default voice for calls that name none.",
+            _parse_text),
+    Setting("format", ENV_FORMAT, "wav", "Default audio format: wav or mp3.", _parse_format),
+    Setting("timeout", ENV_TIMEOUT, f"{DEFAULT_TIMEOUT:g}",
+            "Seconds a whole call may take, retries included.", _parse_timeout),
+    Setting("max_retries", ENV_MAX_RETRIES, f"{DEFAULT_MAX_RETRIES}",
+            f"Retries of transient failures (0 to {MAX_RETRIES_LIMIT}).", _parse_retries),
+    Setting("engine", ENV_ENGINE, "auto",
+            "auto (AIML API with a key, else local), aimlapi or local.", _parse_engine),
+    Setting("output_dir", ENV_OUTPUT_DIR, "user cache folder",
+            "Where audio this package writes itself is saved.", _parse_text),
+    Setting("data_dir", ENV_DATA_DIR, "user data folder", "Where the ledger lives.",
+            _parse_text),
+    Setting("ledger", ENV_LEDGER, "on", "Record every call in the ledger (on or off).",
+            _parse_switch),
+    Setting("max_credits_per_day", ENV_MAX_CREDITS, "none",
+            "Credits all processes sharing the ledger may spend in any 24 hours.", _parse_limit),
+    Setting("max_credits", (), "none",
+            "Credits this one client (tool, server) may spend in its lifetime.", _parse_limit),
+    Setting("cache_ttl", ENV_CACHE_TTL, "0 (off)",
+            "Seconds an identical call is answered from the cache at no charge.", _parse_ttl),
+)  # fmt: skip
+SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
+
+
+def settings_table() -> str:
+    """The README's configuration table, made from ``SETTINGS``."""
+    rows = ["| setting | environment variable | default | what it does |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        env = " / ".join(f"`{name}`" for name in s.env) or "(argument only)"
+        rows.append(f"| `{s.name}` | {env} | {s.default} | {s.doc} |")
+    return "\n".join(rows)

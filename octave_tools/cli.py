@@ -176,32 +176,19 @@ def _say(args: argparse.Namespace) -> int:
 
 
 def _voices(args: argparse.Namespace) -> int:
-    client = OctaveClient(model=args.model)
-    catalogue = client.voice_catalogue()
-    engine = client.active_engine()
-    client.close()
-    if catalogue is None:
+    with OctaveClient(model=args.model) as client:
+        listing = client.voices()
+        engine = client.active_engine()
+    if not listing.voices:
         raise ConfigurationError(
-            f"No voice catalogue is known for model {client.settings.model!r}; "
+            f"No voice catalogue is known for model {listing.model!r}; "
             "its voices are passed to the API unchecked."
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "engine": engine,
-                    "model": catalogue.model,
-                    "default": catalogue.default,
-                    "voices": list(catalogue.voices),
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
-        return EXIT_OK
-    print(f"Voices for {catalogue.model} (engine: {engine}); * marks the default:")
-    for name in catalogue.voices:
-        print(f"{'*' if name == catalogue.default else ' '} {name}")
+        record = {"engine": engine, **listing.model_dump()}
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(listing.lines(engine)))
     return EXIT_OK
 
 

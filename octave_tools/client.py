@@ -9,19 +9,19 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import httpx
+from typing_extensions import Unpack
 
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
 from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
-from ._settings import Settings
+from ._settings import Settings, SettingsOptions, check_options
 from ._spend import Spend, reused
-from .errors import ConfigurationError
-from .models import Speech, UsageReport
+from .errors import ConfigurationError, InvalidInputError
+from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -54,42 +54,13 @@ class _BaseClient:
     """Settings, validation, engine choice and response handling; no I/O of its own."""
 
     def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        voice: str | None = None,
-        format: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        engine: str | None = None,
-        output_dir: str | None = None,
-        max_credits: float | None = None,
-        max_credits_per_day: float | None = None,
-        cache_ttl: float | None = None,
-        ledger: bool | None = None,
-        data_dir: str | None = None,
-        settings: Settings | None = None,
+        self, *, settings: Settings | None = None, **options: Unpack[SettingsOptions]
     ) -> None:
-        self._settings = settings or Settings.load(
-            api_key=api_key,
-            base_url=base_url,
-            model=model,
-            voice=voice,
-            format=format,
-            timeout=timeout,
-            max_retries=max_retries,
-            engine=engine,
-            output_dir=output_dir,
-            max_credits_per_day=max_credits_per_day,
-            cache_ttl=cache_ttl,
-            ledger=ledger,
-            data_dir=data_dir,
-        )
-        if max_credits is not None and not max_credits >= 0:
-            raise ConfigurationError(f"max_credits must be 0 or more; got {max_credits!r}.")
-        self._spend = Spend(self._settings, client_limit=max_credits)
+        if settings is not None and options:
+            check_options(options)
+            raise TypeError("Pass settings= or individual settings, not both.")
+        self._settings = settings or Settings.load(**options)
+        self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
 
     @property
     def settings(self) -> Settings:
@@ -118,6 +89,24 @@ class _BaseClient:
 
             return _local.catalogue()
         return catalogue_for(self._settings.model)
+
+    def voices(self) -> VoiceList:
+        """The voices a call would be checked against now, with the default a call gets.
+
+        Needs no API key and makes no request. A configured default voice is shown in
+        its canonical spelling, or as given when it is not valid (each call then says why).
+        """
+        catalogue = self.voice_catalogue()
+        configured = self._settings.voice
+        if catalogue is None:
+            return VoiceList(model=self._settings.model, default=configured, voices=[])
+        default = catalogue.default
+        if configured is not None:
+            try:
+                default = catalogue.resolve(configured)
+            except InvalidInputError:
+                default = configured
+        return VoiceList(model=catalogue.model, default=default, voices=list(catalogue.voices))
 
     def _engine(self, *, strict: bool = True) -> str:
         """Which engine serves a call under the current settings.
@@ -217,8 +206,14 @@ class OctaveClient(_BaseClient):
     it is then yours to close.
     """
 
-    def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.Client | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         # Built on first use: its TLS setup costs tens of ms that a local-engine
         # call, `voices` or a starting MCP server should not pay.
@@ -351,8 +346,14 @@ class OctaveClient(_BaseClient):
 class AsyncOctaveClient(_BaseClient):
     """The asyncio twin of OctaveClient: same arguments, same results, same errors."""
 
-    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose

@@ -109,8 +109,8 @@ class VoiceList(BaseModel):
         names = ", ".join(f"{v} (default)" if v == self.default else v for v in self.voices)
         return f"{len(self.voices)} voices for {self.model}: {names}."
 
-    def lines(self) -> list[str]:
+    def lines(self, engine: str) -> list[str]:
         """The listing for a person: a heading, then one voice a line, * on the default."""
-        return [f"Voices for {self.model}; * marks the default:"] + [
+        return [f"Voices for {self.model} (engine: {engine}); * marks the default:"] + [
             f"{'*' if name == self.default else ' '} {name}" for name in self.voices
         ]

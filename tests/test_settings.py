@@ -110,3 +110,28 @@ def test_a_malformed_key_is_refused_without_being_shown(key: str) -> None:
         Settings.load(api_key=key, environ={})
     assert "SECRET123" not in str(info.value)
     assert "copy it again" in str(info.value)
+
+
+def test_every_setting_is_declared_once_and_matches_settings_and_options() -> None:
+    import dataclasses
+    import typing
+
+    from octave_tools._settings import SETTING_NAMES, SettingsOptions
+
+    assert SETTING_NAMES == tuple(f.name for f in dataclasses.fields(Settings))
+    assert SETTING_NAMES == tuple(typing.get_type_hints(SettingsOptions))
+
+
+def test_an_unknown_setting_is_a_type_error_with_a_suggestion() -> None:
+    from octave_tools import AsyncOctaveClient, OctaveClient
+
+    for make in (OctaveClient, AsyncOctaveClient):
+        with pytest.raises(
+            TypeError, match=r"Unknown setting 'cache_tl'\. Did you mean 'cache_ttl'\?"
+        ):
+            make(cache_tl=600)  # type: ignore[call-arg]
+
+
+def test_max_credits_is_a_setting_checked_like_the_others() -> None:
+    with pytest.raises(ConfigurationError, match="max_credits must be a number of 0 or more"):
+        Settings.load(max_credits=-1, environ={})
