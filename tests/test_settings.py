@@ -118,8 +118,8 @@ def test_every_setting_is_declared_once_and_matches_settings_and_options() -> No
 
     from octave_tools._settings import SETTING_NAMES, SettingsOptions
 
-    assert SETTING_NAMES == tuple(f.name for f in dataclasses.fields(Settings))
-    assert SETTING_NAMES == tuple(typing.get_type_hints(SettingsOptions))
+    assert tuple(f.name for f in dataclasses.fields(Settings)) == SETTING_NAMES
+    assert tuple(typing.get_type_hints(SettingsOptions)) == SETTING_NAMES
 
 
 def test_an_unknown_setting_is_a_type_error_with_a_suggestion() -> None:
