@@ -312,41 +312,46 @@ def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | 
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api_key", ENV_API_KEY, "none", "AIML API key; never printed.", _parse_key),
-    Setting(
-        "base_url", ENV_BASE_URL, DEFAULT_BASE_URL, "API base URL (https, or loopback http).",
-        _parse_base_url,
-    ),
-    Setting("model", ENV_MODEL, DEFAULT_MODEL, "Text-to-speech model id.", _parse_model),
-    Setting("voice", ENV_VOICE, "the model's", "Default voice for calls that name none.",
-            _parse_text),
-    Setting("format", ENV_FORMAT, "wav", "Default audio format: wav or mp3.", _parse_format),
-    Setting("timeout", ENV_TIMEOUT, f"{DEFAULT_TIMEOUT:g}",
-            "Seconds a whole call may take, retries included.", _parse_timeout),
-    Setting("max_retries", ENV_MAX_RETRIES, f"{DEFAULT_MAX_RETRIES}",
-            f"Retries of transient failures (0 to {MAX_RETRIES_LIMIT}).", _parse_retries),
-    Setting("engine", ENV_ENGINE, "auto",
-            "auto (AIML API with a key, else local), aimlapi or local.", _parse_engine),
-    Setting("output_dir", ENV_OUTPUT_DIR, "user cache folder",
-            "Where audio this package writes itself is saved.", _parse_text),
-    Setting("data_dir", ENV_DATA_DIR, "user data folder", "Where the ledger lives.",
-            _parse_text),
-    Setting("ledger", ENV_LEDGER, "on", "Record every call in the ledger (on or off).",
+    Setting("api_key", ENV_API_KEY, "none",
+            "Your AIML API key; never printed, logged or stored.", _parse_key),
+    Setting("base_url", ENV_BASE_URL, f"`{DEFAULT_BASE_URL}`",
+            "API base URL (https; plain http only to loopback).", _parse_base_url),
+    Setting("model", ENV_MODEL, f"`{DEFAULT_MODEL}`",
+            "Text-to-speech model id; voices are checked for known models.", _parse_model),
+    Setting("voice", ENV_VOICE, "the model's (`Vince Douglas`)",
+            "Default voice for calls that name none.", _parse_text),
+    Setting("format", ENV_FORMAT, "`wav`", "Default audio format: `wav` or `mp3`.",
+            _parse_format),
+    Setting("timeout", ENV_TIMEOUT, f"`{DEFAULT_TIMEOUT:g}`",
+            "Total seconds for one call, retries included.", _parse_timeout),
+    Setting("max_retries", ENV_MAX_RETRIES, f"`{DEFAULT_MAX_RETRIES}`",
+            f"Retries on 408/409/429/5xx and dropped connections (0 to {MAX_RETRIES_LIMIT}).",
+            _parse_retries),
+    Setting("engine", ENV_ENGINE, "`auto`",
+            "`auto` (the AIML API with a key, else the local engine), `aimlapi` or `local`.",
+            _parse_engine),
+    Setting("output_dir", ENV_OUTPUT_DIR, "the user cache folder (`~/.cache/octave-tools`)",
+            "Where audio files are written (local engine, raw-audio answers).", _parse_text),
+    Setting("data_dir", ENV_DATA_DIR, "the user data folder (`~/.local/share/octave-tools`)",
+            "Where the spend ledger and the cache live.", _parse_text),
+    Setting("ledger", ENV_LEDGER, "`on`", "`on` or `off`: record every call in the ledger.",
             _parse_switch),
     Setting("max_credits_per_day", ENV_MAX_CREDITS, "none",
-            "Credits all processes sharing the ledger may spend in any 24 hours.", _parse_limit),
+            "Credit budget for a rolling 24 hours, shared by every process on the ledger.",
+            _parse_limit),
     Setting("max_credits", (), "none",
-            "Credits this one client (tool, server) may spend in its lifetime.", _parse_limit),
-    Setting("cache_ttl", ENV_CACHE_TTL, "0 (off)",
-            "Seconds an identical call is answered from the cache at no charge.", _parse_ttl),
+            "Credit limit for one client (or tool, toolkit, server) over its lifetime.",
+            _parse_limit),
+    Setting("cache_ttl", ENV_CACHE_TTL, "`0` (off)",
+            "Seconds to reuse the result of an identical request, at no charge.", _parse_ttl),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 
 
 def settings_table() -> str:
     """The README's configuration table, made from ``SETTINGS``."""
-    rows = ["| setting | environment variable | default | what it does |", "|---|---|---|---|"]
+    rows = ["| argument | environment variable | meaning | default |", "|---|---|---|---|"]
     for s in SETTINGS:
-        env = " / ".join(f"`{name}`" for name in s.env) or "(argument only)"
-        rows.append(f"| `{s.name}` | {env} | {s.default} | {s.doc} |")
+        env = " (fallback ".join(f"`{name}`" for name in s.env) + ")" * (len(s.env) - 1)
+        rows.append(f"| `{s.name}` | {env or 'none (argument only)'} | {s.doc} | {s.default} |")
     return "\n".join(rows)

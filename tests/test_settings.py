@@ -135,3 +135,14 @@ def test_an_unknown_setting_is_a_type_error_with_a_suggestion() -> None:
 def test_max_credits_is_a_setting_checked_like_the_others() -> None:
     with pytest.raises(ConfigurationError, match="max_credits must be a number of 0 or more"):
         Settings.load(max_credits=-1, environ={})
+
+
+def test_the_readme_configuration_table_is_made_from_the_declaration() -> None:
+    from pathlib import Path
+
+    from octave_tools._settings import settings_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")
+    end = readme.index("\n<!-- /settings-table -->")
+    assert readme[start:end] == settings_table()
