@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .models import VoiceList
 
@@ -44,13 +47,32 @@ class Hints:
 
 @dataclass(frozen=True)
 class ArgSpec:
-    """One argument: its help for the model, and the values it may take."""
+    """One argument: its help for the model, and the values it may take.
+
+    Only ``text`` is required; every other argument may be left out (None).
+    """
 
     name: str
     description: str
+    kind: type[str] | type[float] = str
+    required: bool = False
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+
+    def annotation(self) -> Any:
+        """The argument's type for a pydantic model: closed sets as Literal, optional as None."""
+        base: Any = Literal[self.choices] if self.choices else self.kind
+        return base if self.required else base | None
+
+    def field(self) -> Any:
+        """A pydantic Field with this argument's help, range and default."""
+        return Field(
+            default=... if self.required else None,
+            description=self.description,
+            ge=self.minimum,
+            le=self.maximum,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,21 @@ class ToolSpec:
 
     def arg_names(self) -> tuple[str, ...]:
         return tuple(arg.name for arg in self.args)
+
+    def arguments_model(self) -> type[BaseModel]:
+        """The arguments as a closed pydantic model: the input schema both faces publish."""
+        fields: dict[str, Any] = {arg.name: (arg.annotation(), arg.field()) for arg in self.args}
+        model: type[BaseModel] = create_model(
+            f"{_camel(self.name)}Arguments",
+            __config__=ConfigDict(extra="forbid"),
+            __doc__=f"Arguments of {self.name}.",
+            **fields,
+        )
+        return model
+
+
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
 
 
 # Speaking makes something new and may cost credits; the listings only read local state.
@@ -134,6 +171,7 @@ def text_to_speech_spec(
             "text",
             f"The exact words to speak, {limit}. Write numbers, abbreviations and symbols "
             "the way they should be said.",
+            required=True,
         ),
         ArgSpec("voice", voice_help(voices)),
         ArgSpec(
@@ -169,10 +207,10 @@ def usage_spec() -> ToolSpec:
         description=_USAGE_DESCRIPTION,
         hints=READS_LOCAL_STATE,
         args=(
-            ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m."),
+            ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
             ArgSpec(
                 "by",
-                "How to group the figures: day, model, voice or engine.",
+                "How to group the figures: day, model, voice or engine. Default day.",
                 choices=("day", "model", "voice", "engine"),
             ),
         ),
