@@ -4,6 +4,7 @@ The core has no LangChain or MCP imports; those faces live in
 ``octave_tools.langchain`` and ``octave_tools.mcp``.
 """
 
+from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions
 from ._version import __version__
 from .client import AsyncOctaveClient, OctaveClient
 from .errors import (
@@ -22,7 +23,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech, UsageGroup, UsageReport
+from .models import Speech, UsageGroup, UsageReport, VoiceList
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "DEFAULT_VOICE",
     "FORMATS",
     "MAX_TEXT_CHARS",
+    "SETTINGS",
+    "SETTING_NAMES",
     "VOICES",
     "APIConnectionError",
     "APIError",
@@ -47,9 +50,13 @@ __all__ = [
     "OctaveError",
     "RateLimitError",
     "ServerError",
+    "Setting",
+    "Settings",
+    "SettingsOptions",
     "Speech",
     "UnexpectedResponseError",
     "UsageGroup",
     "UsageReport",
+    "VoiceList",
     "__version__",
 ]

@@ -90,6 +90,14 @@ class _BaseClient:
             return _local.catalogue()
         return catalogue_for(self._settings.model)
 
+    def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
+        """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
+        (day, model, voice or engine), across every process sharing the ledger.
+
+        Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
+        """
+        return self._spend.usage(since, by)
+
     def voices(self) -> VoiceList:
         """The voices a call would be checked against now, with the default a call gets.
 
@@ -294,7 +302,7 @@ class OctaveClient(_BaseClient):
     def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
         (day, model, voice or engine), across every process sharing the ledger."""
-        return self._spend.usage(since, by)
+        return self.usage_report(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -452,7 +460,7 @@ class AsyncOctaveClient(_BaseClient):
 
     async def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger (see OctaveClient.usage), read off the event loop."""
-        return await asyncio.to_thread(self._spend.usage, since, by)
+        return await asyncio.to_thread(self.usage_report, since, by)
 
     async def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()

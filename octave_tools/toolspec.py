@@ -9,19 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from .models import VoiceList
+from .voices import DEFAULT_FORMAT, FORMATS, MAX_TEXT_CHARS
+
+if TYPE_CHECKING:
+    from .client import AsyncOctaveClient, OctaveClient
 
 __all__ = [
     "ArgSpec",
     "Hints",
+    "ToolSet",
     "ToolSpec",
     "instructions",
     "list_voices_spec",
     "text_to_speech_spec",
+    "tools_for",
     "usage_spec",
 ]
 
@@ -61,8 +67,15 @@ class ArgSpec:
     maximum: float | None = None
 
     def annotation(self) -> Any:
-        """The argument's type for a pydantic model: closed sets as Literal, optional as None."""
-        base: Any = Literal[self.choices] if self.choices else self.kind
+        """The argument's type for a pydantic model; optional ones may be None.
+
+        A closed set is published as an enum, but any string passes the schema: the core
+        checks the value itself, so "MP3" still works and "ogg" gets a message naming
+        the valid ones instead of a schema error.
+        """
+        base: Any = self.kind
+        if self.choices:
+            base = Annotated[str, WithJsonSchema({"enum": list(self.choices), "type": "string"})]
         return base if self.required else base | None
 
     def field(self) -> Any:
@@ -100,11 +113,34 @@ class ToolSpec:
         fields: dict[str, Any] = {arg.name: (arg.annotation(), arg.field()) for arg in self.args}
         model: type[BaseModel] = create_model(
             f"{_camel(self.name)}Arguments",
-            __config__=ConfigDict(extra="forbid"),
+            __base__=_Arguments,
             __doc__=f"Arguments of {self.name}.",
             **fields,
         )
         return model
+
+
+class _Arguments(BaseModel):
+    """Closed: an argument the tool does not have is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_left_out(cls, data: Any) -> Any:
+        # Models often send "" for an optional argument they mean to leave out.
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            name: None
+            if name in fields
+            and not fields[name].is_required()
+            and isinstance(value, str)
+            and not value.strip()
+            else value
+            for name, value in data.items()
+        }
 
 
 def _camel(name: str) -> str:
@@ -232,4 +268,30 @@ def instructions(voices: VoiceList, *, formats: Sequence[str], default_format: s
         "text.\n"
         "- If a call fails, the message says what to change (a misspelt voice comes back with "
         "'Did you mean ...'; a missing key with how to set it)."
+    )
+
+
+@dataclass(frozen=True)
+class ToolSet:
+    """The tools one client offers, as every face shows them."""
+
+    text_to_speech: ToolSpec
+    list_voices: ToolSpec
+    usage: ToolSpec
+    voices: VoiceList
+    instructions: str
+
+
+def tools_for(client: OctaveClient | AsyncOctaveClient) -> ToolSet:
+    """The specs for ``client``'s engine, model, voices and defaults (no key, no I/O)."""
+    voices = client.voices()
+    default_format = client.settings.format or DEFAULT_FORMAT
+    return ToolSet(
+        text_to_speech=text_to_speech_spec(
+            voices, formats=FORMATS, default_format=default_format, text_limit=MAX_TEXT_CHARS
+        ),
+        list_voices=list_voices_spec(),
+        usage=usage_spec(),
+        voices=voices,
+        instructions=instructions(voices, formats=FORMATS, default_format=default_format),
     )
