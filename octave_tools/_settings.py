@@ -6,6 +6,7 @@ The API key is held in a field that no repr, str or error ever shows.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from typing_extensions import Unpack
 
+from ._redact import register_secret, shown
 from .errors import ConfigurationError
 from .voices import DEFAULT_MODEL, AudioFormat, resolve_format
 
@@ -40,6 +42,8 @@ ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
 DEFAULT_TIMEOUT = 60.0
+# Past about 1e9 s the socket layer overflows; no call is worth waiting a day for.
+MAX_TIMEOUT = 86_400.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES_LIMIT = 10
 
@@ -51,6 +55,8 @@ class _Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        # So that logs and upstream echoes are scrubbed of it, whoever prints them.
+        register_secret(value)
 
     def get(self) -> str:
         return self._value
@@ -221,7 +227,7 @@ def _parse_base_url(raw: str | None, source: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL}; got {raw!r}."
+            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL}; got {shown(raw)}."
         )
     if parts.username or parts.password:
         raise ConfigurationError(f"{source} must not contain credentials; use the API key setting.")
@@ -234,11 +240,23 @@ def _parse_base_url(raw: str | None, source: str) -> str:
 
 
 def is_loopback(host: str | None) -> bool:
-    """True for localhost and the 127.0.0.0/8 and ::1 addresses."""
+    """True for ``localhost`` and the 127.0.0.0/8, ::1 and ::ffff:127.x.x.x addresses.
+
+    The host is parsed as an address, never prefix-matched: ``127.attacker.example``
+    is a name anyone can point anywhere.
+    """
     if not host:
         return False
     host = host.strip("[]").lower()
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _parse_format(raw: str | None, source: str) -> AudioFormat | None:
@@ -247,7 +265,7 @@ def _parse_format(raw: str | None, source: str) -> AudioFormat | None:
     try:
         return resolve_format(raw)
     except ValueError:
-        raise ConfigurationError(f"{source} must be wav or mp3; got {raw!r}.") from None
+        raise ConfigurationError(f"{source} must be wav or mp3; got {shown(raw)}.") from None
 
 
 def _parse_timeout(raw: str | None, source: str) -> float:
@@ -257,9 +275,10 @@ def _parse_timeout(raw: str | None, source: str) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
         raise ConfigurationError(
-            f"{source} must be a positive number of seconds (e.g. 60); got {raw!r}."
+            f"{source} must be a positive number of seconds (e.g. 60), at most "
+            f"{MAX_TIMEOUT:,.0f}; got {shown(raw)}."
         )
     return value
 
@@ -273,7 +292,7 @@ def _parse_retries(raw: str | None, source: str) -> int:
         value = -1
     if not 0 <= value <= MAX_RETRIES_LIMIT:
         raise ConfigurationError(
-            f"{source} must be a whole number from 0 to {MAX_RETRIES_LIMIT}; got {raw!r}."
+            f"{source} must be a whole number from 0 to {MAX_RETRIES_LIMIT}; got {shown(raw)}."
         )
     return value
 
@@ -285,7 +304,9 @@ def _parse_engine(raw: str | None, source: str) -> EngineChoice:
     for choice in ENGINE_CHOICES:
         if folded == choice:
             return choice
-    raise ConfigurationError(f"{source} must be one of {', '.join(ENGINE_CHOICES)}; got {raw!r}.")
+    raise ConfigurationError(
+        f"{source} must be one of {', '.join(ENGINE_CHOICES)}; got {shown(raw)}."
+    )
 
 
 def _parse_switch(raw: str | None, source: str) -> bool:
@@ -296,7 +317,7 @@ def _parse_switch(raw: str | None, source: str) -> bool:
         return True
     if folded in ("off", "0", "false", "no"):
         return False
-    raise ConfigurationError(f"{source} must be on or off; got {raw!r}.")
+    raise ConfigurationError(f"{source} must be on or off; got {shown(raw)}.")
 
 
 def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | None:
@@ -307,7 +328,7 @@ def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | 
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
-        raise ConfigurationError(f"{source} must be a number of 0 or more; got {raw!r}.")
+        raise ConfigurationError(f"{source} must be a number of 0 or more; got {shown(raw)}.")
     return value
 
 

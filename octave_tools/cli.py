@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ._files import fetch_audio, write_atomic
+from ._redact import basic_config
 from ._version import __version__
 from .client import OctaveClient
 from .errors import (
@@ -262,7 +263,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         if args.verbose:
-            logging.basicConfig(
+            # Filtered: at -vv httpcore logs response headers verbatim, echoed key and all.
+            basic_config(
                 stream=sys.stderr,
                 level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                 format="%(levelname)s %(name)s: %(message)s",

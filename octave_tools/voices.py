@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from ._redact import shown
 from .errors import InvalidInputError
 
 __all__ = [
@@ -90,7 +91,7 @@ class VoiceCatalogue:
         else:
             hint = f"Valid voices: {', '.join(self.voices)}."
         raise InvalidInputError(
-            f"Unknown voice {voice!r} for model {self.model!r}. {hint} "
+            f"Unknown voice {shown(voice)} for model {shown(self.model)}. {hint} "
             "Call list_voices (or run `octave-tools voices`) for the full list.",
             field="voice",
         )
@@ -138,5 +139,5 @@ def resolve_format(fmt: str | None) -> AudioFormat:
         if folded == known:
             return known
     raise InvalidInputError(
-        f"Unknown format {fmt!r}. Use one of: {', '.join(FORMATS)}.", field="format"
+        f"Unknown format {shown(fmt)}. Use one of: {', '.join(FORMATS)}.", field="format"
     )
