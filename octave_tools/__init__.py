@@ -4,6 +4,7 @@ The core has no LangChain or MCP imports; those faces live in
 ``octave_tools.langchain`` and ``octave_tools.mcp``.
 """
 
+from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions
 from ._version import __version__
 from .catalogue import MODELS, ModelSpec
 from .client import AsyncOctaveClient, OctaveClient
@@ -23,7 +24,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech, UsageGroup, UsageReport
+from .models import Speech, UsageGroup, UsageReport, VoiceList
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "FORMATS",
     "MAX_TEXT_CHARS",
     "MODELS",
+    "SETTINGS",
+    "SETTING_NAMES",
     "VOICES",
     "APIConnectionError",
     "APIError",
@@ -50,9 +53,13 @@ __all__ = [
     "OctaveError",
     "RateLimitError",
     "ServerError",
+    "Setting",
+    "Settings",
+    "SettingsOptions",
     "Speech",
     "UnexpectedResponseError",
     "UsageGroup",
     "UsageReport",
+    "VoiceList",
     "__version__",
 ]

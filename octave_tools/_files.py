@@ -16,7 +16,7 @@ from urllib.request import url2pathname
 import httpx
 
 from ._deadline import deadline_transport, hard_deadline
-from ._protocol import MAX_AUDIO_BYTES, check_audio_url
+from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
 from ._settings import Settings
 from .errors import (
     APIConnectionError,
@@ -104,9 +104,10 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
             raise APIConnectionError(
                 f"Could not read the audio file {path}: {exc.strerror}."
             ) from None
-    if not check_audio_url(url, settings.base_url):
+    problem = audio_url_problem(url, settings.base_url)
+    if problem is not None:
         raise UnexpectedResponseError(
-            f"Refusing to download audio from a URL that is not https: {url[:80]!r}.",
+            f"Refusing to download audio from a URL {problem}: {url_excerpt(url)!r}.",
             status_code=200,
             body_excerpt="",
         )
@@ -114,9 +115,12 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
 
     def check_hop(request: httpx.Request) -> None:
         # A CDN may redirect; every hop must pass the same check as the first URL.
-        if not check_audio_url(str(request.url), settings.base_url):
+        hop = str(request.url)
+        hop_problem = audio_url_problem(hop, settings.base_url)
+        if hop_problem is not None:
             raise UnexpectedResponseError(
-                f"Refusing to follow a redirect of the audio to {str(request.url)[:80]!r}.",
+                f"Refusing to follow a redirect of the audio to a URL {hop_problem}: "
+                f"{url_excerpt(hop)!r}.",
                 status_code=302,
                 body_excerpt="",
             )

@@ -7,12 +7,14 @@ bytes move and how they sleep.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import json
 import logging
 import random
 import re
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._redact import MASK, shown
+from ._redact import redact as _redact_all
 from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
 from .catalogue import MODELS, BodyPath, ModelSpec
@@ -48,6 +52,46 @@ MAX_AUDIO_BYTES = 64 << 20
 EXCERPT_CHARS = 200
 logger = logging.getLogger("octave_tools")
 _UNSAFE_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+# Real audio URLs are a few hundred characters; a longer one is a stuffed answer.
+MAX_AUDIO_URL_CHARS = 4096
+URL_EXCERPT_CHARS = 80
+# An upstream request id is shown to users, models and logs: short and plain, or dropped.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+-]+")
+# Characters that make no sound: controls, format characters (zero-width space and
+# joiners, BOM, bidi marks) and separators. Lone surrogates (Cs) get their own message.
+_SILENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# A dotted IPv4 spelling that getaddrinfo would take (127.1, 0x7f.0.0.1, 017700000001).
+_NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?")
+# Content types an audio answer may carry, and the only extensions its file may get.
+_AUDIO_EXTENSIONS = {
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mpeg3": "mp3",
+    "audio/x-mpeg": "mp3",
+    "audio/x-mp3": "mp3",
+    "audio/ogg": "ogg",
+    "audio/vorbis": "ogg",
+    "audio/opus": "opus",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/aac": "aac",
+    "audio/x-aac": "aac",
+    "audio/aacp": "aac",
+    "audio/mp4": "m4a",
+    "audio/x-m4a": "m4a",
+    "audio/webm": "webm",
+    "audio/l16": "pcm",
+    "audio/pcm": "pcm",
+    "audio/x-pcm": "pcm",
+    "audio/basic": "au",
+}
+# Any other audio type: the upstream does not get to choose the file's extension.
+NEUTRAL_AUDIO_EXTENSION = "audio"
 
 
 @dataclass(frozen=True)
@@ -104,6 +148,13 @@ def validate_text(
     if not text.strip():
         raise InvalidInputError(
             "text is empty. Pass the words to speak (at least one non-space character).",
+            field="text",
+        )
+    # Stops at the first audible character, which is nearly always the first one.
+    if all(unicodedata.category(c) in _SILENT_CATEGORIES for c in text):
+        raise InvalidInputError(
+            "text is empty: it holds only invisible or control characters (such as zero-width "
+            "spaces or NUL). Pass the words to speak.",
             field="text",
         )
     if limit is not None and len(text) > limit:
@@ -176,7 +227,7 @@ def _model_id(model: str | None, settings: Settings) -> str:
         return settings.model
     if not isinstance(model, str) or not model.strip():
         raise InvalidInputError(
-            f"model must be a model id such as 'openai/tts-1'; got {model!r}. Leave it out "
+            f"model must be a model id such as 'openai/tts-1'; got {shown(model)}. Leave it out "
             f"for the configured model ({settings.model!r}).",
             field="model",
         )
@@ -254,7 +305,8 @@ def _speed_value(spec: ModelSpec, speed: object) -> float | int | None:
         )
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != speed:
         raise InvalidInputError(
-            f"speed must be a number such as 1.0 (normal) or 1.25; got {speed!r}.", field="speed"
+            f"speed must be a number such as 1.0 (normal) or 1.25; got {shown(speed)}.",
+            field="speed",
         )
     if not option.minimum <= speed <= option.maximum:
         raise InvalidInputError(
@@ -297,7 +349,7 @@ def _generic_body(
     """The body for a model outside the catalogue: the generic fields, unchecked."""
     if speed is not None:
         raise InvalidInputError(
-            f"Model {model_id!r} is not in the catalogue, so where its speed goes is unknown; "
+            f"Model {shown(model_id)} is not in the catalogue, so where its speed goes is unknown; "
             "leave speed out or use a catalogued model (octave_tools.MODELS).",
             field="speed",
         )
@@ -306,9 +358,9 @@ def _generic_body(
         _warned_models.add(model_id)
     if first:
         logger.warning(
-            "octave-tools: model %r is not in the catalogue; sending only model, text, voice "
+            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
             "and format, with no local checks of voice, format or text length.",
-            model_id[:100],
+            shown(model_id),
         )
     chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
     chosen_format = fmt if fmt is not None else settings.format
@@ -334,8 +386,8 @@ def _is_audio(headers: Mapping[str, str]) -> bool:
 
 
 def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` masked."""
-    return text.replace(secret, "**********") if secret else text
+    """``text`` with ``secret``, every registered key and their 8-character pieces masked."""
+    return _redact_all(text, secret)
 
 
 def excerpt(body: bytes, secret: str) -> str:
@@ -384,15 +436,27 @@ def _dig(data: Any, *path: str) -> Any:
     return data
 
 
-def _request_id(headers: Mapping[str, str], data: Any) -> str | None:
+def clean_request_id(value: object, secret: str) -> str | None:
+    """An upstream request id fit to show: short, plain ASCII, key-free; else None."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_REQUEST_ID_CHARS or not _REQUEST_ID.fullmatch(value):
+        return None
+    value = redact(value, secret)
+    return None if not value.replace(MASK, "").strip("*.:=+-_") else value
+
+
+def _request_id(headers: Mapping[str, str], data: Any, secret: str) -> str | None:
     for candidate in (
         headers.get("x-inference-id"),
         _dig(data, "meta", "request_id"),
         _dig(data, "metadata", "request_id"),
         _dig(data, "requestId"),
     ):
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip()[:200]
+        cleaned = clean_request_id(candidate, secret)
+        if cleaned is not None:
+            return cleaned
     return None
 
 
@@ -416,19 +480,115 @@ def _audio_url(data: Any) -> str | None:
 
 
 def check_audio_url(url: str, base_url: str) -> bool:
-    """True if ``url`` is safe to hand to a user: https, or loopback http in tests."""
+    """True if ``url`` is safe to hand to a user and to fetch: see ``audio_url_problem``."""
+    return audio_url_problem(url, base_url) is None
+
+
+def audio_url_problem(url: str, base_url: str) -> str | None:
+    """Why ``url`` may not be passed on or fetched (a phrase after "an audio URL"), or None.
+
+    Allowed: https to a public host name or address. Refused: other schemes, control
+    characters, user names or passwords, over-long URLs, and private, loopback,
+    link-local or otherwise special addresses however spelt; loopback (http or https)
+    only in the test mode where the API itself is plain http on loopback.
+    """
+    if len(url) > MAX_AUDIO_URL_CHARS:
+        return f"of {len(url):,} characters (the limit is {MAX_AUDIO_URL_CHARS:,})"
+    not_https = f"that is not https ({_scheme(url)})"
     if _UNSAFE_URL_CHARS.search(url):
-        return False
+        return not_https
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
     except ValueError:
-        return False
-    if not hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    return parts.scheme == "http" and is_loopback(hostname) and _loopback_http_base(base_url)
+        return not_https
+    if not hostname or parts.scheme not in ("http", "https"):
+        return not_https
+    if "@" in parts.netloc:
+        # https://api.aimlapi.com@evil.example/ goes to evil.example, whatever it looks like.
+        return "with a user name or password in it"
+    host_kind = _host_kind(hostname)
+    if host_kind == "loopback" and _loopback_http_base(base_url):
+        return None
+    if parts.scheme == "http":
+        return not_https
+    if host_kind != "public":
+        return "to a private, loopback or link-local address"
+    return None
+
+
+def _host_kind(hostname: str) -> str:
+    """``public``, ``loopback`` or ``special`` for a URL's (lower-case) host name."""
+    host = hostname.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "loopback"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return "special"
+    elif _NUMERIC_HOST.fullmatch(hostname) or host.rpartition(".")[2][:1].isdigit():
+        # The resolver reads 2852039166, 0xa9.0xfe.0xa9.0xfe and 0251.0376.0251.0376
+        # all as 169.254.169.254; a top-level "domain" starting with a digit is no name.
+        parsed = _inet_aton(host)
+        if parsed is None:
+            return "special"
+        address = parsed
+    else:
+        return "public"
+    return _address_kind(address)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """``host`` read as the C resolver reads a numeric IPv4 address, or None."""
+    parts = host.split(".")
+    if not host.isascii() or not 1 <= len(parts) <= 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        try:
+            if part.startswith("0x"):
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part.startswith("0"):
+                numbers.append(int(part, 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for i, n in enumerate(leading):
+        value |= n << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 addresses carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64,
+        # the old compatible form) reach the IPv4 host: judge that too.
+        packed = int(address)
+        embedded = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            embedded.append(address.teredo[1])
+        if address in ipaddress.IPv6Network("64:ff9b::/96") or packed >> 32 == 0:
+            embedded.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+        candidates += [a for a in embedded if a is not None]
+    if any(a.is_loopback for a in candidates):
+        return "loopback"
+    if all(a.is_global and not (a.is_multicast or a.is_reserved) for a in candidates):
+        return "public"
+    return "special"
+
+
+def url_excerpt(url: str, secret: str = "") -> str:
+    """The start of ``url`` for an error message: bounded, single-line, key-free."""
+    head = redact(url[: URL_EXCERPT_CHARS + 256], secret)
+    head = _UNSAFE_URL_CHARS.sub(" ", head)
+    return head[:URL_EXCERPT_CHARS] + ("…" if len(head) > URL_EXCERPT_CHARS else "")
 
 
 @functools.lru_cache(maxsize=16)
@@ -439,31 +599,26 @@ def _loopback_http_base(base_url: str) -> bool:
 
 def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | AudioPayload:
     """Turn a 2xx into a Speech (or raw audio to save); raise if it holds neither."""
-    request_id = raw.headers.get("x-inference-id") or None
     if _is_audio(raw.headers):
+        request_id = clean_request_id(raw.headers.get("x-inference-id"), call.secret)
         if not raw.body:
             raise _unexpected(call, raw, "an empty audio body", request_id)
-        subtype = raw.headers["content-type"].split(";")[0].split("/")[-1].strip().lower()
-        extension = {"mpeg": "mp3", "x-wav": "wav", "wave": "wav"}.get(subtype, subtype)
+        media_type = raw.headers["content-type"].split(";")[0].strip().lower()
+        extension = _AUDIO_EXTENSIONS.get(media_type, NEUTRAL_AUDIO_EXTENSION)
         credits, usd = _usage(raw.headers, None)
-        return AudioPayload(raw.body, extension or call.format, request_id, credits, usd)
+        return AudioPayload(raw.body, extension, request_id, credits, usd)
     data = _json(raw.body)
+    request_id = _request_id(raw.headers, data, call.secret)
     url = _audio_url(data)
     if data is None or url is None:
         what = "no audio URL" if data is not None else "a body that is not JSON"
-        raise _unexpected(call, raw, what, _request_id(raw.headers, data))
-    if not check_audio_url(url, base_url):
-        raise _unexpected(
-            call,
-            raw,
-            f"an audio URL that is not https ({_scheme(url)})",
-            _request_id(raw.headers, data),
-        )
+        raise _unexpected(call, raw, what, request_id)
+    problem = audio_url_problem(url, base_url)
+    if problem is not None:
+        raise _unexpected(call, raw, f"an audio URL {problem}", request_id)
     if call.secret and call.secret in url:
         # Passed on, the URL would show the key to the model, the user and every log.
-        raise _unexpected(
-            call, raw, "an audio URL that contains the API key", _request_id(raw.headers, data)
-        )
+        raise _unexpected(call, raw, "an audio URL that contains the API key", request_id)
     credits, usd = _usage(raw.headers, data)
     return Speech(
         audio_url=url,
@@ -473,7 +628,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         characters=call.text_chars,
         credits_used=credits,
         usd_spent=usd,
-        request_id=_request_id(raw.headers, data),
+        request_id=request_id,
         engine="aimlapi",
     )
 
@@ -525,7 +680,7 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     """The typed error for a non-2xx response, with a message that says what to do."""
     status = raw.status_code
     data = _json(raw.body)
-    request_id = _request_id(raw.headers, data)
+    request_id = _request_id(raw.headers, data, call.secret)
     detail = _error_message(raw.body, call.secret)
     common: dict[str, Any] = {
         "status_code": status,
@@ -535,7 +690,7 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     if status in (400, 422):
         return BadRequestError(
             f"The API rejected the request ({status}: {detail}). Check the text, voice "
-            f"{call.voice!r} and format {call.format!r} for model {call.model!r}.",
+            f"{shown(call.voice)} and format {call.format!r} for model {shown(call.model)}.",
             **common,
         )
     if status == 401:
@@ -547,13 +702,13 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     if status == 403:
         return AuthenticationError(
             f"The API refused this call (403: {detail}). The account may be out of credits or "
-            f"not allowed to use {call.model!r}; check the balance and key permissions at "
+            f"not allowed to use {shown(call.model)}; check the balance and key permissions at "
             "https://aimlapi.com/app/billing.",
             **common,
         )
     if status == 404:
         return NotFoundError(
-            f"The API does not know model {call.model!r} (404: {detail}); it may be retired. "
+            f"The API does not know model {shown(call.model)} (404: {detail}); it may be retired. "
             f"Set {ENV_MODEL[0]} to a current text-to-speech model.",
             **common,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ._files import fetch_audio, write_atomic
+from ._redact import basic_config
 from ._version import __version__
 from .client import OctaveClient
 from .errors import (
@@ -176,32 +177,19 @@ def _say(args: argparse.Namespace) -> int:
 
 
 def _voices(args: argparse.Namespace) -> int:
-    client = OctaveClient(model=args.model)
-    catalogue = client.voice_catalogue()
-    engine = client.active_engine()
-    client.close()
-    if catalogue is None:
+    with OctaveClient(model=args.model) as client:
+        listing = client.voices()
+        engine = client.active_engine()
+    if not listing.voices:
         raise ConfigurationError(
-            f"No voice catalogue is known for model {client.settings.model!r}; "
+            f"No voice catalogue is known for model {listing.model!r}; "
             "its voices are passed to the API unchecked."
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "engine": engine,
-                    "model": catalogue.model,
-                    "default": catalogue.default,
-                    "voices": list(catalogue.voices),
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
-        return EXIT_OK
-    print(f"Voices for {catalogue.model} (engine: {engine}); * marks the default:")
-    for name in catalogue.voices:
-        print(f"{'*' if name == catalogue.default else ' '} {name}")
+        record = {"engine": engine, **listing.model_dump()}
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(listing.lines(engine)))
     return EXIT_OK
 
 
@@ -275,7 +263,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         if args.verbose:
-            logging.basicConfig(
+            # Filtered: at -vv httpcore logs response headers verbatim, echoed key and all.
+            basic_config(
                 stream=sys.stderr,
                 level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                 format="%(levelname)s %(name)s: %(message)s",

@@ -9,18 +9,19 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import httpx
+from typing_extensions import Unpack
 
 from . import _protocol as proto
+from ._body import BodyTooLarge, CappedBody
 from ._deadline import deadline_transport, hard_deadline
 from ._files import new_audio_path, write_atomic
-from ._settings import Settings
+from ._settings import Settings, SettingsOptions, check_options
 from ._spend import Spend, reused
 from .errors import ConfigurationError, InvalidInputError
-from .models import Speech, UsageReport
+from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -69,42 +70,13 @@ class _BaseClient:
     """Settings, validation, engine choice and response handling; no I/O of its own."""
 
     def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        voice: str | None = None,
-        format: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        engine: str | None = None,
-        output_dir: str | None = None,
-        max_credits: float | None = None,
-        max_credits_per_day: float | None = None,
-        cache_ttl: float | None = None,
-        ledger: bool | None = None,
-        data_dir: str | None = None,
-        settings: Settings | None = None,
+        self, *, settings: Settings | None = None, **options: Unpack[SettingsOptions]
     ) -> None:
-        self._settings = settings or Settings.load(
-            api_key=api_key,
-            base_url=base_url,
-            model=model,
-            voice=voice,
-            format=format,
-            timeout=timeout,
-            max_retries=max_retries,
-            engine=engine,
-            output_dir=output_dir,
-            max_credits_per_day=max_credits_per_day,
-            cache_ttl=cache_ttl,
-            ledger=ledger,
-            data_dir=data_dir,
-        )
-        if max_credits is not None and not max_credits >= 0:
-            raise ConfigurationError(f"max_credits must be 0 or more; got {max_credits!r}.")
-        self._spend = Spend(self._settings, client_limit=max_credits)
+        if settings is not None and options:
+            check_options(options)
+            raise TypeError("Pass settings= or individual settings, not both.")
+        self._settings = settings or Settings.load(**options)
+        self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
 
     @property
     def settings(self) -> Settings:
@@ -133,6 +105,32 @@ class _BaseClient:
 
             return _local.catalogue()
         return catalogue_for(self._settings.model)
+
+    def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
+        """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
+        (day, model, voice or engine), across every process sharing the ledger.
+
+        Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
+        """
+        return self._spend.usage(since, by)
+
+    def voices(self) -> VoiceList:
+        """The voices a call would be checked against now, with the default a call gets.
+
+        Needs no API key and makes no request. A configured default voice is shown in
+        its canonical spelling, or as given when it is not valid (each call then says why).
+        """
+        catalogue = self.voice_catalogue()
+        configured = self._settings.voice
+        if catalogue is None:
+            return VoiceList(model=self._settings.model, default=configured, voices=[])
+        default = catalogue.default
+        if configured is not None:
+            try:
+                default = catalogue.resolve(configured)
+            except InvalidInputError:
+                default = configured
+        return VoiceList(model=catalogue.model, default=default, voices=list(catalogue.voices))
 
     def _engine(self, *, strict: bool = True) -> str:
         """Which engine serves a call under the current settings.
@@ -234,11 +232,6 @@ class _BaseClient:
         return wait
 
 
-def _declared_too_large(response: httpx.Response, limit: int) -> bool:
-    declared = response.headers.get("content-length", "")
-    return declared.isdigit() and int(declared) > limit
-
-
 class OctaveClient(_BaseClient):
     """Blocking client for the AIML API text-to-speech endpoint.
 
@@ -247,8 +240,14 @@ class OctaveClient(_BaseClient):
     it is then yours to close.
     """
 
-    def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.Client | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         # Built on first use: its TLS setup costs tens of ms that a local-engine
         # call, `voices` or a starting MCP server should not pay.
@@ -337,7 +336,7 @@ class OctaveClient(_BaseClient):
     def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
         (day, model, voice or engine), across every process sharing the ledger."""
-        return self._spend.usage(since, by)
+        return self.usage_report(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -357,18 +356,16 @@ class OctaveClient(_BaseClient):
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response,
         ):
-            limit = proto.body_limit(response.headers)
-            if _declared_too_large(response, limit):
-                raise proto.too_large_error(call, response.status_code, limit)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise proto.too_large_error(call, response.status_code, limit)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
+            try:
+                body = CappedBody(proto.body_limit(response.headers), response.headers)
+                for chunk in response.iter_bytes():
+                    body.feed(chunk)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+            except BodyTooLarge as exc:
+                raise proto.too_large_error(call, response.status_code, exc.limit) from None
             return proto.RawResponse(
-                response.status_code, dict(response.headers.items()), bytes(body)
+                response.status_code, dict(response.headers.items()), body.result()
             )
 
     def close(self) -> None:
@@ -391,8 +388,14 @@ class OctaveClient(_BaseClient):
 class AsyncOctaveClient(_BaseClient):
     """The asyncio twin of OctaveClient: same arguments, same results, same errors."""
 
-    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose
@@ -497,7 +500,7 @@ class AsyncOctaveClient(_BaseClient):
 
     async def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger (see OctaveClient.usage), read off the event loop."""
-        return await asyncio.to_thread(self._spend.usage, since, by)
+        return await asyncio.to_thread(self.usage_report, since, by)
 
     async def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -510,16 +513,14 @@ class AsyncOctaveClient(_BaseClient):
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
-                limit = proto.body_limit(response.headers)
-                if _declared_too_large(response, limit):
-                    raise proto.too_large_error(call, response.status_code, limit)
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise proto.too_large_error(call, response.status_code, limit)
+                try:
+                    body = CappedBody(proto.body_limit(response.headers), response.headers)
+                    async for chunk in response.aiter_bytes():
+                        body.feed(chunk)
+                except BodyTooLarge as exc:
+                    raise proto.too_large_error(call, response.status_code, exc.limit) from None
                 return proto.RawResponse(
-                    response.status_code, dict(response.headers.items()), bytes(body)
+                    response.status_code, dict(response.headers.items()), body.result()
                 )
 
     async def aclose(self) -> None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport"]
+__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
 
 Engine = Literal["aimlapi", "local"]
 
@@ -88,3 +88,31 @@ class UsageReport(BaseModel):
             f"{self.total_credits:>12,.0f} {self.total_usd:>9.4f}"
         )
         return "\n".join(lines)
+
+
+class VoiceList(BaseModel):
+    """The voices ``text_to_speech`` accepts under the current settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(description="The model (or local engine) the voices belong to.")
+    default: str | None = Field(
+        description="The voice used when none is given (None when the model's list is unknown)."
+    )
+    voices: list[str] = Field(description="Every accepted voice name, in the provider's order.")
+
+    def summary(self) -> str:
+        """One line for a model to read, with the default marked."""
+        if not self.voices:
+            return (
+                f"octave-tools has no voice list for model {self.model!r}: pass a voice name that "
+                "model accepts, or leave voice out for its default."
+            )
+        names = ", ".join(f"{v} (default)" if v == self.default else v for v in self.voices)
+        return f"{len(self.voices)} voices for {self.model}: {names}."
+
+    def lines(self, engine: str) -> list[str]:
+        """The listing for a person: a heading, then one voice a line, * on the default."""
+        return [f"Voices for {self.model} (engine: {engine}); * marks the default:"] + [
+            f"{'*' if name == self.default else ' '} {name}" for name in self.voices
+        ]

@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from ._redact import shown
 from .catalogue import ALL_FORMATS, MODELS, ModelSpec
 from .errors import InvalidInputError
 
@@ -79,7 +80,7 @@ class VoiceCatalogue:
         if not self.closed:
             hint += f" A custom voice id may also be used, 1 to {self.max_custom_chars} characters."
         raise InvalidInputError(
-            f"Unknown voice {voice!r} for model {self.model!r}. {hint} "
+            f"Unknown voice {shown(voice)} for model {shown(self.model)}. {hint} "
             "Call list_voices (or run `octave-tools voices`) for the full list.",
             field="voice",
         )
@@ -140,7 +141,7 @@ def resolve_format(fmt: str | None) -> AudioFormat:
         if folded == known:
             return known
     raise InvalidInputError(
-        f"Unknown format {fmt!r}. Use one of: {', '.join(FORMATS)}.", field="format"
+        f"Unknown format {shown(fmt)}. Use one of: {', '.join(FORMATS)}.", field="format"
     )
 
 
@@ -168,6 +169,6 @@ def resolve_model_format(fmt: str | None, spec: ModelSpec) -> str | None:
         )
     known = "Unknown format" if folded not in ALL_FORMATS else "Unsupported format"
     raise InvalidInputError(
-        f"{known} {fmt!r} for model {spec.id!r}. Use one of: {', '.join(spec.formats)}.",
+        f"{known} {shown(fmt)} for model {spec.id!r}. Use one of: {', '.join(spec.formats)}.",
         field="format",
     )
