@@ -40,7 +40,7 @@ from .errors import (
     UnexpectedResponseError,
 )
 from .models import Speech
-from .voices import MAX_TEXT_CHARS, resolve_model_format, resolve_voice
+from .voices import MAX_TEXT_CHARS, normalise_format, resolve_model_format, resolve_voice
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
@@ -334,6 +334,7 @@ def _put(payload: dict[str, Any], path: BodyPath, value: object) -> None:
             node = node[step]
 
 
+_PLAIN_FORMAT = re.compile(r"[A-Za-z0-9_]{1,20}")
 _warned_models: set[str] = set()
 _warned_lock = threading.Lock()
 
@@ -370,7 +371,12 @@ def _generic_body(
     if chosen_format is not None:
         chosen_format = chosen_format.strip()
         payload["format"] = chosen_format
-    return payload, chosen_voice, chosen_format or "unknown"
+    # The body carries the format as given; results and messages show it only in our
+    # vocabulary or as a short plain word, never an arbitrary string from the caller.
+    produced = normalise_format(chosen_format) if chosen_format else None
+    if produced is None and chosen_format and _PLAIN_FORMAT.fullmatch(chosen_format):
+        produced = chosen_format.lower()
+    return payload, chosen_voice, produced or "unknown"
 
 
 # ---------------------------------------------------------------- responses

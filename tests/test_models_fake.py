@@ -575,7 +575,7 @@ def test_unknown_model_is_passed_through_with_the_generic_fields(
         {"model": "acme/tts-9", "text": TEXT, "voice": "Bob", "format": "OGG"},
         {"model": "acme/tts-9", "text": "Again."},
     ]
-    assert (first.model, first.voice, first.format) == ("acme/tts-9", "Bob", "OGG")
+    assert (first.model, first.voice, first.format) == ("acme/tts-9", "Bob", "ogg")
     assert (second.voice, second.format) == (None, "unknown")
     warnings = [r.getMessage() for r in caplog.records if "acme/tts-9" in r.getMessage()]
     assert warnings == [
@@ -591,6 +591,18 @@ def test_unknown_model_404_names_the_model_and_the_setting(
         synth(model="acme/retired-tts")
     assert "The API does not know model 'acme/retired-tts'" in str(info.value)
     assert "Set OCTAVE_TOOLS_MODEL" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shown_as"), [(" .MP3", "mp3"), ("linear16", "linear16"), ("x" * 5000, "unknown")]
+)
+def test_unknown_model_result_shows_the_format_only_as_a_plain_word(
+    fmt: str, shown_as: str
+) -> None:
+    settings = Settings.load(api_key="k", environ={})
+    call = proto.prepare(settings, "Hi.", None, fmt, model="acme/tts-9")
+    assert json.loads(call.body) == {"model": "acme/tts-9", "text": "Hi.", "format": fmt.strip()}
+    assert call.format == shown_as
 
 
 def test_unknown_model_takes_no_speed(synth: Synth, fake_aimlapi: FakeAIMLAPI) -> None:
