@@ -809,3 +809,19 @@ def test_the_fake_needs_no_jsonschema() -> None:
         "assert 'jsonschema' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "fragment"),
+    [
+        ({"model": "openai/tts-1"}, "model", "Model 'openai/tts-1' needs the AIML API"),
+        ({"speed": 1.2}, "speed", "The offline local engine has no speed option"),
+    ],
+)
+def test_the_local_engine_refuses_a_model_or_speed_it_cannot_honour(
+    kwargs: dict[str, Any], field: str, fragment: str
+) -> None:
+    with OctaveClient(engine="local") as c, pytest.raises(InvalidInputError) as info:
+        c.synthesize("Hi.", **kwargs)
+    assert info.value.field == field
+    assert fragment in str(info.value)
