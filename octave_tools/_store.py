@@ -479,7 +479,8 @@ class SQLiteStore:
                         (since,),
                     ).fetchone()
                 finally:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                 # Under the database lock, no write is half-done: what the read did not
                 # see is exactly what is still pending.
                 with self._lock:

@@ -192,10 +192,30 @@ def _check_out(out: Path) -> None:
             "socket); give a file name, or --out - to write the audio to stdout.",
             field="out",
         )
+    if _system_folder(out.parent):
+        # /dev/stdout may link to a regular file (a redirect); it must never be replaced.
+        raise InvalidInputError(
+            f"--out {str(out)!r} is in a system device folder; give a file name, or "
+            "--out - to write the audio to stdout.",
+            field="out",
+        )
     if not os.access(out.parent, os.W_OK):
         raise InvalidInputError(
             f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
         )
+
+
+def _system_folder(folder: Path) -> bool:
+    """Whether ``folder`` is /dev itself, or inside /proc or /sys (never a place for audio)."""
+    if os.name != "posix":
+        return False
+    try:
+        real = folder.resolve()
+    except OSError:
+        return False
+    return real == Path("/dev") or any(
+        real == Path(root) or Path(root) in real.parents for root in ("/proc", "/sys")
+    )
 
 
 _PAID = "The call was made and its audio URL is printed above"

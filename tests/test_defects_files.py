@@ -138,6 +138,21 @@ def test_out_that_links_to_a_device_is_refused_and_the_link_kept(
     assert os.readlink(link) == "/dev/null"
 
 
+@posix_only
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/null", "/dev/fd/1", "/proc/self/fd/1"])
+def test_out_in_a_device_folder_is_refused_before_the_call(
+    capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI, target: str
+) -> None:
+    # As root, these were replaced by a regular file ("Saved to /dev/stdout").
+    before = os.lstat(target)
+    code, out, err = cli(capsys, "say", "Hi", "--out", target)
+    assert (code, out) == (2, "")
+    assert "octave-tools: error: --out " in err
+    assert api_env.requests == []
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
 def test_out_dash_writes_only_the_audio_bytes_to_stdout(
     capsysbinary: pytest.CaptureFixture[bytes],
     api_env: FakeAIMLAPI,
@@ -407,14 +422,16 @@ def test_a_budget_is_shared_by_processes_even_while_the_ledger_is_locked(
     make_ledger(path)
     with ledger_locked_by_another_process(path, 3.0):
         refused = 0
-        for _ in range(3):  # three clients: as three processes would be
+        for _ in range(3):  # three clients, each with a store of its own: three processes
+            store = SQLiteStore(path)
             with client(fake_aimlapi, data_dir=str(tmp_path), max_credits_per_day=300) as c:
-                c._spend._store = SQLiteStore(path)  # not the process-wide one
+                c._spend._store = store
                 c._spend._store_opened = True
                 try:
                     c.synthesize("Hi")
                 except ConfigurationError:
                     refused += 1
+            store.close()
     assert (refused, fake_aimlapi.requests) == (3, [])
 
 
