@@ -353,12 +353,20 @@ class SQLiteStore:
             try:
                 with self._db_lock:
                     db = self._ensure_db()
-                    db.executemany(
-                        "INSERT INTO calls (ts, engine, model, voice, format, characters, "
-                        "credits, usd, request_id, text_sha256, cached) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        [astuple(e) for e in batch],
-                    )
+                    # One transaction: a batch is written whole or not at all, so a retry
+                    # (or a later reopen) never writes a row twice.
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        db.executemany(
+                            "INSERT INTO calls (ts, engine, model, voice, format, characters, "
+                            "credits, usd, request_id, text_sha256, cached) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            [astuple(e) for e in batch],
+                        )
+                        db.execute("COMMIT")
+                    finally:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
                     # Still under the database lock: a window read sees each row in exactly
                     # one place, the database or the pending list.
                     with self._lock:
