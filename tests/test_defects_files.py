@@ -242,10 +242,11 @@ def test_a_redirect_to_a_bad_scheme_still_prints_the_url_and_exits_4(
     assert code == 4
     record = json.loads(out)
     assert (record["audio_url"], record["credits_used"]) == (url, 250)
-    assert err.splitlines()[-1] == (
-        "octave-tools: error: Refusing to follow a redirect of the audio to "
-        "'file://127.0.0.1/etc/passwd'. The call was made and its audio URL is printed above; "
-        f"--out {target} was not written."
+    error = err.splitlines()[-1]
+    assert error.startswith("octave-tools: error: Refusing to follow a redirect of the audio")
+    assert "file://" in error
+    assert error.endswith(
+        f"The call was made and its audio URL is printed above; --out {target} was not written."
     )
     assert not target.exists()
 
