@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -66,12 +65,20 @@ def write_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder, then rename.
 
     A reader never sees a partial file, and if ``path`` is a symlink the link itself
-    is replaced: the write never lands outside ``path``'s folder.
+    is replaced: the write never lands outside ``path``'s folder. The file gets the
+    mode a plain open() would give (0666 less the umask).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            # Not mkstemp: its 0600 would have to be widened by hand, ignoring the umask.
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        break
     try:
-        # mkstemp makes the file 0600; audio is not secret, so use the usual mode.
-        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -139,8 +146,8 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
         ):
             if response.status_code != 200:
                 raise APIStatusError(
-                    f"Downloading the audio from {host} failed ({response.status_code}). The URL "
-                    "may have expired; synthesise again.",
+                    f"Downloading the audio from {host} failed ({response.status_code}); the "
+                    "URL may have expired.",
                     status_code=response.status_code,
                 )
             data = bytearray()

@@ -1,8 +1,10 @@
 """The `octave-tools` command: say, voices, usage, serve.
 
 Exit codes: 0 success; 2 usage or invalid input; 3 configuration (no key, bad
-setting, missing extra); 4 API or network failure; 5 spend limit reached;
-1 anything unexpected; 130 interrupted. Errors are one line on stderr.
+setting, missing extra, a daily budget with an unusable ledger); 4 API or network
+failure (also a failed --out download); 5 spend limit reached; 6 the --out file
+could not be written (the call was made: its URL is still printed); 1 anything
+unexpected; 130 interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +30,7 @@ from .errors import (
     InvalidInputError,
     OctaveError,
 )
-from .voices import FORMATS
+from .voices import FORMATS, MAX_TEXT_CHARS
 
 __all__ = ["main"]
 
@@ -37,6 +40,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_API = 4
 EXIT_BUDGET = 5
+EXIT_FILE = 6
 EXIT_INTERRUPTED = 130
 
 PROG = "octave-tools"
@@ -57,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Text-to-speech for agents and people: the AIML API (hume/octave-2).",
         epilog="Exit codes: 0 ok, 2 usage/invalid input, 3 configuration, 4 API/network, "
-        "5 spend limit, 1 unexpected.",
+        "5 spend limit, 6 --out file not written (URL still printed), 1 unexpected.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument(
@@ -69,7 +73,12 @@ def _build_parser() -> argparse.ArgumentParser:
     say.add_argument("text", metavar="TEXT", help="the words to speak; '-' reads stdin")
     say.add_argument("--voice", help="a voice name (see `octave-tools voices`)")
     say.add_argument("--format", choices=FORMATS, help="audio format (default wav)")
-    say.add_argument("--out", metavar="FILE", help="also download the audio to FILE")
+    say.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also download the audio to FILE; '-' writes the audio bytes to stdout "
+        "(the URL or JSON then goes to stderr)",
+    )
     say.add_argument("--json", action="store_true", help="print the full result as JSON")
     say.add_argument("--model", help="TTS model id (default hume/octave-2)")
     say.add_argument("--timeout", type=float, help="total seconds for the call (default 60)")
@@ -114,10 +123,31 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
+_STDIN_BYTES = 4 * (MAX_TEXT_CHARS + 1)
+_STDIN_CHUNK = 1 << 16
+
+
 def _read_text(arg: str) -> str:
     if arg != "-":
         return arg
-    data = sys.stdin.buffer.read()
+    # Bounded: a stream that never ends (`yes |`) is refused, not buffered whole.
+    stream = sys.stdin.buffer
+    chunks: list[bytes] = []
+    size = 0
+    while size < _STDIN_BYTES:
+        chunk = stream.read(min(_STDIN_CHUNK, _STDIN_BYTES - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size >= _STDIN_BYTES:
+        raise InvalidInputError(
+            f"stdin holds more than the {MAX_TEXT_CHARS:,}-character limit; shorten the "
+            "text or split it into several calls.",
+            field="text",
+        )
+    data = b"".join(chunks)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -137,42 +167,120 @@ def _format_for(args: argparse.Namespace) -> str | None:
     return args.format or (suffix if suffix in FORMATS else None)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an --out target that cannot (or must not) be replaced by a file."""
+    if not out.parent.is_dir():
+        raise InvalidInputError(
+            f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
+        )
+    if out.is_dir():
+        raise InvalidInputError(
+            f"--out {str(out)!r} is a folder; give a file name such as hello.wav.", field="out"
+        )
+    try:
+        mode = out.stat().st_mode  # through a link: a link to a file is fine
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"--out {str(out)!r} cannot be checked ({exc.strerror}); pick another file.",
+            field="out",
+        ) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        # The audio is renamed into place: a device, pipe or socket would be replaced.
+        raise InvalidInputError(
+            f"--out {str(out)!r} exists and is not a regular file (a device, pipe or "
+            "socket); give a file name, or --out - to write the audio to stdout.",
+            field="out",
+        )
+    if _system_folder(out.parent):
+        # /dev/stdout may link to a regular file (a redirect); it must never be replaced.
+        raise InvalidInputError(
+            f"--out {str(out)!r} is in a system device folder; give a file name, or "
+            "--out - to write the audio to stdout.",
+            field="out",
+        )
+    if not os.access(out.parent, os.W_OK):
+        raise InvalidInputError(
+            f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
+        )
+
+
+def _system_folder(folder: Path) -> bool:
+    """Whether ``folder`` is /dev itself, or inside /proc or /sys (never a place for audio)."""
+    if os.name != "posix":
+        return False
+    try:
+        real = folder.resolve()
+    except OSError:
+        return False
+    return real == Path("/dev") or any(
+        real == Path(root) or Path(root) in real.parents for root in ("/proc", "/sys")
+    )
+
+
+_PAID = "The call was made and its audio URL is printed above"
+
+
 def _say(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.out.strip():
+        raise InvalidInputError(
+            "--out is empty; give a file name such as hello.wav, or - for stdout.", field="out"
+        )
     text = _read_text(args.text)
     fmt = _format_for(args)
-    out = Path(args.out).expanduser() if args.out else None
+    to_stdout = args.out == "-"
+    out = Path(args.out).expanduser() if args.out is not None and not to_stdout else None
     if out is not None:
-        # Checked before the paid call, so a bad path never wastes one.
-        if not out.parent.is_dir():
-            raise InvalidInputError(
-                f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
-            )
-        if out.is_dir():
-            raise InvalidInputError(
-                f"--out {str(out)!r} is a folder; give a file name such as hello.wav.", field="out"
-            )
-        if not os.access(out.parent, os.W_OK):
-            raise InvalidInputError(
-                f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
-            )
+        _check_out(out)  # before the paid call, so a bad path never wastes one
+    saved: Path | None = None
+    failure: tuple[str, int] | None = None
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
         speech = client.synthesize(text, voice=args.voice, format=fmt)
-        saved = None
-        if out is not None:
-            data = fetch_audio(speech.audio_url, client.settings)
-            saved = write_atomic(out, data)
+        if args.out is not None:
+            target = "-" if out is None else str(out)
+            try:
+                data = fetch_audio(speech.audio_url, client.settings)
+            except OctaveError as exc:
+                failure = (
+                    f"{exc.message} {_PAID}; --out {target} was not written.",
+                    _exit_code(exc),
+                )
+            else:
+                if out is None:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                else:
+                    try:
+                        _check_out(out)  # again: it may have changed during the call
+                        saved = write_atomic(out, data)
+                    except InvalidInputError as exc:
+                        failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
+                    except OSError as exc:
+                        failure = (
+                            f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
+                            EXIT_FILE,
+                        )
+    # With --out -, stdout carries only the audio: the URL or JSON goes to stderr.
+    info = sys.stderr if to_stdout else sys.stdout
     if args.json:
         record = speech.model_dump(mode="json")
         if saved is not None:
             record["file"] = str(saved)
-        print(json.dumps(record, indent=2, ensure_ascii=False))
+        print(json.dumps(record, indent=2, ensure_ascii=False), file=info)
     else:
-        print(speech.audio_url)
-    if speech.engine == "local" or saved is not None:
+        print(speech.audio_url, file=info)
+    if speech.engine == "local" or args.out is not None:
         note = speech.summary()
         if saved is not None:
             note += f" Saved to {saved}."
+        elif to_stdout and failure is None:
+            note += " Audio written to stdout."
         print(note, file=sys.stderr)
+    if failure is not None:
+        message, code = failure
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
     return EXIT_OK
 
 
