@@ -4,6 +4,8 @@ The core has no LangChain or MCP imports; those faces live in
 ``octave_tools.langchain`` and ``octave_tools.mcp``.
 """
 
+from ._files import write_atomic
+from ._redact import basic_config as configure_logging
 from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions
 from ._version import __version__
 from .catalogue import MODELS, ModelSpec
@@ -62,4 +64,6 @@ __all__ = [
     "UsageReport",
     "VoiceList",
     "__version__",
+    "configure_logging",
+    "write_atomic",
 ]

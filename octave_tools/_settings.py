@@ -10,7 +10,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit
@@ -39,9 +39,11 @@ ENV_DATA_DIR = ("OCTAVE_TOOLS_DATA_DIR",)
 ENV_LEDGER = ("OCTAVE_TOOLS_LEDGER",)
 ENV_MAX_CREDITS = ("OCTAVE_TOOLS_MAX_CREDITS",)
 ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
+ENV_MODELS = ("OCTAVE_TOOLS_MODELS",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]*")
 DEFAULT_TIMEOUT = 60.0
 # Past about 1e9 s the socket layer overflows; no call is worth waiting a day for.
 MAX_TIMEOUT = 86_400.0
@@ -98,6 +100,7 @@ class SettingsOptions(TypedDict, total=False):
     max_credits_per_day: float | None
     max_credits: float | None
     cache_ttl: float | None
+    models: str | Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class Settings:
     max_credits_per_day: float | None = None
     max_credits: float | None = None
     cache_ttl: float = 0.0
+    models: tuple[str, ...] = ()
+    """Models a face offers besides ``model`` (empty: only ``model``)."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -169,10 +174,11 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for setting in SETTINGS:
-            arg = options.get(setting.name)
+            arg: Any = options.get(setting.name)
             raw: str | None
             if arg is not None:
-                raw, source = str(arg), setting.name
+                seq = isinstance(arg, (list, tuple))
+                raw, source = ",".join(map(str, arg)) if seq else str(arg), setting.name
             else:
                 raw, source = None, setting.env[0] if setting.env else setting.name
                 for name in setting.env:
@@ -218,6 +224,23 @@ def _parse_model(raw: str | None, source: str) -> str:
 
 def _parse_ttl(raw: str | None, source: str) -> float:
     return _parse_amount(raw, source, allow_zero=True) or 0.0
+
+
+def _parse_models(raw: str | None, source: str) -> tuple[str, ...]:
+    if raw is None or not raw.strip():
+        return ()
+    if raw.strip().lower() == "all":
+        from .catalogue import MODELS
+
+        return tuple(MODELS)
+    ids = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    for model in ids:
+        if len(model) > 100 or not _MODEL_ID.fullmatch(model):
+            raise ConfigurationError(
+                f"{source} must be model ids separated by commas (e.g. hume/octave-2,openai/tts-1) "
+                f"or all; got {shown(model)}."
+            )
+    return ids
 
 
 def _parse_limit(raw: str | None, source: str) -> float | None:
@@ -373,6 +396,9 @@ SETTINGS: tuple[Setting, ...] = (
             _parse_limit),
     Setting("cache_ttl", ENV_CACHE_TTL, "`0` (off)",
             "Seconds to reuse the result of an identical request, at no charge.", _parse_ttl),
+    Setting("models", ENV_MODELS, "only `model`",
+            "Models the MCP server and LangChain tool offer per call (comma list, or `all`); "
+            "`model` is the default among them.", _parse_models),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-__all__ = ["ALL_FORMATS", "MODELS", "BodyPath", "ModelSpec", "SpeedOption"]
+__all__ = ["ALL_FORMATS", "MODELS", "BodyPath", "ModelSpec", "SpeedOption", "models_table"]
 
 BodyPath = tuple[str | int, ...]
 """Where a value goes in the JSON body: keys, and list indexes for arrays."""
@@ -89,6 +90,20 @@ class ModelSpec:
     def format_value(self, fmt: str) -> str:
         """The body value for user format ``fmt`` (one of ``formats``)."""
         return self.formats[fmt]
+
+    def describe(self) -> dict[str, Any]:
+        """The facts a user picks a model by, as plain JSON-ready values."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "voices": list(self.voices),
+            "default_voice": self.default_voice,
+            "custom_voices": not self.voices_closed,
+            "formats": list(self.formats),
+            "default_format": self.produced_format,
+            "text_limit": self.max_text_chars,
+            "speed": [self.speed.minimum, self.speed.maximum] if self.speed else None,
+        }
 
     def format_from_body(self, value: object) -> str | None:
         """The user format a body value stands for (None if not one of ours)."""
@@ -390,3 +405,22 @@ ALL_FORMATS: tuple[str, ...] = tuple(
     dict.fromkeys(f for spec in _SPECS for f in (*spec.formats, spec.native_format))
 )
 """Every user format some model can give (the ``format`` setting accepts any of them)."""
+
+
+def models_table() -> str:
+    """Every model as a Markdown table (the README's, checked by a test)."""
+    rows = [
+        "| model | provider | voices (default) | formats (default) | text limit | speed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in _SPECS:
+        d = spec.describe()
+        count = f"{len(spec.voices)}" + (" + custom ids" if d["custom_voices"] else "")
+        if not spec.voices:
+            count = "any voice id"
+        voices = f"{count} ({spec.default_voice})" if spec.default_voice else count
+        formats = (", ".join(d["formats"]) or "none to choose") + f" ({d['default_format']})"
+        limit = f"{spec.max_text_chars:,}" if spec.max_text_chars else "not documented"
+        speed = f"{d['speed'][0]:g}-{d['speed'][1]:g}" if d["speed"] else "no"
+        rows.append(f"| `{spec.id}` | {spec.provider} | {voices} | {formats} | {limit} | {speed} |")
+    return "\n".join(rows)

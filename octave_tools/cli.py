@@ -1,4 +1,4 @@
-"""The `octave-tools` command: say, voices, usage, serve.
+"""The `octave-tools` command: say, voices, models, usage, serve.
 
 Exit codes: 0 success; 2 usage or invalid input; 3 configuration (no key, bad
 setting, missing extra, a daily budget with an unusable ledger); 4 API or network
@@ -19,18 +19,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ._files import fetch_audio, write_atomic
-from ._redact import basic_config
-from ._version import __version__
-from .client import OctaveClient
-from .errors import (
+from . import (
+    MAX_TEXT_CHARS,
+    MODELS,
     APIError,
     BudgetExceededError,
     ConfigurationError,
     InvalidInputError,
+    OctaveClient,
     OctaveError,
+    __version__,
+    configure_logging,
+    write_atomic,
 )
-from .voices import FORMATS, MAX_TEXT_CHARS
+from .catalogue import ALL_FORMATS, models_table
 
 __all__ = ["main"]
 
@@ -72,7 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
     say = sub.add_parser("say", help="speak TEXT and print the audio URL")
     say.add_argument("text", metavar="TEXT", help="the words to speak; '-' reads stdin")
     say.add_argument("--voice", help="a voice name (see `octave-tools voices`)")
-    say.add_argument("--format", choices=FORMATS, help="audio format (default wav)")
+    say.add_argument(
+        "--format", choices=ALL_FORMATS, help="audio format (default: the model's; wav for Octave)"
+    )
     say.add_argument(
         "--out",
         metavar="FILE",
@@ -80,12 +84,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "(the URL or JSON then goes to stderr)",
     )
     say.add_argument("--json", action="store_true", help="print the full result as JSON")
-    say.add_argument("--model", help="TTS model id (default hume/octave-2)")
+    say.add_argument("--model", help="TTS model id (default hume/octave-2; see `models`)")
+    say.add_argument("--speed", type=float, help="speaking rate, 1.0 normal (models that have one)")
     say.add_argument("--timeout", type=float, help="total seconds for the call (default 60)")
 
     voices = sub.add_parser("voices", help="list the voices of the active engine")
     voices.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     voices.add_argument("--model", help="TTS model id (default hume/octave-2)")
+
+    models = sub.add_parser("models", help="list every model, its voices, formats and limits")
+    models.add_argument("--json", action="store_true", help="print the catalogue as JSON")
 
     usage = sub.add_parser("usage", help="what the ledger says was spent")
     usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
@@ -159,12 +167,12 @@ def _read_text(arg: str) -> str:
 def _format_for(args: argparse.Namespace) -> str | None:
     """--format, or the one --out's extension names; a contradiction is a usage error."""
     suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""
-    if args.format and suffix in FORMATS and suffix != args.format:
+    if args.format and suffix in ALL_FORMATS and suffix != args.format:
         raise InvalidInputError(
             f"--out ends in .{suffix} but --format is {args.format}; make them agree.",
             field="format",
         )
-    return args.format or (suffix if suffix in FORMATS else None)
+    return args.format or (suffix if suffix in ALL_FORMATS else None)
 
 
 def _check_out(out: Path) -> None:
@@ -236,11 +244,11 @@ def _say(args: argparse.Namespace) -> int:
     saved: Path | None = None
     failure: tuple[str, int] | None = None
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
-        speech = client.synthesize(text, voice=args.voice, format=fmt)
+        speech = client.synthesize(text, voice=args.voice, format=fmt, speed=args.speed)
         if args.out is not None:
             target = "-" if out is None else str(out)
             try:
-                data = fetch_audio(speech.audio_url, client.settings)
+                data = client.download(speech)
             except OctaveError as exc:
                 failure = (
                     f"{exc.message} {_PAID}; --out {target} was not written.",
@@ -288,7 +296,7 @@ def _voices(args: argparse.Namespace) -> int:
     with OctaveClient(model=args.model) as client:
         listing = client.voices()
         engine = client.active_engine()
-    if not listing.voices:
+    if not listing.voices and listing.model not in MODELS:
         raise ConfigurationError(
             f"No voice catalogue is known for model {listing.model!r}; "
             "its voices are passed to the API unchecked."
@@ -296,8 +304,19 @@ def _voices(args: argparse.Namespace) -> int:
     if args.json:
         record = {"engine": engine, **listing.model_dump()}
         print(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
+    elif listing.voices:
         print("\n".join(listing.lines(engine)))
+    else:
+        print(f"{listing.model} takes any voice id; it names no voices of its own.")
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.json:
+        records = [spec.describe() for spec in MODELS.values()]
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        print(models_table())
     return EXIT_OK
 
 
@@ -372,12 +391,18 @@ def run(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.verbose:
             # Filtered: at -vv httpcore logs response headers verbatim, echoed key and all.
-            basic_config(
+            configure_logging(
                 stream=sys.stderr,
                 level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                 format="%(levelname)s %(name)s: %(message)s",
             )
-        handler = {"say": _say, "voices": _voices, "usage": _usage, "serve": _serve}[args.command]
+        handler = {
+            "say": _say,
+            "voices": _voices,
+            "models": _models,
+            "usage": _usage,
+            "serve": _serve,
+        }[args.command]
         return handler(args)
 
     return _guarded(PROG, body)

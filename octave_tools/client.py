@@ -17,7 +17,8 @@ from typing_extensions import Unpack
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
 from ._deadline import deadline_transport, hard_deadline
-from ._files import new_audio_path, write_atomic
+from ._files import fetch_audio, new_audio_path, write_atomic
+from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import Spend, reused
 from .errors import ConfigurationError, InvalidInputError
@@ -95,8 +96,8 @@ class _BaseClient:
         """``"aimlapi"`` or ``"local"``: the engine a call would use now (needs no key)."""
         return self._engine(strict=False)
 
-    def voice_catalogue(self) -> VoiceCatalogue | None:
-        """The voices of the engine and model that would serve a call now.
+    def voice_catalogue(self, model: str | None = None) -> VoiceCatalogue | None:
+        """The voices of the engine and model (default: the configured one) a call would use.
 
         Needs no API key; None when the model's catalogue is unknown.
         """
@@ -104,7 +105,32 @@ class _BaseClient:
             from . import _local
 
             return _local.catalogue()
-        return catalogue_for(self._settings.model)
+        return catalogue_for(self._check_model(model))
+
+    def download(self, speech: Speech) -> bytes:
+        """The audio bytes behind ``speech.audio_url`` (blocking; never sends the API key).
+
+        The URL is vetted like the API's answer was, every redirect hop included.
+        """
+        return fetch_audio(speech.audio_url, self._settings)
+
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models a call may name: the configured one first, then ``models``."""
+        s = self._settings
+        return tuple(dict.fromkeys((s.model, *s.models)))
+
+    def _check_model(self, model: str | None) -> str:
+        """``model`` or the configured one; refused when the ``models`` setting excludes it."""
+        if model is None:
+            return self._settings.model
+        allowed = self.allowed_models()
+        if self._settings.models and model not in allowed:
+            raise InvalidInputError(
+                f"Model {shown(model)} is not offered here. Use one of: {', '.join(allowed)} "
+                f"(or leave model out for {allowed[0]}).",
+                field="model",
+            )
+        return model
 
     def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
@@ -114,23 +140,31 @@ class _BaseClient:
         """
         return self._spend.usage(since, by)
 
-    def voices(self) -> VoiceList:
-        """The voices a call would be checked against now, with the default a call gets.
+    def voices(self, model: str | None = None) -> VoiceList:
+        """The voices a call would be checked against, with the default a call gets.
 
-        Needs no API key and makes no request. A configured default voice is shown in
-        its canonical spelling, or as given when it is not valid (each call then says why).
+        For ``model`` (default: the configured one). Needs no API key and makes no
+        request. A configured default voice is shown in its canonical spelling, or as
+        given when it is not valid for the configured model (each call then says why).
         """
-        catalogue = self.voice_catalogue()
-        configured = self._settings.voice
+        catalogue = self.voice_catalogue(model)
+        configured = self._settings.voice if model in (None, self._settings.model) else None
+        name = self._settings.model if model is None else model
         if catalogue is None:
-            return VoiceList(model=self._settings.model, default=configured, voices=[])
+            return VoiceList(model=name, default=configured, voices=[])
         default = catalogue.default
         if configured is not None:
             try:
                 default = catalogue.resolve(configured)
             except InvalidInputError:
                 default = configured
-        return VoiceList(model=catalogue.model, default=default, voices=list(catalogue.voices))
+        return VoiceList(
+            model=catalogue.model,
+            default=default,
+            voices=list(catalogue.voices),
+            custom_voice_max_chars=None if catalogue.closed else catalogue.max_custom_chars,
+            custom_voices=not catalogue.closed,
+        )
 
     def _engine(self, *, strict: bool = True) -> str:
         """Which engine serves a call under the current settings.
@@ -166,6 +200,8 @@ class _BaseClient:
         speed: float | None = None,
     ) -> _Job:
         """Validate and route one call; raises before anything is spent."""
+        if model is not None:
+            model = self._check_model(model)
         if self._engine() == "local":
             from . import _local
 

@@ -246,10 +246,14 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         text: str,
         voice: str | None = None,
         format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         try:
-            speech = self._sync_client().synthesize(text, voice=voice, format=format)
+            speech = self._sync_client().synthesize(
+                text, voice=voice, format=format, speed=speed, model=model
+            )
         except _NEEDS_A_PERSON:
             raise
         except OctaveError as exc:
@@ -261,10 +265,14 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         text: str,
         voice: str | None = None,
         format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         try:
-            speech = await self._async_client().synthesize(text, voice=voice, format=format)
+            speech = await self._async_client().synthesize(
+                text, voice=voice, format=format, speed=speed, model=model
+            )
         except _NEEDS_A_PERSON:
             raise
         except OctaveError as exc:
@@ -306,6 +314,9 @@ class OctaveVoicesTool(_ClientOptions, BaseTool):
     description: str = ""
     args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
+        True
+    )
     handle_validation_error: (
         bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
     ) = _explain_invalid_arguments
@@ -316,15 +327,18 @@ class OctaveVoicesTool(_ClientOptions, BaseTool):
         _render(self, tools_for(self._core).list_voices)
 
     def _run(
-        self, run_manager: CallbackManagerForToolRun | None = None
+        self, model: str | None = None, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        voices = self._core.voices()
+        try:
+            voices = self._core.voices(model)
+        except OctaveError as exc:
+            raise ToolException(f"Error: {exc}") from exc
         return voices.summary(), voices.model_dump()
 
     async def _arun(
-        self, run_manager: AsyncCallbackManagerForToolRun | None = None
+        self, model: str | None = None, run_manager: AsyncCallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self._run()
+        return self._run(model)
 
 
 class OctaveUsageTool(_ClientOptions, BaseTool):

@@ -99,7 +99,13 @@ class VoiceList(BaseModel):
     default: str | None = Field(
         description="The voice used when none is given (None when the model's list is unknown)."
     )
-    voices: list[str] = Field(description="Every accepted voice name, in the provider's order.")
+    voices: list[str] = Field(description="Every named voice, in the provider's order.")
+    custom_voices: bool = Field(
+        default=False, description="True when the model also takes voice ids outside the list."
+    )
+    custom_voice_max_chars: int | None = Field(
+        default=None, description="The longest such id the model documents (None: no limit)."
+    )
 
     def summary(self) -> str:
         """One line for a model to read, with the default marked."""
@@ -109,7 +115,16 @@ class VoiceList(BaseModel):
                 "model accepts, or leave voice out for its default."
             )
         names = ", ".join(f"{v} (default)" if v == self.default else v for v in self.voices)
-        return f"{len(self.voices)} voices for {self.model}: {names}."
+        return f"{len(self.voices)} voices for {self.model}: {names}.{self.custom_note()}"
+
+    def custom_note(self) -> str:
+        """What else the model takes as a voice (empty for a closed list)."""
+        if not self.custom_voices:
+            return ""
+        limit = self.custom_voice_max_chars
+        return " A custom or cloned voice id also works" + (
+            f" (1 to {limit} characters)." if limit else "."
+        )
 
     def lines(self, engine: str) -> list[str]:
         """The listing for a person: a heading, then one voice a line, * on the default."""

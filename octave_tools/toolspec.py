@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
+from .catalogue import MODELS
 from .models import VoiceList
 from .voices import DEFAULT_FORMAT, FORMATS, MAX_TEXT_CHARS
 
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ArgSpec",
     "Hints",
+    "SpeechOptions",
     "ToolSet",
     "ToolSpec",
     "instructions",
     "list_voices_spec",
+    "speech_options",
     "text_to_speech_spec",
     "tools_for",
     "usage_spec",
@@ -63,6 +66,8 @@ class ArgSpec:
     kind: type[str] | type[float] = str
     required: bool = False
     choices: tuple[str, ...] = ()
+    strict: bool = False
+    """Only ``choices`` pass the schema (else they are published but the core checks)."""
     minimum: float | None = None
     maximum: float | None = None
 
@@ -74,7 +79,9 @@ class ArgSpec:
         the valid ones instead of a schema error.
         """
         base: Any = self.kind
-        if self.choices:
+        if self.choices and self.strict:
+            base = Literal[self.choices]
+        elif self.choices:
             base = Annotated[str, WithJsonSchema({"enum": list(self.choices), "type": "string"})]
         return base if self.required else base | None
 
@@ -178,60 +185,132 @@ Reads the ledger (shared by every process that uses the same store); makes no AP
 call and costs nothing."""
 
 
-def voice_help(voices: VoiceList) -> str:
+def voice_help(voices: VoiceList, *, several_models: bool = False) -> str:
     """How to fill ``voice``, naming the valid values and the default."""
     if not voices.voices:
-        return (
+        help = (
             f"A voice name that {voices.model} accepts. Leave it out for "
             f"{repr(voices.default) if voices.default else 'the model default'}."
         )
-    default = f"the default, {voices.default}" if voices.default else "the model default"
-    return (
-        f"Voice name, one of: {', '.join(voices.voices)}. Leave it out for {default}. "
-        "Case and spacing are forgiven."
-    )
+    else:
+        default = f"the default, {voices.default}" if voices.default else "the model default"
+        help = (
+            f"Voice name, one of: {', '.join(voices.voices)}. Leave it out for {default}. "
+            f"Case and spacing are forgiven.{voices.custom_note()}"
+        )
+    if several_models:
+        help = (
+            f"For {voices.model}: {help} Other models have their own voices: call list_voices "
+            "with the model to see them; leave voice out for the chosen model's default."
+        )
+    return help
 
 
-def text_to_speech_spec(
-    voices: VoiceList,
-    *,
-    formats: Sequence[str],
-    default_format: str | None,
-    text_limit: int | None,
-) -> ToolSpec:
-    """``text_to_speech`` for one model's voices, formats and text limit."""
-    limit = f"1 to {text_limit:,} characters" if text_limit else "at least 1 character"
-    default = default_format or "the model default"
-    args = (
+@dataclass(frozen=True)
+class SpeechOptions:
+    """What ``text_to_speech`` offers under one configuration: the facts its help states."""
+
+    voices: VoiceList
+    """The default model's voices."""
+    formats: tuple[str, ...]
+    """Formats a user may ask for (empty: the model takes no format)."""
+    default_format: str | None
+    text_limit: int | None
+    speed: tuple[float, float] | None = None
+    """The default model's speed range, or None when it has none."""
+    models: tuple[str, ...] = ()
+    """The models a call may name, default first (empty: only the default)."""
+    speed_models: tuple[str, ...] = ()
+    """Of ``models``, those with a speed setting."""
+
+
+def text_to_speech_spec(options: SpeechOptions) -> ToolSpec:
+    """``text_to_speech`` for a model's (or several models') voices, formats and limits."""
+    o = options
+    model = o.voices.model
+    several = len(o.models) > 1
+    limit = f"1 to {o.text_limit:,} characters" if o.text_limit else "at least 1 character"
+    if several:
+        limit += f" for {model} (other models have their own limits)"
+    args = [
         ArgSpec(
             "text",
             f"The exact words to speak, {limit}. Write numbers, abbreviations and symbols "
             "the way they should be said.",
             required=True,
         ),
-        ArgSpec("voice", voice_help(voices)),
-        ArgSpec(
-            "format",
-            f"Audio file format: {' or '.join(formats)}. Leave it out for {default}.",
-            choices=tuple(formats),
-        ),
-    )
+        ArgSpec("voice", voice_help(o.voices, several_models=several)),
+    ]
+    if o.formats:
+        default = o.default_format or "the model default"
+        extra = " Not every model gives every format; a refusal names the ones it can." * several
+        args.append(
+            ArgSpec(
+                "format",
+                f"Audio file format: {' or '.join(o.formats)}. Leave it out for {default}.{extra}",
+                choices=o.formats,
+            )
+        )
+    if several and o.speed_models:
+        args.append(
+            ArgSpec(
+                "speed",
+                "Speaking rate as a multiple of normal (1.0). Only "
+                f"{', '.join(o.speed_models)} take one, each with its own range; the others "
+                "refuse it. Leave it out for normal speed.",
+                kind=float,
+            )
+        )
+    elif o.speed is not None:
+        low, high = o.speed
+        args.append(
+            ArgSpec(
+                "speed",
+                f"Speaking rate as a multiple of normal (1.0), {low:g} to {high:g}. Leave it out "
+                "for normal speed.",
+                kind=float,
+                minimum=low,
+                maximum=high,
+            )
+        )
+    if several:
+        args.append(
+            ArgSpec(
+                "model",
+                f"Which model speaks: {', '.join(o.models)}. Leave it out for {model}.",
+                choices=o.models,
+                strict=True,
+            )
+        )
     return ToolSpec(
         name="text_to_speech",
         title="Text to speech",
-        description=_TTS_DESCRIPTION.format(model=voices.model),
+        description=_TTS_DESCRIPTION.format(
+            model=model if not several else f"{model} or another of the offered models"
+        ),
         hints=SPEAKS,
-        args=args,
+        args=tuple(args),
     )
 
 
-def list_voices_spec() -> ToolSpec:
-    """``list_voices``: takes no arguments."""
+def list_voices_spec(models: Sequence[str] = ()) -> ToolSpec:
+    """``list_voices``: no arguments, or the model when several are offered."""
+    args: tuple[ArgSpec, ...] = ()
+    if len(models) > 1:
+        args = (
+            ArgSpec(
+                "model",
+                f"Whose voices: {', '.join(models)}. Leave it out for {models[0]}.",
+                choices=tuple(models),
+                strict=True,
+            ),
+        )
     return ToolSpec(
         name="list_voices",
         title="List voices",
         description=_VOICES_DESCRIPTION,
         hints=READS_LOCAL_STATE,
+        args=args,
     )
 
 
@@ -253,22 +332,33 @@ def usage_spec() -> ToolSpec:
     )
 
 
-def instructions(voices: VoiceList, *, formats: Sequence[str], default_format: str | None) -> str:
+def instructions(options: SpeechOptions) -> str:
     """What a server tells the model about its tools, once per session."""
+    o = options
+    voices = o.voices
     default = f"the voice is {voices.default}" if voices.default else "the model picks one"
-    return (
-        f"octave-tools speaks text aloud: text_to_speech turns text into audio with {voices.model} "
-        "and returns a URL of the audio file.\n"
+    lines = [
+        f"octave-tools speaks text aloud: text_to_speech turns text into audio with "
+        f"{voices.model} and returns a URL of the audio file.",
         "- Call text_to_speech with the exact words to speak. Answer the user with the URL it "
-        "returns, unchanged. You cannot hear the audio, so do not describe how it sounds.\n"
+        "returns, unchanged. You cannot hear the audio, so do not describe how it sounds.",
         "- Leave voice out unless the user asks for a particular voice or style; then pick a "
-        f"name from list_voices. Without one, {default}.\n"
-        f"- format is {' or '.join(formats)} (default {default_format or 'the model default'}).\n"
-        "- Each call makes new audio and may cost credits: do not call it twice for the same "
-        "text.\n"
+        f"name from list_voices. Without one, {default}.",
+    ]
+    if len(o.models) > 1:
+        lines.append(
+            f"- model may be one of {', '.join(o.models)} (default {o.models[0]}); each has its "
+            "own voices, so call list_voices with that model before naming a voice."
+        )
+    if o.formats:
+        fmt_default = o.default_format or "the model default"
+        lines.append(f"- format is {' or '.join(o.formats)} (default {fmt_default}).")
+    lines += [
+        "- Each call makes new audio and may cost credits: do not call it twice for the same text.",
         "- If a call fails, the message says what to change (a misspelt voice comes back with "
-        "'Did you mean ...'; a missing key with how to set it)."
-    )
+        "'Did you mean ...'; a missing key with how to set it).",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -278,20 +368,44 @@ class ToolSet:
     text_to_speech: ToolSpec
     list_voices: ToolSpec
     usage: ToolSpec
-    voices: VoiceList
+    options: SpeechOptions
     instructions: str
+
+    @property
+    def voices(self) -> VoiceList:
+        return self.options.voices
+
+
+def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
+    """What ``client`` offers under its settings and engine (no key, no I/O)."""
+    settings = client.settings
+    voices = client.voices()
+    if client.active_engine() == "local":
+        return SpeechOptions(voices, FORMATS, settings.format or DEFAULT_FORMAT, MAX_TEXT_CHARS)
+    spec = MODELS.get(settings.model)
+    models = client.allowed_models() if settings.models else ()
+    speed_models = tuple(m for m in models if (s := MODELS.get(m)) is not None and s.speed)
+    if spec is None:
+        return SpeechOptions(voices, (), settings.format, None, None, models, speed_models)
+    speed = (spec.speed.minimum, spec.speed.maximum) if spec.speed else None
+    formats = tuple(spec.formats)
+    if len(models) > 1:
+        # Every format some offered model gives, the default model's first.
+        more = (f for m in models if (s := MODELS.get(m)) is not None for f in s.formats)
+        formats = tuple(dict.fromkeys((*formats, *more)))
+    default_format = settings.format or spec.default_format
+    return SpeechOptions(
+        voices, formats, default_format, spec.max_text_chars, speed, models, speed_models
+    )
 
 
 def tools_for(client: OctaveClient | AsyncOctaveClient) -> ToolSet:
-    """The specs for ``client``'s engine, model, voices and defaults (no key, no I/O)."""
-    voices = client.voices()
-    default_format = client.settings.format or DEFAULT_FORMAT
+    """The specs for ``client``'s engine, model(s), voices and defaults (no key, no I/O)."""
+    options = speech_options(client)
     return ToolSet(
-        text_to_speech=text_to_speech_spec(
-            voices, formats=FORMATS, default_format=default_format, text_limit=MAX_TEXT_CHARS
-        ),
-        list_voices=list_voices_spec(),
+        text_to_speech=text_to_speech_spec(options),
+        list_voices=list_voices_spec(options.models),
         usage=usage_spec(),
-        voices=voices,
-        instructions=instructions(voices, formats=FORMATS, default_format=default_format),
+        options=options,
+        instructions=instructions(options),
     )

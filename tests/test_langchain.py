@@ -701,6 +701,8 @@ def test_list_voices_gives_the_catalogue_and_the_default() -> None:
         "model": "hume/octave-2",
         "voices": list(VOICES),
         "default": "Lady Elizabeth",
+        "custom_voices": False,
+        "custom_voice_max_chars": None,
     }
 
 
