@@ -319,8 +319,11 @@ def _listen(host: str, port: int) -> socket.socket:
 # ---------------------------------------------------------------- logs
 
 # Lines that anyone who can open a connection can make the server write, before or
-# without authentication; at WARNING they would let garbage flood the log.
-_NOISE = {
+# without authentication; at WARNING they would let garbage flood the log. A client that
+# hangs up mid-request (ClientDisconnect, logged with a traceback at ERROR by the SDK) is
+# demoted on these loggers too.
+_NOISE: dict[str, tuple[str, ...]] = {
+    "mcp.server.streamable_http": (),
     "uvicorn.error": (
         "Invalid HTTP request received.",
         "Unsupported upgrade request.",
@@ -346,13 +349,15 @@ class _Demote(logging.Filter):
         if record.levelno <= logging.DEBUG:
             return True
         message = record.getMessage()
-        if not (message.startswith(self._prefixes) or _is_disconnect(record)):
+        hung_up = _is_disconnect(record)
+        if not (hung_up or message.startswith(self._prefixes)):
             return True
         if self._threshold > logging.DEBUG:
             return False
+        first_line = message.splitlines()[0] if message else message
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = message.splitlines()[0] if message else message, None
-        record.exc_info, record.exc_text = None, None
+        record.msg = f"{first_line} (the client hung up)" if hung_up else first_line
+        record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 

@@ -42,6 +42,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
@@ -132,7 +133,29 @@ _DEFAULT_VOICE_HELP = _voice_help(
 _DEFAULT_FORMAT_HELP = _format_help(DEFAULT_FORMAT)
 
 
-class TextToSpeechInput(BaseModel):
+class _ClosedInput(BaseModel):
+    """Arguments that are exactly the fields: an unknown one is an error naming the valid ones.
+
+    Closed (``additionalProperties: false``) for OpenAI's strict mode too; without it a
+    misspelt ``vioce`` was dropped and the call spent credits on the default voice.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            unknown = [repr(name) for name in value if name not in cls.model_fields]
+            if unknown:
+                noun = "argument" if len(unknown) == 1 else "arguments"
+                valid = ", ".join(cls.model_fields)
+                takes = f"the arguments are {valid}" if valid else "this tool takes no arguments"
+                raise ValueError(f"unknown {noun} {', '.join(unknown)} ({takes})")
+        return value
+
+
+class TextToSpeechInput(_ClosedInput):
     """Arguments of text_to_speech."""
 
     text: str = Field(
@@ -157,7 +180,7 @@ class TextToSpeechInput(BaseModel):
         return value
 
 
-class ListVoicesInput(BaseModel):
+class ListVoicesInput(_ClosedInput):
     """list_voices takes no arguments."""
 
 
@@ -179,10 +202,10 @@ def _explain_invalid_arguments(error: ValidationError | ValidationErrorV1) -> st
     """The tool message for arguments that failed the schema: each field and its fix."""
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        where = ".".join(str(part) for part in item["loc"])
         cause = dict(item.get("ctx") or {}).get("error")
         problem = str(cause) if isinstance(cause, Exception) else str(item["msg"])
-        problems.append(f"{where}: {problem.rstrip('.')}")
+        problems.append(f"{where}: {problem.rstrip('.')}" if item["loc"] else problem)
     return f"Error: invalid arguments: {'; '.join(problems)}. Correct them and call the tool again."
 
 
