@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 try:
     from mcp.server.mcpserver import Context, MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
     from mcp.server.mcpserver.tools import Tool
     from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -205,12 +205,16 @@ class _ClosedTool(Tool):
             )
         try:
             return await super().run(arguments, context, convert_result=convert_result)
+        except UnexpectedToolError:
+            raise  # a crash: the SDK logs its traceback and tells the model nothing more
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(
                     f"Error executing tool {self.name}: {_explain(exc.__cause__)}"
                 ) from None
-            raise ToolError(_PYDANTIC_URL.sub("", str(exc))) from exc.__cause__
+            if _PYDANTIC_URL.search(str(exc)):
+                raise ToolError(_PYDANTIC_URL.sub("", str(exc))) from exc.__cause__
+            raise
 
 
 def _closed_tool(fn: Callable[..., Any], **options: Any) -> _ClosedTool:
