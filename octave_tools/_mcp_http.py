@@ -233,6 +233,33 @@ class _RequestCap:
             self._active -= 1
 
 
+class _NoStandaloneStream:
+    """ASGI middleware: ``GET /mcp`` gets 405 instead of an event stream that never ends.
+
+    A stateless server has no session to push messages on, so the SDK's stream stays
+    empty until the client hangs up, holding a request slot all along; the MCP spec lets
+    a server without such a stream answer 405, and clients then carry on without it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == MCP_PATH:
+            response = JSONResponse(
+                {
+                    "error": "method_not_allowed",
+                    "error_description": "This stateless server has no event stream to GET; "
+                    f"POST JSON-RPC messages to {MCP_PATH}.",
+                },
+                status_code=405,
+                headers={"Allow": "POST"},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
 # ---------------------------------------------------------------- the connection
 
 
@@ -396,7 +423,7 @@ def _http_app(
     security: TransportSecuritySettings,
     limits: HttpLimits,
 ) -> ASGIApp:
-    """The ASGI app: gate, then request cap, then the SDK's streamable-HTTP app."""
+    """The ASGI app: gate, request cap, no GET stream, then the SDK's streamable-HTTP app."""
     # Stateless: no session lives in this process, so replicas can share a load balancer.
     mcp_app: Starlette = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -407,7 +434,7 @@ def _http_app(
     )
     # `/mcp/` would get a 307 whose Location is built from the client's Host header.
     mcp_app.router.redirect_slashes = False
-    app: ASGIApp = _RequestCap(mcp_app, limits.max_requests)
+    app: ASGIApp = _RequestCap(_NoStandaloneStream(mcp_app), limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token)
     return app

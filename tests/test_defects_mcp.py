@@ -486,6 +486,17 @@ def test_requests_over_the_cap_get_503_at_once_and_slots_come_back() -> None:
     assert after is not None and after.status_code == 200
 
 
+def test_get_is_405_not_an_endless_stream_holding_a_request_slot() -> None:
+    with http_server({}, "--max-requests", "1") as (url, _):
+        streams = [httpx.get(url, headers=MCP_HEADERS, timeout=10) for _ in range(3)]
+        after = httpx.post(url, json=TOOLS_LIST, headers=MCP_HEADERS, timeout=10)
+
+    assert [s.status_code for s in streams] == [405, 405, 405]
+    assert streams[0].headers["allow"] == "POST"
+    assert streams[0].json()["error"] == "method_not_allowed"
+    assert after.status_code == 200
+
+
 def test_an_oversized_body_is_refused_before_it_is_read() -> None:
     with (
         http_server({}) as (url, _),

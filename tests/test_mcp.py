@@ -27,9 +27,9 @@ from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
-from octave_tools import AsyncOctaveClient, ConfigurationError, Speech
-from octave_tools._settings import Settings
+from octave_tools import AsyncOctaveClient, ConfigurationError
 from octave_tools._mcp_http import ENV_SERVER_TOKEN, _transport_security
+from octave_tools._settings import Settings
 from octave_tools.mcp import SpeechResult, VoiceList, create_server
 from octave_tools.models import UsageReport
 from octave_tools.testing import FakeAIMLAPI
