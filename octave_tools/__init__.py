@@ -6,7 +6,7 @@ The core has no LangChain or MCP imports; those faces live in
 
 from ._files import write_atomic
 from ._redact import basic_config as configure_logging
-from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions
+from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions, is_loopback
 from ._version import __version__
 from .catalogue import MODELS, ModelSpec
 from .client import AsyncOctaveClient, OctaveClient
@@ -65,5 +65,6 @@ __all__ = [
     "VoiceList",
     "__version__",
     "configure_logging",
+    "is_loopback",
     "write_atomic",
 ]

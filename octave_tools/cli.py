@@ -129,6 +129,20 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="server log level (logs go to stderr)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="HTTP: close a connection that sends no whole request within this (default 30)",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=64,
+        metavar="N",
+        help="HTTP: requests handled at once; more get 503 (default 64)",
+    )
 
 
 # Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
@@ -329,7 +343,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from .mcp import run_server
+        from ._mcp_http import HttpLimits, run_server
     except ImportError as exc:
         if exc.name and (exc.name == "mcp" or exc.name.startswith(("mcp.", "uvicorn"))):
             raise ConfigurationError(
@@ -342,6 +356,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         insecure_no_auth=args.insecure_no_auth,
         log_level=args.log_level,
+        limits=HttpLimits(request_timeout=args.request_timeout, max_requests=args.max_requests),
     )
     return EXIT_OK
 

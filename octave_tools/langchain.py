@@ -59,7 +59,7 @@ from . import (
     Settings,
     SettingsOptions,
 )
-from .toolspec import ToolSpec, tools_for
+from .toolspec import ToolSpec, explain_arguments, tools_for
 
 __all__ = [
     "OctaveTTSTool",
@@ -70,17 +70,6 @@ __all__ = [
 
 # Raised to the caller: no retry by the model can fix these (see the module docstring).
 _NEEDS_A_PERSON = (ConfigurationError, AuthenticationError, NotFoundError, BudgetExceededError)
-
-
-def _explain_invalid_arguments(error: ValidationError | ValidationErrorV1) -> str:
-    """The tool message for arguments that failed the schema: each field and its fix."""
-    problems = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "arguments"
-        cause = dict(item.get("ctx") or {}).get("error")
-        problem = str(cause) if isinstance(cause, Exception) else str(item["msg"])
-        problems.append(f"{where}: {problem.rstrip('.')}")
-    return f"Error: invalid arguments: {'; '.join(problems)}. Correct them and call the tool again."
 
 
 # ---------------------------------------------------------------- settings
@@ -200,6 +189,13 @@ def _render(tool: BaseTool, spec: ToolSpec) -> None:
     if "args_schema" not in tool.model_fields_set:
         tool.args_schema = _arguments_model(spec)
     tool.metadata = {**spec.hints.camel_case(), **(tool.metadata or {})}
+    if "handle_validation_error" not in tool.model_fields_set:
+        tool.handle_validation_error = functools.partial(_explain_invalid_arguments, spec)
+
+
+def _explain_invalid_arguments(spec: ToolSpec, error: ValidationError | ValidationErrorV1) -> str:
+    """The tool message for arguments that failed the schema, in the core's words."""
+    return f"Error: {explain_arguments(spec, error.errors())}"
 
 
 # ---------------------------------------------------------------- the tools
@@ -227,7 +223,7 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
     )
     handle_validation_error: (
         bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = _explain_invalid_arguments
+    ) = True
 
     _sync: OctaveClient | None = PrivateAttr(default=None)
     # One async client per event loop: an httpx pool cannot outlive the loop it was used on.
@@ -319,7 +315,7 @@ class OctaveVoicesTool(_ClientOptions, BaseTool):
     )
     handle_validation_error: (
         bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = _explain_invalid_arguments
+    ) = True
 
     def model_post_init(self, context: Any, /) -> None:
         """Take the description and hints from the core's spec."""
@@ -356,7 +352,7 @@ class OctaveUsageTool(_ClientOptions, BaseTool):
     )
     handle_validation_error: (
         bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = _explain_invalid_arguments
+    ) = True
 
     def model_post_init(self, context: Any, /) -> None:
         """Take the description, arguments and hints from the core's spec."""

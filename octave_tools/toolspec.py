@@ -7,7 +7,7 @@ face; the CLI prints the same listings. Nothing here imports langchain or mcp.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -26,6 +26,7 @@ __all__ = [
     "SpeechOptions",
     "ToolSet",
     "ToolSpec",
+    "explain_arguments",
     "instructions",
     "list_voices_spec",
     "speech_options",
@@ -148,6 +149,26 @@ class _Arguments(BaseModel):
             else value
             for name, value in data.items()
         }
+
+
+def explain_arguments(spec: ToolSpec, errors: Sequence[Mapping[str, Any]]) -> str:
+    """What was wrong with a call's arguments, in words a model can act on (no links).
+
+    ``errors`` are pydantic's, from validating against ``spec.arguments_model()``.
+    """
+    unknown = [str(e["loc"][0]) for e in errors if e.get("type") == "extra_forbidden" and e["loc"]]
+    if unknown:
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        names = ", ".join(repr(name) for name in unknown)
+        takes = f"takes only: {', '.join(spec.arg_names())}" if spec.args else "takes no arguments"
+        return f"unknown {noun} {names}; {spec.name} {takes}."
+    problems = []
+    for item in errors:
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        cause = dict(item.get("ctx") or {}).get("error")
+        problem = str(cause) if isinstance(cause, Exception) else str(item["msg"])
+        problems.append(f"{where}: {problem.rstrip('.')}")
+    return f"invalid arguments: {'; '.join(problems)}. Correct them and call the tool again."
 
 
 def _camel(name: str) -> str:

@@ -319,8 +319,7 @@ def test_the_newer_string_response_shape_gives_the_same_result() -> None:
         ),
         (
             {"text": "Hi", "vioce": "Ava Song"},
-            "Error: invalid arguments: vioce: Extra inputs are not permitted. "
-            "Correct them and call the tool again.",
+            "Error: unknown argument 'vioce'; text_to_speech takes only: text, voice, format.",
         ),
         (
             {"voice": "Ava Song"},

@@ -27,14 +27,10 @@ from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
-from octave_tools import AsyncOctaveClient, ConfigurationError, Speech
+from octave_tools import AsyncOctaveClient, ConfigurationError
+from octave_tools._mcp_http import ENV_SERVER_TOKEN, _transport_security
 from octave_tools._settings import Settings
-from octave_tools.mcp import (
-    ENV_SERVER_TOKEN,
-    VoiceList,
-    _transport_security,
-    create_server,
-)
+from octave_tools.mcp import SpeechResult, VoiceList, create_server
 from octave_tools.models import UsageReport
 from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import DEFAULT_MODEL, DEFAULT_VOICE, VOICES, catalogue_for
@@ -279,7 +275,7 @@ async def test_lists_both_tools_with_schemas_and_annotations(
         {"type": "null"},
     ]
     assert "Ava Song" in tts.input_schema["properties"]["voice"]["description"]
-    assert tts.output_schema == Speech.model_json_schema()
+    assert tts.output_schema == SpeechResult.model_json_schema()
     assert voices.input_schema["properties"] == {}
     assert voices.output_schema == VoiceList.model_json_schema()
     assert usage.annotations is not None
@@ -291,7 +287,10 @@ async def test_lists_both_tools_with_schemas_and_annotations(
         "open_world_hint": False,
     }
     assert usage.input_schema.get("required") is None
-    assert usage.input_schema["properties"]["by"]["enum"] == ["day", "model", "voice", "engine"]
+    assert usage.input_schema["properties"]["by"]["anyOf"] == [
+        {"enum": ["day", "model", "voice", "engine"], "type": "string"},
+        {"type": "null"},
+    ]
     assert usage.output_schema == UsageReport.model_json_schema()
 
 
@@ -326,6 +325,7 @@ async def test_text_to_speech_returns_the_url_as_text_and_the_call_as_structured
         "usd_spent": 11 * 125 / 2_000_000,
         "engine": "aimlapi",
         "cached": False,
+        "message": text_of(result),
     }
     assert text_of(result) == (
         f"Speech generated {DEFAULT_MODEL}: {url} (voice 'Ava Song', mp3, 1,375 credits)."
@@ -348,8 +348,9 @@ async def test_list_voices_and_the_resource_give_the_catalogue_with_the_default(
     )
     assert text_of(result).endswith("Spanish Instructor, Charming Cowgirl.")
     assert sorted((str(r.uri), r.name, r.mime_type) for r in resources) == [
-        ("octave://usage", "usage", "application/json"),
-        ("octave://voices", "voices", "application/json"),
+        ("octave://models", "model_catalogue", "application/json"),
+        ("octave://usage", "usage_report", "application/json"),
+        ("octave://voices", "voice_catalogue", "application/json"),
     ]
     (contents,) = read.contents
     assert contents.mime_type == "application/json"
@@ -428,7 +429,7 @@ async def test_the_server_instructions_tell_a_model_how_to_use_the_tools(
         "octave-tools speaks text aloud: text_to_speech turns text into audio with "
         f"{DEFAULT_MODEL} and returns a URL of the audio file."
     )
-    for phrase in ("list_voices", "octave://voices", "Vince Douglas", "wav or mp3", "credits"):
+    for phrase in ("list_voices", "Vince Douglas", "wav or mp3", "credits"):
         assert phrase in instructions
 
 
@@ -499,7 +500,13 @@ async def test_an_unknown_model_lists_no_voices_and_passes_voices_through(
     async with Client(server) as client:
         result = await client.call_tool("list_voices", {})
 
-    assert result.structured_content == {"model": "acme/tts-9", "default": None, "voices": []}
+    assert result.structured_content == {
+        "model": "acme/tts-9",
+        "default": None,
+        "voices": [],
+        "custom_voices": False,
+        "custom_voice_max_chars": None,
+    }
     assert text_of(result) == (
         "octave-tools has no voice list for model 'acme/tts-9': pass a voice name that model "
         "accepts, or leave voice out for its default."

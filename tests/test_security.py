@@ -33,9 +33,10 @@ from mcp import Client
 from test_mcp import INITIALIZE, MCP_HEADERS, http_server
 
 from octave_tools import AsyncOctaveClient, OctaveClient, OctaveError
-from octave_tools import mcp as octave_mcp
+from octave_tools import _mcp_http as octave_http
+from octave_tools._mcp_http import ENV_SERVER_TOKEN
 from octave_tools.langchain import OctaveToolkit, OctaveTTSTool, OctaveVoicesTool
-from octave_tools.mcp import ENV_SERVER_TOKEN, create_server
+from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI, Fault
 
 SECRET_PART = secrets.token_hex(10)
@@ -277,7 +278,7 @@ async def _through_gate(token: str, authorization: str | None) -> tuple[int, boo
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    gate = octave_mcp._BearerTokenGate(app, token)
+    gate = octave_http._BearerTokenGate(app, token)
     headers = {"Authorization": authorization} if authorization is not None else {}
     transport = httpx.ASGITransport(app=gate)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
@@ -294,7 +295,7 @@ async def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.Monkey
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(octave_mcp.hmac, "compare_digest", recording)
+    monkeypatch.setattr(octave_http.hmac, "compare_digest", recording)
 
     right = await _through_gate(token, f"Bearer {token}")
     lower = await _through_gate(token, f"bearer {token}")

@@ -1,0 +1,484 @@
+"""Hosting the MCP face: stdio, or streamable HTTP at ``/mcp`` with uvicorn.
+
+``octave_tools.mcp`` registers the tools; this module only serves them. Over HTTP it
+adds what a listening socket needs and the SDK does not give: a bearer-token gate,
+DNS-rebinding settings for every bind, TCP_NODELAY on every connection, a deadline for
+sending a whole request, a cap on requests in flight, and quiet logs for unauthenticated
+noise. The CLI (``octave-tools serve``, ``octave-tools-mcp``) is its only caller.
+"""
+
+# Imports this module; never imported by it (the package has no import cycle).
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from . import ConfigurationError, configure_logging, is_loopback
+from .mcp import create_server
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ENV_ALLOWED_HOSTS",
+    "ENV_SERVER_TOKEN",
+    "HttpLimits",
+    "run_server",
+]
+
+ENV_SERVER_TOKEN = "OCTAVE_TOOLS_SERVER_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_ALLOWED_HOSTS = "OCTAVE_TOOLS_ALLOWED_HOSTS"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+MCP_PATH = "/mcp"
+MIN_TOKEN_CHARS = 16
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP server grants its clients; each bound keeps a flood from costing memory.
+
+    ``request_timeout``: seconds a connection has to send one whole request (headers and
+    body), counted from the connection or from the end of the previous response; a slower
+    or idle one is closed. ``max_requests``: requests handled at once; more get 503 at
+    once. ``max_body_bytes``: a bigger body gets 413 before it is read whole (the SDK's
+    4 MiB holds the longest text, 500,000 characters, even \\u-escaped).
+    """
+
+    request_timeout: float = 30.0
+    max_requests: int = 64
+    max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_SIZE
+
+
+def run_server(
+    *,
+    transport: str = "stdio",
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    insecure_no_auth: bool = False,
+    log_level: str = "WARNING",
+    limits: HttpLimits | None = None,
+) -> None:
+    """Serve until the client hangs up (stdio) or the process is interrupted (http).
+
+    ``transport`` is ``stdio`` or ``http`` (streamable HTTP at ``/mcp``). Over HTTP a
+    host other than loopback needs ``OCTAVE_TOOLS_SERVER_TOKEN`` (clients send it as
+    ``Authorization: Bearer ...``) unless ``insecure_no_auth``; a token that is set is
+    always enforced. Raises ConfigurationError for an unusable setting.
+    """
+    level = _log_level(log_level)
+    if transport not in ("stdio", "http"):
+        raise ConfigurationError(f"transport must be stdio or http; got {transport!r}.")
+    limits = limits or HttpLimits()
+    if limits.request_timeout <= 0 or limits.max_requests < 1 or limits.max_body_bytes < 1:
+        raise ConfigurationError(
+            "The request timeout, the request cap and the body cap must be positive; got "
+            f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
+        )
+    token = _server_token(host, insecure_no_auth) if transport == "http" else None
+    # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
+    # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
+    configure_logging(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    server = create_server()
+    if transport == "stdio":
+        server.run("stdio")
+        return
+    security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
+    _serve_http(server, host, port, token, security, level, limits)
+
+
+def _log_level(name: str) -> LogLevel:
+    folded = name.strip().upper()
+    for level in LOG_LEVELS:
+        if folded == level:
+            return level
+    raise ConfigurationError(f"log level must be one of {', '.join(LOG_LEVELS)}; got {name!r}.")
+
+
+def _server_token(host: str, insecure_no_auth: bool) -> str | None:
+    """The bearer token HTTP clients must send, or None; raises when one is required."""
+    token = os.environ.get(ENV_SERVER_TOKEN, "").strip() or None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigurationError(
+            f"{ENV_SERVER_TOKEN} is too short ({len(token)} characters); use at least "
+            f"{MIN_TOKEN_CHARS} random characters, for example the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+        )
+    if token is None and not is_loopback(host) and not insecure_no_auth:
+        raise ConfigurationError(
+            f"Refusing to serve on {host} without authentication: anyone who can reach it could "
+            f"spend your credits. Set {ENV_SERVER_TOKEN} to a long random secret (clients send "
+            "'Authorization: Bearer <token>'), bind 127.0.0.1, or pass --insecure-no-auth if "
+            "something else guards the port."
+        )
+    return token
+
+
+def _transport_security(host: str, extra_hosts: str | None) -> TransportSecuritySettings:
+    """DNS-rebinding protection on for every bind: only known Host and Origin values pass.
+
+    The SDK turns it on for loopback only; here a specific address is allowed as itself,
+    a wildcard address as this machine's name, and ``OCTAVE_TOOLS_ALLOWED_HOSTS``
+    (comma-separated names, optionally with a port) adds the names clients use.
+    """
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        names.append(socket.gethostname())
+    elif not is_loopback(bare):
+        names.append(f"[{bare}]" if ":" in bare else bare)
+    names += [n.strip() for n in (extra_hosts or "").split(",") if n.strip()]
+    hosts: list[str] = []
+    for name in dict.fromkeys(names):
+        has_port = name.rpartition(":")[2].isdigit() and not name.endswith("]")
+        hosts += [name] if has_port else [name, f"{name}:*"]
+    origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+# ---------------------------------------------------------------- ASGI layers
+
+
+class _BearerTokenGate:
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
+
+    Not the SDK's ``token_verifier``: that one is OAuth (``AuthSettings`` needs an issuer
+    URL, is fixed when ``MCPServer`` is made, and guards only the ``/mcp`` route), while
+    a static token is a hosting matter checked here before any body is read.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._authorized(scope):
+            response = JSONResponse(
+                {
+                    "error": "invalid_token",
+                    "error_description": "Missing or wrong bearer token. Send "
+                    f"'Authorization: Bearer <{ENV_SERVER_TOKEN}>'.",
+                },
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="octave-tools"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credential = bytes(value).partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credential.strip(), self._token
+                )
+        return False
+
+
+class _RequestCap:
+    """ASGI middleware: at most ``limit`` requests in flight; the next ones get 503 at once.
+
+    Counted per request, not per connection, so idle keep-alive connections take no slot.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+        self._active = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if self._active >= self._limit:
+            response = JSONResponse(
+                {
+                    "error": "server_busy",
+                    "error_description": f"The server is already handling {self._limit} "
+                    "requests; retry in a moment.",
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self._active += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._active -= 1
+
+
+class _NoStandaloneStream:
+    """ASGI middleware: ``GET /mcp`` gets 405 instead of an event stream that never ends.
+
+    A stateless server has no session to push messages on, so the SDK's stream stays
+    empty until the client hangs up, holding a request slot all along; the MCP spec lets
+    a server without such a stream answer 405, and clients then carry on without it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == MCP_PATH:
+            response = JSONResponse(
+                {
+                    "error": "method_not_allowed",
+                    "error_description": "This stateless server has no event stream to GET; "
+                    f"POST JSON-RPC messages to {MCP_PATH}.",
+                },
+                status_code=405,
+                headers={"Allow": "POST"},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+# ---------------------------------------------------------------- the connection
+
+
+class _DeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline for receiving each whole request.
+
+    uvicorn arms its keep-alive timer only after a response and cancels it on any byte,
+    so a connection that trickles a request (or sends nothing at all) is held forever.
+    Here the timer starts when the connection opens or a response ends, is not reset by
+    data, and stops only once the request is complete; when it fires the connection is
+    closed. A subclass per server sets ``request_timeout``.
+    """
+
+    request_timeout: float = HttpLimits.request_timeout
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._disarm()  # the whole request is in: the app may take as long as it needs
+
+    def on_response_complete(self) -> None:
+        self._arm()  # first: the base class may go on to a pipelined request at once
+        super().on_response_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.request_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.logger.debug("Closing a connection that sent no whole request in time")
+            self.transport.close()
+
+
+def _protocol_for(limits: HttpLimits) -> type[_DeadlineProtocol]:
+    timeout = {"request_timeout": limits.request_timeout}
+    return type("DeadlineProtocol", (_DeadlineProtocol,), timeout)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket made with ``IPPROTO_TCP``.
+
+    ``socket.create_server()`` leaves ``proto`` 0, and asyncio sets TCP_NODELAY only on
+    sockets whose ``proto`` is ``IPPROTO_TCP``: without it every response on a kept-alive
+    connection waited ~40 ms for Nagle and the client's delayed ACK. Accepted sockets
+    inherit the protocol, so asyncio turns Nagle off on each of them.
+    """
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        if os.name != "nt":  # as create_server(): rebinding right after a restart works
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((bare, port))
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --port or "
+            "--host."
+        ) from None
+    return sock
+
+
+# ---------------------------------------------------------------- logs
+
+# Lines that anyone who can open a connection can make the server write, before or
+# without authentication; at WARNING they would let garbage flood the log. A client that
+# hangs up mid-request (ClientDisconnect, logged with a traceback at ERROR by the SDK) is
+# demoted on these loggers too.
+_NOISE: dict[str, tuple[str, ...]] = {
+    "mcp.server.streamable_http": (),
+    "uvicorn.error": (
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "No supported WebSocket library detected.",
+    ),
+    "mcp.server.transport_security": (
+        "Invalid Host header",
+        "Invalid Origin header",
+        "Missing Host header",
+    ),
+}
+
+
+class _Demote(logging.Filter):
+    """Turns client-caused warnings into DEBUG lines without a traceback."""
+
+    def __init__(self, prefixes: tuple[str, ...], threshold: int) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            return True
+        message = record.getMessage()
+        hung_up = _is_disconnect(record)
+        if not (hung_up or message.startswith(self._prefixes)):
+            return True
+        if self._threshold > logging.DEBUG:
+            return False
+        first_line = message.splitlines()[0] if message else message
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg = f"{first_line} (the client hung up)" if hung_up else first_line
+        record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _is_disconnect(record: logging.LogRecord) -> bool:
+    """A client that hung up mid-request: its business, not an error of this server."""
+    from starlette.requests import ClientDisconnect
+
+    error = record.exc_info[1] if record.exc_info else None
+    while error is not None:
+        if isinstance(error, ClientDisconnect):
+            return True
+        group = getattr(error, "exceptions", None)
+        if group and len(group) == 1:
+            error = group[0]
+            continue
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _quiet_client_noise(level: LogLevel) -> None:
+    threshold = logging.getLevelName(level)
+    for name, prefixes in _NOISE.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _Demote)]:
+            logger.removeFilter(old)
+        logger.addFilter(_Demote(prefixes, threshold))
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _http_app(
+    server: MCPServer[Any],
+    host: str,
+    token: str | None,
+    security: TransportSecuritySettings,
+    limits: HttpLimits,
+) -> ASGIApp:
+    """The ASGI app: gate, request cap, no GET stream, then the SDK's streamable-HTTP app."""
+    # Stateless: no session lives in this process, so replicas can share a load balancer.
+    mcp_app: Starlette = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        stateless_http=True,
+        transport_security=security,
+        host=host,
+        max_request_body_size=limits.max_body_bytes,
+    )
+    # `/mcp/` would get a 307 whose Location is built from the client's Host header.
+    mcp_app.router.redirect_slashes = False
+    app: ASGIApp = _RequestCap(_NoStandaloneStream(mcp_app), limits.max_requests)
+    if token is not None:
+        app = _BearerTokenGate(app, token)
+    return app
+
+
+def _serve_http(
+    server: MCPServer[Any],
+    host: str,
+    port: int,
+    token: str | None,
+    security: TransportSecuritySettings,
+    level: LogLevel,
+    limits: HttpLimits,
+) -> None:
+    import uvicorn
+
+    app = _http_app(server, host, token, security, limits)
+    # Bound here so a busy port is a clear error, and port 0 reports the port it got.
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
+    auth = "bearer token required" if token else "no authentication"
+    print(
+        f"octave-tools MCP server on http://{shown}:{bound_port}{MCP_PATH} "
+        f"(streamable HTTP, {auth}); Ctrl+C stops it.",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not is_loopback(bound_host):
+        names = ", ".join(h for h in security.allowed_hosts if not h.endswith(":*"))
+        print(
+            f"Clients must reach it by one of these names: {names}; add others with "
+            f"{ENV_ALLOWED_HOSTS}.",
+            file=sys.stderr,
+            flush=True,
+        )
+    _quiet_client_noise(level)
+    config = uvicorn.Config(
+        app,
+        http=_protocol_for(limits),
+        log_config=None,
+        log_level=level.lower(),
+        access_log=level == "DEBUG",
+        server_header=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,186 @@
+"""The MCP server and the LangChain tools say the same things, and take the same settings.
+
+Both render the core's tool spec: for each configuration the model reads the same
+description, the same argument help and schema, and the same hints on either face.
+Every setting is accepted by every face and takes effect (a cache hit sends nothing,
+a 1-credit budget refuses with no request), and a model outside the allow-list is
+refused before any request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.tools import BaseTool
+from mcp import Client
+from test_mcp import text_of
+
+from octave_tools.langchain import OctaveTTSTool, OctaveUsageTool, OctaveVoicesTool
+from octave_tools.mcp import create_server
+from octave_tools.testing import FakeAIMLAPI
+
+CONFIGURATIONS: list[dict[str, Any]] = [
+    {},
+    {"voice": "ava song", "format": "mp3"},
+    {"model": "openai/tts-1"},
+    {"model": "minimax/speech-2.6-hd", "voice": "Wise_Woman"},
+    {"model": "acme/tts-9"},
+    {"models": ["hume/octave-2", "openai/tts-1", "elevenlabs/eleven_turbo_v2_5"]},
+    {"model": "openai/tts-1", "models": "all"},
+]
+
+
+def _langchain_view(tool: BaseTool) -> dict[str, Any]:
+    schema = tool.args_schema
+    assert schema is not None and not isinstance(schema, dict)
+    json_schema = schema.model_json_schema()
+    return {
+        "description": tool.description,
+        "properties": json_schema.get("properties", {}),
+        "required": json_schema.get("required", []),
+        "closed": json_schema.get("additionalProperties"),
+        "hints": {k: v for k, v in (tool.metadata or {}).items() if k.endswith("Hint")},
+    }
+
+
+def _mcp_view(tool: Any) -> dict[str, Any]:
+    hints = tool.annotations.model_dump(by_alias=True, exclude_none=True)
+    return {
+        "description": tool.description,
+        "properties": tool.input_schema.get("properties", {}),
+        "required": tool.input_schema.get("required", []),
+        "closed": tool.input_schema.get("additionalProperties"),
+        "hints": {k: v for k, v in hints.items() if k.endswith("Hint")},
+    }
+
+
+@pytest.mark.parametrize("config", CONFIGURATIONS, ids=lambda c: ",".join(c) or "defaults")
+async def test_both_faces_show_the_same_tools(config: dict[str, Any]) -> None:
+    settings = {"engine": "aimlapi", **config}
+    async with Client(create_server(**settings)) as client:
+        mcp_tools = {t.name: _mcp_view(t) for t in (await client.list_tools()).tools}
+    langchain_tools = {
+        t.name: _langchain_view(t)
+        for t in (
+            OctaveTTSTool(**settings),
+            OctaveVoicesTool(**settings),
+            OctaveUsageTool(**settings),
+        )
+    }
+
+    assert sorted(mcp_tools) == ["list_voices", "text_to_speech", "usage"]
+    for name, seen_by_mcp in mcp_tools.items():
+        assert langchain_tools[name] == seen_by_mcp, name
+    assert mcp_tools["text_to_speech"]["closed"] is False
+    assert mcp_tools["text_to_speech"]["hints"] == {
+        "readOnlyHint": False,
+        "destructiveHint": False,
+        "idempotentHint": False,
+        "openWorldHint": True,
+    }
+
+
+def test_several_models_add_model_and_speed_arguments() -> None:
+    tool = OctaveTTSTool(
+        engine="aimlapi", models=["hume/octave-2", "openai/tts-1", "minimax/speech-2.6-hd"]
+    )
+    voices = OctaveVoicesTool(engine="aimlapi", models="hume/octave-2,openai/tts-1")
+
+    args = tool.args
+    assert list(args) == ["text", "voice", "format", "speed", "model"]
+    assert args["model"]["anyOf"][0]["enum"] == [
+        "hume/octave-2",
+        "openai/tts-1",
+        "minimax/speech-2.6-hd",
+    ]
+    assert args["speed"]["description"].startswith(
+        "Speaking rate as a multiple of normal (1.0). Only openai/tts-1, minimax/speech-2.6-hd"
+    )
+    assert "wav" in str(args["format"]) and "flac" in str(args["format"])
+    assert list(voices.args) == ["model"]
+
+
+def test_one_model_with_a_speed_range_publishes_it() -> None:
+    args = OctaveTTSTool(engine="aimlapi", model="openai/tts-1").args
+
+    assert list(args) == ["text", "voice", "format", "speed"]
+    assert (args["speed"]["anyOf"][0]["minimum"], args["speed"]["anyOf"][0]["maximum"]) == (
+        0.25,
+        4.0,
+    )
+    assert "alloy" in args["voice"]["description"]
+    assert args["format"]["anyOf"][0]["enum"] == ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+# ---------------------------------------------------------------- settings take effect on MCP
+
+
+def _api_settings(api: FakeAIMLAPI, **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": api.api_key,
+        "base_url": api.base_url,
+        "engine": "aimlapi",
+        "max_retries": 0,
+        **extra,
+    }
+
+
+async def test_a_cache_ttl_on_the_server_answers_a_repeat_from_the_cache(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    server = create_server(**_api_settings(fake_aimlapi, cache_ttl=600))
+    async with Client(server) as client:
+        first = await client.call_tool("text_to_speech", {"text": "Once only"})
+        second = await client.call_tool("text_to_speech", {"text": "Once only"})
+
+    assert len(fake_aimlapi.tts_requests) == 1
+    assert first.structured_content is not None and second.structured_content is not None
+    assert (first.structured_content["cached"], second.structured_content["cached"]) == (
+        False,
+        True,
+    )
+
+
+async def test_a_one_credit_daily_budget_on_the_server_refuses_with_no_request(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    server = create_server(**_api_settings(fake_aimlapi, max_credits_per_day=1))
+    async with Client(server) as client:
+        result = await client.call_tool("text_to_speech", {"text": "Too dear"})
+
+    assert result.is_error is True
+    assert "1-credit daily budget" in text_of(result)
+    assert fake_aimlapi.requests == []
+
+
+def test_an_unknown_server_option_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"Unknown setting 'cache_tl'\. Did you mean 'cache_ttl'\?"):
+        create_server(cache_tl=600)  # type: ignore[call-arg]
+
+
+async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    server = create_server(**_api_settings(fake_aimlapi, models="hume/octave-2,openai/tts-1"))
+    async with Client(server) as client:
+        picked = await client.call_tool(
+            "text_to_speech", {"text": "Hi", "model": "openai/tts-1", "voice": "NOVA"}
+        )
+        refused = await client.call_tool(
+            "text_to_speech", {"text": "Hi", "model": "minimax/speech-2.6-hd"}
+        )
+        voices = await client.call_tool("list_voices", {"model": "openai/tts-1"})
+
+    assert picked.is_error is False
+    assert [r.json for r in fake_aimlapi.tts_requests] == [
+        {"model": "openai/tts-1", "text": "Hi", "voice": "nova", "response_format": "mp3"}
+    ]
+    assert refused.is_error is True
+    assert text_of(refused) == (
+        "Error executing tool text_to_speech: invalid arguments: model: Input should be "
+        "'hume/octave-2' or 'openai/tts-1'. Correct them and call the tool again."
+    )
+    assert voices.structured_content is not None
+    assert voices.structured_content["model"] == "openai/tts-1"
+    assert voices.structured_content["default"] == "alloy"
