@@ -135,3 +135,14 @@ def test_only_octave_has_a_documented_rate() -> None:
 
 def test_all_formats_is_the_union_of_what_models_give() -> None:
     assert ALL_FORMATS == ("wav", "mp3", "opus", "aac", "flac", "pcm")
+
+
+def test_the_readme_models_table_is_made_from_the_catalogue() -> None:
+    from pathlib import Path
+
+    from octave_tools.catalogue import models_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("-->\n", readme.index("<!-- models-table")) + len("-->\n")
+    end = readme.index("\n<!-- /models-table -->")
+    assert readme[start:end] == models_table()
