@@ -531,3 +531,12 @@ def test_json_values_round_trip(cache: Any) -> None:
     value = json.dumps({"audio_url": "https://cdn.example/a.wav", "text": "é ✓"})
     cache.cache_put("j", value, time.time() + 30)
     assert cache.cache_get("j", time.time()) == value
+
+
+def test_a_configured_server_that_is_down_fails_rather_than_skips() -> None:
+    from _services import _unavailable
+
+    with pytest.raises(pytest.fail.Exception, match="is set but the server does not answer"):
+        _unavailable("OCTAVE_TOOLS_TEST_POSTGRES_URL", True, "postgresql://h/db", "refused")
+    with pytest.raises(pytest.skip.Exception, match="no server answers"):
+        _unavailable("OCTAVE_TOOLS_TEST_POSTGRES_URL", False, "postgresql://h/db", "refused")
