@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS octave_reservations (
     expires DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS octave_reservations_budget ON octave_reservations (budget, created);
+CREATE TABLE IF NOT EXISTS octave_spend_minutes (
+    minute BIGINT PRIMARY KEY,
+    credits DOUBLE PRECISION NOT NULL,
+    oldest DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS octave_cache (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -85,6 +90,25 @@ _INSERT_CALL = (
     "INSERT INTO octave_calls (ts, engine, model, voice, format, characters, credits, usd, "
     "request_id, text_sha256, cached) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
+
+# Paid spend per minute, kept with each ledger write: a window total reads at most a
+# day's 1,441 minute rows plus the calls of its first, partial minute, not every call.
+_ADD_MINUTE = (
+    "INSERT INTO octave_spend_minutes (minute, credits, oldest) "
+    "VALUES (floor(%s::float8 / 60)::bigint, %s, %s) ON CONFLICT (minute) DO UPDATE SET "
+    "credits = octave_spend_minutes.credits + excluded.credits, "
+    "oldest = least(octave_spend_minutes.oldest, excluded.oldest)"
+)
+# Exact: the window's first minute is summed from its calls (ts >= since), the rest
+# from whole minutes. Named parameter: since.
+_WINDOW_SPENT = """
+SELECT e.c + m.c, coalesce(e.o, m.o) FROM
+  (SELECT coalesce(sum(credits), 0) AS c, min(ts) AS o FROM octave_calls
+    WHERE ts >= %(since)s AND ts < %(since)s + 120 AND credits > 0
+      AND floor(ts / 60) = floor(%(since)s::float8 / 60)) AS e,
+  (SELECT coalesce(sum(credits), 0) AS c, min(oldest) AS o FROM octave_spend_minutes
+    WHERE minute > floor(%(since)s::float8 / 60)) AS m
+"""
 
 T = TypeVar("T")
 
@@ -200,11 +224,12 @@ class PostgresStore:
         if not lost:
             return
         try:
-            with conn.transaction(), conn.cursor() as cur:
+            with conn.transaction():
                 holds = [(rid,) for rid, _ in lost if rid is not None]
                 if holds:
-                    cur.executemany("DELETE FROM octave_reservations WHERE id = %s", holds)
-                cur.executemany(_INSERT_CALL, [astuple(e) for _, e in lost])
+                    with conn.cursor() as cur:
+                        cur.executemany("DELETE FROM octave_reservations WHERE id = %s", holds)
+                _insert(conn, [e for _, e in lost])
         except BaseException:
             with self._lock:
                 self._lost[:0] = lost
@@ -221,7 +246,8 @@ class PostgresStore:
 
         def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
             self._write_lost(conn)
-            conn.execute(_INSERT_CALL, astuple(entry))
+            with conn.transaction():
+                _insert(conn, [entry])
 
         try:
             self._run(write)
@@ -244,13 +270,7 @@ class PostgresStore:
     def spent_since(self, since: float) -> tuple[float, float | None]:
         """Credits spent since ``since`` by every process on the store, and the oldest."""
         try:
-            row = self._run(
-                lambda conn: conn.execute(
-                    "SELECT coalesce(sum(credits), 0), min(ts) FROM octave_calls "
-                    "WHERE ts >= %s AND credits > 0",
-                    (since,),
-                ).fetchone()
-            )
+            row = self._run(lambda conn: conn.execute(_WINDOW_SPENT, {"since": since}).fetchone())
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         total = float(str(row[0])) if row else 0.0
@@ -320,19 +340,17 @@ class PostgresStore:
                     "AND expires <= %s",
                     (budget, since, now),
                 )
+                window_row = conn.execute(_WINDOW_SPENT, {"since": since}).fetchone()
                 row = conn.execute(
-                    "SELECT (SELECT coalesce(sum(credits), 0) FROM octave_calls "
-                    "        WHERE ts >= %s AND credits > 0),"
-                    "       (SELECT min(ts) FROM octave_calls WHERE ts >= %s AND credits > 0),"
-                    "       coalesce(sum(amount) FILTER (WHERE expires <= %s), 0),"
+                    "SELECT coalesce(sum(amount) FILTER (WHERE expires <= %s), 0),"
                     "       coalesce(sum(amount) FILTER (WHERE expires > %s), 0),"
                     "       min(created) "
                     "FROM octave_reservations WHERE budget = %s",
-                    (since, since, now, now, budget),
+                    (now, now, budget),
                 ).fetchone()
-                assert row is not None
+                assert row is not None and window_row is not None
                 spent, oldest, expired, held, held_oldest = (
-                    None if v is None else float(str(v)) for v in row
+                    None if v is None else float(str(v)) for v in (*window_row, *row)
                 )
                 verdict = _verdict(
                     (spent or 0.0) + (expired or 0.0) + sum(e.credits for e in unwritten),
@@ -366,7 +384,7 @@ class PostgresStore:
         def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
             with conn.transaction():
                 conn.execute("DELETE FROM octave_reservations WHERE id = %s", (reservation_id,))
-                conn.execute(_INSERT_CALL, astuple(entry))
+                _insert(conn, [entry])
 
         try:
             self._run(write)
@@ -424,6 +442,15 @@ class PostgresStore:
             self._run(write)
         except psycopg.Error as exc:
             self._failed("writing the cache", exc)
+
+
+def _insert(conn: psycopg.Connection[tuple[object, ...]], entries: list[LedgerEntry]) -> None:
+    """Ledger rows and their minute totals; inside the caller's transaction."""
+    paid = sorted((e for e in entries if e.credits > 0), key=lambda e: e.ts)  # lock order
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_CALL, [astuple(e) for e in entries])
+        if paid:
+            cur.executemany(_ADD_MINUTE, [(e.ts, e.credits, e.ts) for e in paid])
 
 
 _STORES: dict[str, PostgresStore] = {}

@@ -167,6 +167,19 @@ def test_ledger_totals_are_exact(store: Any) -> None:
     assert {r.key: r.calls for r in store.usage(now - 3 * DAY, "day")} == dict(days)
 
 
+def test_the_windows_first_minute_is_counted_call_by_call(store: Any) -> None:
+    # The window starts mid-minute: of two calls in that minute, only the later counts.
+    since = 60 * (time.time() // 60) - DAY + 30
+    store.add(entry(5, ts=since - 1))
+    store.add(entry(7, ts=since + 1))
+    store.add(entry(11, ts=since + 90))
+    store.flush()
+    assert store.spent_since(since) == (18.0, since + 1)
+    assert store.reserve("daily", 3, 20, DAY, LEASE, since + DAY) == ReservationRefused(
+        spent=18.0, held=0.0, frees_at=since + 1 + DAY
+    )
+
+
 # ---------------------------------------------------------------- budget
 
 
@@ -540,3 +553,44 @@ def test_a_configured_server_that_is_down_fails_rather_than_skips() -> None:
         _unavailable("OCTAVE_TOOLS_TEST_POSTGRES_URL", True, "postgresql://h/db", "refused")
     with pytest.raises(pytest.skip.Exception, match="no server answers"):
         _unavailable("OCTAVE_TOOLS_TEST_POSTGRES_URL", False, "postgresql://h/db", "refused")
+
+
+def test_a_settle_the_store_refused_is_kept_counted_and_written_later(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from octave_tools._store_pg import PostgresStore
+
+    store = PostgresStore(pg_url)
+    admin = psycopg.connect(pg_url, autocommit=True)
+    try:
+        now = time.time()
+        rid = store.reserve("daily", 40, 100, DAY, LEASE, now)
+        assert isinstance(rid, str)
+        admin.execute("ALTER TABLE octave_calls RENAME TO octave_calls_away")
+        store.settle(rid, entry(30, ts=now))  # the call was paid: no error for the caller
+        assert "settling a call failed on the store in OCTAVE_TOOLS_STORE_URL" in caplog.text
+    finally:
+        admin.execute("ALTER TABLE IF EXISTS octave_calls_away RENAME TO octave_calls")
+    try:
+        store.flush()
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT credits FROM octave_calls").fetchall() == [(30.0,)]
+            assert conn.execute("SELECT count(*) FROM octave_reservations").fetchone() == (0,)
+        assert store.spent_since(now - 10) == (30.0, now)
+    finally:
+        store.close()
+        admin.close()
+
+
+def test_a_store_that_went_down_refuses_reservations_with_the_setting(pg_url: str) -> None:
+    from octave_tools._store_pg import PostgresStore
+
+    store = PostgresStore(pg_url)
+    store._pool.close()  # as good as a server that stopped answering
+    with pytest.raises(ConfigurationError, match=r"OCTAVE_TOOLS_STORE_URL \(postgresql://"):
+        store.reserve("daily", 1, 100, DAY, LEASE, time.time())
+    with pytest.raises(ConfigurationError, match="OCTAVE_TOOLS_STORE_URL"):
+        store.spent_since(time.time() - DAY)
+    assert store.cache_get("k", time.time()) is None  # a cache failure is a miss
