@@ -4,7 +4,11 @@ The core has no LangChain or MCP imports; those faces live in
 ``octave_tools.langchain`` and ``octave_tools.mcp``.
 """
 
+from ._files import write_atomic
+from ._redact import basic_config as configure_logging
+from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions
 from ._version import __version__
+from .catalogue import MODELS, ModelSpec
 from .client import AsyncOctaveClient, OctaveClient
 from .errors import (
     APIConnectionError,
@@ -22,7 +26,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech, UsageGroup, UsageReport
+from .models import Speech, UsageGroup, UsageReport, VoiceList
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -31,6 +35,9 @@ __all__ = [
     "DEFAULT_VOICE",
     "FORMATS",
     "MAX_TEXT_CHARS",
+    "MODELS",
+    "SETTINGS",
+    "SETTING_NAMES",
     "VOICES",
     "APIConnectionError",
     "APIError",
@@ -42,14 +49,21 @@ __all__ = [
     "BudgetExceededError",
     "ConfigurationError",
     "InvalidInputError",
+    "ModelSpec",
     "NotFoundError",
     "OctaveClient",
     "OctaveError",
     "RateLimitError",
     "ServerError",
+    "Setting",
+    "Settings",
+    "SettingsOptions",
     "Speech",
     "UnexpectedResponseError",
     "UsageGroup",
     "UsageReport",
+    "VoiceList",
     "__version__",
+    "configure_logging",
+    "write_atomic",
 ]

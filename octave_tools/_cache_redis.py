@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import cast
 
 from ._store_url import redact_url, scrub
 from .errors import ConfigurationError
@@ -146,7 +147,7 @@ class RedisCache:
         done, lead = self.prefix + "done:" + key, self.prefix + "lead:" + key
         while True:
             try:
-                value, leader = self._redis.mget(done, lead)
+                value, leader = cast("list[str | None]", self._redis.mget(done, lead))
             except redis.RedisError as exc:
                 self._failed("waiting for a lead", exc)
                 return None

@@ -18,7 +18,9 @@ from typing import Any
 import httpcore
 import httpx
 
-__all__ = ["deadline_transport", "hard_deadline"]
+from .errors import ConfigurationError
+
+__all__ = ["deadline_transport", "hard_deadline", "with_deadline"]
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "octave_tools_deadline", default=None
@@ -96,12 +98,22 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+def deadline_transport(limits: httpx.Limits) -> httpx.BaseTransport:
     """An ``httpx.HTTPTransport`` whose sockets honour ``hard_deadline``."""
-    transport = httpx.HTTPTransport(limits=limits)
+    return with_deadline(httpx.HTTPTransport(limits=limits))
+
+
+def with_deadline(transport: httpx.BaseTransport) -> httpx.BaseTransport:
+    """``transport`` with its sockets under ``hard_deadline``; raises if that can't be done."""
     pool = getattr(transport, "_pool", None)
     inner = getattr(pool, "_network_backend", None)
-    # httpx keeps its httpcore pool private; the deadline test fails loudly if that changes.
-    if isinstance(inner, httpcore.NetworkBackend):
-        pool._network_backend = _Backend(inner)  # type: ignore[union-attr]
+    if not isinstance(inner, httpcore.NetworkBackend):
+        # httpx keeps its httpcore pool private. Without it the total limit would quietly
+        # become a per-read one, so no request is sent rather than one without a deadline.
+        raise ConfigurationError(
+            f"octave-tools cannot enforce its total time limit with httpx {httpx.__version__} "
+            f"and httpcore {httpcore.__version__} (the connection pool moved). Install the "
+            "versions octave-tools declares (pip install 'httpx<1' 'httpcore<2') or report it."
+        )
+    pool._network_backend = _Backend(inner)  # type: ignore[union-attr]
     return transport

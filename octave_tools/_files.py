@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from urllib.request import url2pathname
 import httpx
 
 from ._deadline import deadline_transport, hard_deadline
-from ._protocol import MAX_AUDIO_BYTES, check_audio_url
+from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
 from ._settings import Settings
 from .errors import (
     APIConnectionError,
@@ -66,12 +65,20 @@ def write_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder, then rename.
 
     A reader never sees a partial file, and if ``path`` is a symlink the link itself
-    is replaced: the write never lands outside ``path``'s folder.
+    is replaced: the write never lands outside ``path``'s folder. The file gets the
+    mode a plain open() would give (0666 less the umask).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            # Not mkstemp: its 0600 would have to be widened by hand, ignoring the umask.
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        break
     try:
-        # mkstemp makes the file 0600; audio is not secret, so use the usual mode.
-        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -104,9 +111,10 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
             raise APIConnectionError(
                 f"Could not read the audio file {path}: {exc.strerror}."
             ) from None
-    if not check_audio_url(url, settings.base_url):
+    problem = audio_url_problem(url, settings.base_url)
+    if problem is not None:
         raise UnexpectedResponseError(
-            f"Refusing to download audio from a URL that is not https: {url[:80]!r}.",
+            f"Refusing to download audio from a URL {problem}: {url_excerpt(url)!r}.",
             status_code=200,
             body_excerpt="",
         )
@@ -114,9 +122,12 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
 
     def check_hop(request: httpx.Request) -> None:
         # A CDN may redirect; every hop must pass the same check as the first URL.
-        if not check_audio_url(str(request.url), settings.base_url):
+        hop = str(request.url)
+        hop_problem = audio_url_problem(hop, settings.base_url)
+        if hop_problem is not None:
             raise UnexpectedResponseError(
-                f"Refusing to follow a redirect of the audio to {str(request.url)[:80]!r}.",
+                f"Refusing to follow a redirect of the audio to a URL {hop_problem}: "
+                f"{url_excerpt(hop)!r}.",
                 status_code=302,
                 body_excerpt="",
             )
@@ -135,8 +146,8 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
         ):
             if response.status_code != 200:
                 raise APIStatusError(
-                    f"Downloading the audio from {host} failed ({response.status_code}). The URL "
-                    "may have expired; synthesise again.",
+                    f"Downloading the audio from {host} failed ({response.status_code}); the "
+                    "URL may have expired.",
                     status_code=response.status_code,
                 )
             data = bytearray()

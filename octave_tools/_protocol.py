@@ -7,9 +7,14 @@ bytes move and how they sleep.
 from __future__ import annotations
 
 import functools
+import ipaddress
+import itertools
 import json
+import logging
 import random
 import re
+import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +22,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._settings import ENV_API_KEY, ENV_MODEL, Settings, is_loopback
+from ._redact import MASK, shown
+from ._redact import redact as _redact_all
+from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
+from .catalogue import MODELS, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -32,7 +40,7 @@ from .errors import (
     UnexpectedResponseError,
 )
 from .models import Speech
-from .voices import MAX_TEXT_CHARS, AudioFormat, resolve_format, resolve_voice
+from .voices import MAX_TEXT_CHARS, normalise_format, resolve_model_format, resolve_voice
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
@@ -42,7 +50,48 @@ MAX_RETRY_AFTER = 30.0
 MAX_JSON_BYTES = 1 << 20
 MAX_AUDIO_BYTES = 64 << 20
 EXCERPT_CHARS = 200
+logger = logging.getLogger("octave_tools")
 _UNSAFE_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+# Real audio URLs are a few hundred characters; a longer one is a stuffed answer.
+MAX_AUDIO_URL_CHARS = 4096
+URL_EXCERPT_CHARS = 80
+# An upstream request id is shown to users, models and logs: short and plain, or dropped.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+-]+")
+# Characters that make no sound: controls, format characters (zero-width space and
+# joiners, BOM, bidi marks) and separators. Lone surrogates (Cs) get their own message.
+_SILENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# A dotted IPv4 spelling that getaddrinfo would take (127.1, 0x7f.0.0.1, 017700000001).
+_NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?")
+# Content types an audio answer may carry, and the only extensions its file may get.
+_AUDIO_EXTENSIONS = {
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mpeg3": "mp3",
+    "audio/x-mpeg": "mp3",
+    "audio/x-mp3": "mp3",
+    "audio/ogg": "ogg",
+    "audio/vorbis": "ogg",
+    "audio/opus": "opus",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/aac": "aac",
+    "audio/x-aac": "aac",
+    "audio/aacp": "aac",
+    "audio/mp4": "m4a",
+    "audio/x-m4a": "m4a",
+    "audio/webm": "webm",
+    "audio/l16": "pcm",
+    "audio/pcm": "pcm",
+    "audio/x-pcm": "pcm",
+    "audio/basic": "au",
+}
+# Any other audio type: the upstream does not get to choose the file's extension.
+NEUTRAL_AUDIO_EXTENSION = "audio"
 
 
 @dataclass(frozen=True)
@@ -55,9 +104,11 @@ class Call:
     text_chars: int
     model: str
     voice: str | None
-    format: AudioFormat
+    format: str
+    """The user format the answer is in (what was asked, or the model's default)."""
     client_request_id: str
     secret: str = field(repr=False, default="")
+    speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +135,14 @@ class AudioPayload:
     usd_spent: float | None
 
 
-def validate_text(text: object) -> str:
-    """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix."""
+def validate_text(
+    text: object, *, limit: int | None = MAX_TEXT_CHARS, model: str | None = None
+) -> str:
+    """Return ``text`` if it can be sent, else raise InvalidInputError naming the fix.
+
+    ``limit`` is the model's documented maximum (None: the docs give none, so the
+    API is left to enforce it); ``model`` names it in the message.
+    """
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a string, not {type(text).__name__}.", field="text")
     if not text.strip():
@@ -93,9 +150,19 @@ def validate_text(text: object) -> str:
             "text is empty. Pass the words to speak (at least one non-space character).",
             field="text",
         )
-    if len(text) > MAX_TEXT_CHARS:
+    # Stops at the first audible character, which is nearly always the first one.
+    if all(unicodedata.category(c) in _SILENT_CATEGORIES for c in text):
         raise InvalidInputError(
-            f"text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}. "
+            "text is empty: it holds only invisible or control characters (such as zero-width "
+            "spaces or NUL). Pass the words to speak.",
+            field="text",
+        )
+    if limit is not None and len(text) > limit:
+        # A limit below the usual one is the model's own: say whose, as the fix may be
+        # another model rather than shorter text.
+        for_model = f" for model {model!r}" if model and limit != MAX_TEXT_CHARS else ""
+        raise InvalidInputError(
+            f"text is {len(text):,} characters; the limit is {limit:,}{for_model}. "
             "Split it into shorter parts and synthesise each.",
             field="text",
         )
@@ -110,16 +177,30 @@ def validate_text(text: object) -> str:
     return text
 
 
-def prepare(settings: Settings, text: object, voice: str | None, fmt: str | None) -> Call:
-    """Validate the arguments and build the request; raises before any I/O."""
-    text = validate_text(text)
-    model = settings.model
-    resolved_voice = resolve_voice(voice if voice is not None else settings.voice, model)
-    resolved_format = resolve_format(fmt if fmt is not None else settings.format)
+def prepare(
+    settings: Settings,
+    text: object,
+    voice: str | None,
+    fmt: str | None,
+    *,
+    model: str | None = None,
+    speed: float | None = None,
+) -> Call:
+    """Validate the arguments and build the request for ``model``; raises before any I/O.
+
+    ``model`` defaults to the configured one. A catalogued model gets the body its
+    spec describes (voice, format and speed in its own fields, all checked first);
+    any other id is sent with the generic fields only and no local checks.
+    """
+    model_id = _model_id(model, settings)
+    spec = MODELS.get(model_id)
+    if spec is None:
+        text = validate_text(text, limit=None)
+        payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
+    else:
+        text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
+        payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
     key = settings.require_key()
-    payload: dict[str, Any] = {"model": model, "text": text, "format": resolved_format}
-    if resolved_voice is not None:
-        payload["voice"] = resolved_voice
     client_request_id = f"octave-tools-{uuid.uuid4().hex}"
     return Call(
         url=settings.tts_url(),
@@ -132,12 +213,170 @@ def prepare(settings: Settings, text: object, voice: str | None, fmt: str | None
         },
         body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
         text_chars=len(text),
-        model=model,
-        voice=resolved_voice,
-        format=resolved_format,
+        model=model_id,
+        voice=sent_voice,
+        format=produced,
         client_request_id=client_request_id,
         secret=key,
+        speed=speed,
     )
+
+
+def _model_id(model: str | None, settings: Settings) -> str:
+    if model is None:
+        return settings.model
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInputError(
+            f"model must be a model id such as 'openai/tts-1'; got {shown(model)}. Leave it out "
+            f"for the configured model ({settings.model!r}).",
+            field="model",
+        )
+    return model.strip()
+
+
+def _spec_body(
+    settings: Settings,
+    spec: ModelSpec,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    """The body ``spec`` describes, the voice sent and the user format produced."""
+    configured = spec.id == settings.model
+    if voice is not None:
+        chosen_voice = resolve_voice(voice, spec.id)
+    else:
+        chosen_voice = _configured_voice(settings, spec, configured)
+    if fmt is not None:
+        chosen_format = resolve_model_format(fmt, spec)
+    elif settings.format is not None and (configured or settings.format in spec.formats):
+        # The setting is checked for the configured model; for a model picked per call it
+        # is a preference that yields to that model's default when it cannot give it.
+        chosen_format = _configured_format(settings.format, spec)
+    else:
+        chosen_format = spec.default_format
+    body_speed = _speed_value(spec, speed)
+
+    payload: dict[str, Any] = {"model": spec.id, spec.text_field: text}
+    if chosen_voice is not None:
+        _put(payload, spec.voice_path, chosen_voice)
+    if chosen_format is not None and spec.format_path is not None:
+        _put(payload, spec.format_path, spec.format_value(chosen_format))
+    if body_speed is not None and spec.speed is not None:
+        _put(payload, spec.speed.path, body_speed)
+    if spec.stream_false:
+        payload["stream"] = False
+    return payload, chosen_voice, chosen_format or spec.native_format
+
+
+def _configured_voice(settings: Settings, spec: ModelSpec, configured: bool) -> str | None:
+    if settings.voice is None or configured:
+        return resolve_voice(settings.voice, spec.id)
+    # The configured voice belongs to the configured model; another model uses it only if
+    # it has a voice of that name, else its own default.
+    try:
+        return resolve_voice(settings.voice, spec.id)
+    except InvalidInputError:
+        return resolve_voice(None, spec.id)
+
+
+def _configured_format(fmt: str, spec: ModelSpec) -> str | None:
+    try:
+        return resolve_model_format(fmt, spec)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"{exc} (The format comes from the setting {ENV_FORMAT[0]}; change it or pass "
+            "a format per call.)",
+            field="format",
+        ) from None
+
+
+def _speed_value(spec: ModelSpec, speed: object) -> float | int | None:
+    if speed is None:
+        return None
+    option = spec.speed
+    if option is None:
+        with_speed = ", ".join(m for m, s in MODELS.items() if s.speed is not None)
+        raise InvalidInputError(
+            f"Model {spec.id!r} has no speed setting; leave speed out. "
+            f"Models with one: {with_speed}.",
+            field="speed",
+        )
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != speed:
+        raise InvalidInputError(
+            f"speed must be a number such as 1.0 (normal) or 1.25; got {shown(speed)}.",
+            field="speed",
+        )
+    if not option.minimum <= speed <= option.maximum:
+        raise InvalidInputError(
+            f"speed {speed:g} is out of range for model {spec.id!r}: use "
+            f"{option.minimum:g} to {option.maximum:g} (1 is normal).",
+            field="speed",
+        )
+    return option.to_body(float(speed))
+
+
+def _put(payload: dict[str, Any], path: BodyPath, value: object) -> None:
+    """Set ``value`` at ``path`` in ``payload``, making the objects and arrays on the way."""
+    node: Any = payload
+    for step, after in itertools.pairwise((*path, None)):
+        child: Any = value if after is None else [] if isinstance(after, int) else {}
+        if isinstance(step, int):
+            while len(node) <= step:
+                node.append(None)
+            if after is None or node[step] is None:
+                node[step] = child
+            node = node[step]
+        else:
+            if after is None or step not in node:
+                node[step] = child
+            node = node[step]
+
+
+_PLAIN_FORMAT = re.compile(r"[A-Za-z0-9_]{1,20}")
+_warned_models: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _generic_body(
+    settings: Settings,
+    model_id: str,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    """The body for a model outside the catalogue: the generic fields, unchecked."""
+    if speed is not None:
+        raise InvalidInputError(
+            f"Model {shown(model_id)} is not in the catalogue, so where its speed goes is unknown; "
+            "leave speed out or use a catalogued model (octave_tools.MODELS).",
+            field="speed",
+        )
+    with _warned_lock:
+        first = model_id not in _warned_models
+        _warned_models.add(model_id)
+    if first:
+        logger.warning(
+            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
+            "and format, with no local checks of voice, format or text length.",
+            shown(model_id),
+        )
+    chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
+    chosen_format = fmt if fmt is not None else settings.format
+    payload: dict[str, Any] = {"model": model_id, "text": text}
+    if chosen_voice is not None:
+        payload["voice"] = chosen_voice
+    if chosen_format is not None:
+        chosen_format = chosen_format.strip()
+        payload["format"] = chosen_format
+    # The body carries the format as given; results and messages show it only in our
+    # vocabulary or as a short plain word, never an arbitrary string from the caller.
+    produced = normalise_format(chosen_format) if chosen_format else None
+    if produced is None and chosen_format and _PLAIN_FORMAT.fullmatch(chosen_format):
+        produced = chosen_format.lower()
+    return payload, chosen_voice, produced or "unknown"
 
 
 # ---------------------------------------------------------------- responses
@@ -153,8 +392,8 @@ def _is_audio(headers: Mapping[str, str]) -> bool:
 
 
 def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` masked."""
-    return text.replace(secret, "**********") if secret else text
+    """``text`` with ``secret``, every registered key and their 8-character pieces masked."""
+    return _redact_all(text, secret)
 
 
 def excerpt(body: bytes, secret: str) -> str:
@@ -203,15 +442,27 @@ def _dig(data: Any, *path: str) -> Any:
     return data
 
 
-def _request_id(headers: Mapping[str, str], data: Any) -> str | None:
+def clean_request_id(value: object, secret: str) -> str | None:
+    """An upstream request id fit to show: short, plain ASCII, key-free; else None."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_REQUEST_ID_CHARS or not _REQUEST_ID.fullmatch(value):
+        return None
+    value = redact(value, secret)
+    return None if not value.replace(MASK, "").strip("*.:=+-_") else value
+
+
+def _request_id(headers: Mapping[str, str], data: Any, secret: str) -> str | None:
     for candidate in (
         headers.get("x-inference-id"),
         _dig(data, "meta", "request_id"),
         _dig(data, "metadata", "request_id"),
         _dig(data, "requestId"),
     ):
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip()[:200]
+        cleaned = clean_request_id(candidate, secret)
+        if cleaned is not None:
+            return cleaned
     return None
 
 
@@ -235,19 +486,115 @@ def _audio_url(data: Any) -> str | None:
 
 
 def check_audio_url(url: str, base_url: str) -> bool:
-    """True if ``url`` is safe to hand to a user: https, or loopback http in tests."""
+    """True if ``url`` is safe to hand to a user and to fetch: see ``audio_url_problem``."""
+    return audio_url_problem(url, base_url) is None
+
+
+def audio_url_problem(url: str, base_url: str) -> str | None:
+    """Why ``url`` may not be passed on or fetched (a phrase after "an audio URL"), or None.
+
+    Allowed: https to a public host name or address. Refused: other schemes, control
+    characters, user names or passwords, over-long URLs, and private, loopback,
+    link-local or otherwise special addresses however spelt; loopback (http or https)
+    only in the test mode where the API itself is plain http on loopback.
+    """
+    if len(url) > MAX_AUDIO_URL_CHARS:
+        return f"of {len(url):,} characters (the limit is {MAX_AUDIO_URL_CHARS:,})"
+    not_https = f"that is not https ({_scheme(url)})"
     if _UNSAFE_URL_CHARS.search(url):
-        return False
+        return not_https
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
     except ValueError:
-        return False
-    if not hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    return parts.scheme == "http" and is_loopback(hostname) and _loopback_http_base(base_url)
+        return not_https
+    if not hostname or parts.scheme not in ("http", "https"):
+        return not_https
+    if "@" in parts.netloc:
+        # https://api.aimlapi.com@evil.example/ goes to evil.example, whatever it looks like.
+        return "with a user name or password in it"
+    host_kind = _host_kind(hostname)
+    if host_kind == "loopback" and _loopback_http_base(base_url):
+        return None
+    if parts.scheme == "http":
+        return not_https
+    if host_kind != "public":
+        return "to a private, loopback or link-local address"
+    return None
+
+
+def _host_kind(hostname: str) -> str:
+    """``public``, ``loopback`` or ``special`` for a URL's (lower-case) host name."""
+    host = hostname.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "loopback"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return "special"
+    elif _NUMERIC_HOST.fullmatch(hostname) or host.rpartition(".")[2][:1].isdigit():
+        # The resolver reads 2852039166, 0xa9.0xfe.0xa9.0xfe and 0251.0376.0251.0376
+        # all as 169.254.169.254; a top-level "domain" starting with a digit is no name.
+        parsed = _inet_aton(host)
+        if parsed is None:
+            return "special"
+        address = parsed
+    else:
+        return "public"
+    return _address_kind(address)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """``host`` read as the C resolver reads a numeric IPv4 address, or None."""
+    parts = host.split(".")
+    if not host.isascii() or not 1 <= len(parts) <= 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        try:
+            if part.startswith("0x"):
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part.startswith("0"):
+                numbers.append(int(part, 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for i, n in enumerate(leading):
+        value |= n << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 addresses carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64,
+        # the old compatible form) reach the IPv4 host: judge that too.
+        packed = int(address)
+        embedded = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            embedded.append(address.teredo[1])
+        if address in ipaddress.IPv6Network("64:ff9b::/96") or packed >> 32 == 0:
+            embedded.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+        candidates += [a for a in embedded if a is not None]
+    if any(a.is_loopback for a in candidates):
+        return "loopback"
+    if all(a.is_global and not (a.is_multicast or a.is_reserved) for a in candidates):
+        return "public"
+    return "special"
+
+
+def url_excerpt(url: str, secret: str = "") -> str:
+    """The start of ``url`` for an error message: bounded, single-line, key-free."""
+    head = redact(url[: URL_EXCERPT_CHARS + 256], secret)
+    head = _UNSAFE_URL_CHARS.sub(" ", head)
+    return head[:URL_EXCERPT_CHARS] + ("…" if len(head) > URL_EXCERPT_CHARS else "")
 
 
 @functools.lru_cache(maxsize=16)
@@ -258,31 +605,26 @@ def _loopback_http_base(base_url: str) -> bool:
 
 def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | AudioPayload:
     """Turn a 2xx into a Speech (or raw audio to save); raise if it holds neither."""
-    request_id = raw.headers.get("x-inference-id") or None
     if _is_audio(raw.headers):
+        request_id = clean_request_id(raw.headers.get("x-inference-id"), call.secret)
         if not raw.body:
             raise _unexpected(call, raw, "an empty audio body", request_id)
-        subtype = raw.headers["content-type"].split(";")[0].split("/")[-1].strip().lower()
-        extension = {"mpeg": "mp3", "x-wav": "wav", "wave": "wav"}.get(subtype, subtype)
+        media_type = raw.headers["content-type"].split(";")[0].strip().lower()
+        extension = _AUDIO_EXTENSIONS.get(media_type, NEUTRAL_AUDIO_EXTENSION)
         credits, usd = _usage(raw.headers, None)
-        return AudioPayload(raw.body, extension or call.format, request_id, credits, usd)
+        return AudioPayload(raw.body, extension, request_id, credits, usd)
     data = _json(raw.body)
+    request_id = _request_id(raw.headers, data, call.secret)
     url = _audio_url(data)
     if data is None or url is None:
         what = "no audio URL" if data is not None else "a body that is not JSON"
-        raise _unexpected(call, raw, what, _request_id(raw.headers, data))
-    if not check_audio_url(url, base_url):
-        raise _unexpected(
-            call,
-            raw,
-            f"an audio URL that is not https ({_scheme(url)})",
-            _request_id(raw.headers, data),
-        )
+        raise _unexpected(call, raw, what, request_id)
+    problem = audio_url_problem(url, base_url)
+    if problem is not None:
+        raise _unexpected(call, raw, f"an audio URL {problem}", request_id)
     if call.secret and call.secret in url:
         # Passed on, the URL would show the key to the model, the user and every log.
-        raise _unexpected(
-            call, raw, "an audio URL that contains the API key", _request_id(raw.headers, data)
-        )
+        raise _unexpected(call, raw, "an audio URL that contains the API key", request_id)
     credits, usd = _usage(raw.headers, data)
     return Speech(
         audio_url=url,
@@ -292,7 +634,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         characters=call.text_chars,
         credits_used=credits,
         usd_spent=usd,
-        request_id=_request_id(raw.headers, data),
+        request_id=request_id,
         engine="aimlapi",
     )
 
@@ -344,7 +686,7 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     """The typed error for a non-2xx response, with a message that says what to do."""
     status = raw.status_code
     data = _json(raw.body)
-    request_id = _request_id(raw.headers, data)
+    request_id = _request_id(raw.headers, data, call.secret)
     detail = _error_message(raw.body, call.secret)
     common: dict[str, Any] = {
         "status_code": status,
@@ -354,7 +696,7 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     if status in (400, 422):
         return BadRequestError(
             f"The API rejected the request ({status}: {detail}). Check the text, voice "
-            f"{call.voice!r} and format {call.format!r} for model {call.model!r}.",
+            f"{shown(call.voice)} and format {call.format!r} for model {shown(call.model)}.",
             **common,
         )
     if status == 401:
@@ -366,13 +708,13 @@ def status_error(call: Call, raw: RawResponse, retry_after: float | None) -> API
     if status == 403:
         return AuthenticationError(
             f"The API refused this call (403: {detail}). The account may be out of credits or "
-            f"not allowed to use {call.model!r}; check the balance and key permissions at "
+            f"not allowed to use {shown(call.model)}; check the balance and key permissions at "
             "https://aimlapi.com/app/billing.",
             **common,
         )
     if status == 404:
         return NotFoundError(
-            f"The API does not know model {call.model!r} (404: {detail}); it may be retired. "
+            f"The API does not know model {shown(call.model)} (404: {detail}); it may be retired. "
             f"Set {ENV_MODEL[0]} to a current text-to-speech model.",
             **common,
         )

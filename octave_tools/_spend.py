@@ -11,19 +11,31 @@ import math
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
 
-from ._files import user_dir
+from ._files import default_output_dir, user_dir
+from ._protocol import check_audio_url
 from ._settings import ENV_MAX_CREDITS, Settings
-from ._store import GroupBy, LedgerEntry, Store, open_store
-from .errors import BudgetExceededError, InvalidInputError
+from ._store import GroupBy, LedgerEntry, LedgerLockedError, Store, open_store
+from .catalogue import MODELS
+from .errors import BudgetExceededError, ConfigurationError, InvalidInputError
 from .models import Speech, UsageGroup, UsageReport
 
 __all__ = ["DAY", "Spend", "default_data_dir", "parse_since"]
 
 DAY = 86_400.0
-# What a call is expected to cost before it is made, from the provider's documented
-# example (12,222 credits for 98 characters). Unknown models are estimated at 0.
-CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {"hume/octave-2": 125.0}
+# What a call is expected to cost before it is made. Documented rates come from the
+# catalogue (hume/octave-2: 12,222 credits for 98 characters, about 125 per character);
+# the offline engine is free. Every other model is estimated at DEFAULT_CREDITS_PER_CHAR
+# so the budget never admits a paid call on a zero estimate.
+CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
+    **{m: s.credits_per_char for m, s in MODELS.items() if s.credits_per_char is not None},
+    "espeak-ng": 0.0,
+}
+# No other model's price is documented. The highest known rate is used, so a budget
+# errs on refusing a call it could have afforded rather than overspending.
+DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
 GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
 
 
@@ -131,12 +143,44 @@ class Spend:
             earlier = Speech.model_validate_json(value)
         except ValueError:
             return None
+        # The cache table is a file anyone with access to it can edit: an entry is vetted
+        # like a fresh answer, and one that fails is a miss.
+        if not self._safe_cached_url(earlier.audio_url):
+            return None
         return reused(earlier)
+
+    def _safe_cached_url(self, url: str) -> bool:
+        """Whether a cached audio URL may be handed out again.
+
+        An https (or test loopback) URL passes the same check as a fresh one; a
+        file:// URL only if it names a clip this package wrote into the output folder.
+        """
+        if check_audio_url(url, self._settings.base_url):
+            return True
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            return False
+        if parts.query or parts.fragment:
+            return False
+        path = Path(url2pathname(unquote(parts.path)))
+        folder = self._settings.output_dir
+        out_dir = (Path(folder).expanduser() if folder else default_output_dir()).absolute()
+        try:
+            if path.parent.resolve() != out_dir.resolve():
+                return False
+            # Only the names new_audio_path gives, and only a regular file (not a link).
+            return path.name.startswith("speech-") and not path.is_symlink() and path.is_file()
+        except OSError:
+            return False
 
     # ------------------------------------------------------------ budget
 
     def estimate(self, model: str, characters: int) -> float:
-        return CREDITS_PER_CHAR_ESTIMATE.get(model, 0.0) * characters
+        """Credits a call is expected to cost, before it is made (see the rates above)."""
+        return CREDITS_PER_CHAR_ESTIMATE.get(model, DEFAULT_CREDITS_PER_CHAR) * characters
 
     def reserve(self, model: str, characters: int) -> float:
         """Hold the estimated cost of a call, or raise BudgetExceededError."""
@@ -144,7 +188,10 @@ class Spend:
         if not self.needs_budget_check:
             return 0.0
         now = time.time()
-        day_spent, oldest = self._spent_in_window(now)
+        # Only a daily budget needs the shared ledger; a per-client limit is in memory.
+        day_spent, oldest = (
+            self._spent_in_window(now) if self.daily_limit is not None else (0.0, None)
+        )
         with self._lock:
             if self.client_limit is not None:
                 spent = self._client_spent + self._reserved
@@ -180,10 +227,30 @@ class Spend:
     def _spent_in_window(self, now: float) -> tuple[float, float | None]:
         store = self.store
         if store is not None:
-            return store.spent_since(now - DAY)
+            # A daily budget is shared through the ledger: without it each process would
+            # count only its own spend, so an unusable ledger refuses the call (fail closed).
+            try:
+                spent = store.spent_since(now - DAY)
+            except LedgerLockedError as exc:
+                raise self._ledger_refusal(
+                    str(exc), "close the program holding it (a sqlite3 shell, a backup) "
+                ) from None
+            problem = getattr(store, "unusable_reason", None)
+            if problem is not None:
+                raise self._ledger_refusal(
+                    str(problem), "move the damaged or linked file aside (a new one is made) "
+                )
+            return spent
         with self._lock:
             recent = [e for e in self._local_entries if e.ts >= now - DAY and e.credits > 0]
         return sum(e.credits for e in recent), min((e.ts for e in recent), default=None)
+
+    def _ledger_refusal(self, problem: str, fix: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"The usage ledger at {self.ledger_path} cannot be used ({problem}), so the "
+            f"daily budget ({ENV_MAX_CREDITS[0]}) cannot be enforced and no call was made. "
+            f"Fix: {fix}and try again, or unset the daily budget."
+        )
 
     # ------------------------------------------------------------ ledger
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ from typing import Literal, Protocol
 
 __all__ = [
     "LedgerEntry",
+    "LedgerLockedError",
     "ReservationRefused",
     "SQLiteStore",
     "Store",
@@ -34,6 +37,33 @@ logger = logging.getLogger("octave_tools")
 GroupBy = Literal["day", "model", "voice", "engine"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
+# How long one statement waits for another connection's lock before it gives up.
+BUSY_TIMEOUT = 5.0
+# Queued writes that met a lock are retried, waiting at most this long between tries.
+RETRY_MAX_WAIT = 1.0
+# A ledger that failed for another reason (corrupt, unreadable) is tried again this often.
+REOPEN_AFTER = 30.0
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_REOPEN = "reopen"  # a writer-queue message: try the broken ledger again
+
+
+class LedgerLockedError(Exception):
+    """Another program held the ledger locked for longer than the busy timeout."""
+
+
+class _LedgerRefused(Exception):
+    """The ledger path is not something octave-tools will open (a link, not a file)."""
+
+
+def _is_lock(exc: BaseException) -> bool:
+    """Whether ``exc`` only means another connection holds a lock (it will pass)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "database is locked" in text or "database table is locked" in text
+    )
 
 
 @dataclass(frozen=True)
@@ -133,8 +163,11 @@ _GROUP_SQL: dict[str, str] = {
 class SQLiteStore:
     """The embedded default: a WAL-mode SQLite file, safe for several processes at once.
 
-    Any database error disables the store with one warning; synthesis goes on and
-    this process's own spend is still counted in memory.
+    The ledger and its folder are private to the user (0600, 0700), and a ledger path
+    that is a symbolic link is refused. A lock held by another program only delays
+    writes: they stay queued and are retried. A ledger that is broken (corrupt, not a
+    regular file) is set aside with one warning and tried again every REOPEN_AFTER
+    seconds; meanwhile this process's own spend is still counted in memory.
     """
 
     def __init__(self, path: Path) -> None:
@@ -143,6 +176,10 @@ class SQLiteStore:
         self._db_lock = threading.Lock()  # one connection, used from several threads
         self._db: sqlite3.Connection | None = None
         self._broken = False
+        self._problem: str | None = None  # why the ledger is set aside
+        self._broken_at = 0.0
+        self._closed = False
+        self._lock_warned = False
         self._pending: list[LedgerEntry] = []  # queued, not yet written
         self._lost: list[LedgerEntry] = []  # could not be written: still counted
         # The database's window total, re-read at most every WINDOW_REFRESH seconds so a
@@ -153,41 +190,153 @@ class SQLiteStore:
         self._window: tuple[float, float, float, float | None] | None = None
         self._unread_credits = 0.0
         self._unread_oldest: float | None = None
-        self._queue: queue.SimpleQueue[LedgerEntry | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[LedgerEntry | str | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        except (sqlite3.Error, OSError) as exc:
-            self._disable(exc)
+            with self._db_lock:
+                self._ensure_db()
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):  # a lock only delays opening: the writer tries again
+                self._disable(exc)
 
     @property
     def usable(self) -> bool:
         return not self._broken
 
+    @property
+    def unusable_reason(self) -> str | None:
+        """Why the ledger is set aside (corrupt, a link...), or None when it is in use."""
+        return self._problem if self._broken else None
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the ledger file: private, never through a link, in WAL mode."""
+        path = self.path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for extra in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if extra.is_symlink():
+                raise _LedgerRefused(
+                    f"{extra} is a symbolic link, which the ledger never follows; "
+                    "replace it with a regular file or remove it"
+                )
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            if path.is_symlink():  # created between the check and the open
+                raise _LedgerRefused(f"{path} is a symbolic link") from None
+            raise exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _LedgerRefused(f"{path} is not a regular file")
+            if os.name == "posix" and info.st_mode & 0o077 and info.st_uid == os.getuid():
+                os.fchmod(fd, 0o600)  # earlier versions left it readable by everyone
+        finally:
+            os.close(fd)
+        if os.name == "posix":
+            for extra in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                # SQLite gives these the database file's mode when it creates them.
+                try:
+                    if extra.stat().st_mode & 0o077:
+                        extra.chmod(0o600)
+                except OSError:
+                    pass
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _ensure_db(self) -> sqlite3.Connection:
+        """The open connection, opening it if needed. Call under ``_db_lock``."""
+        if self._db is not None:
+            return self._db
+        if self._broken or self._closed:
+            raise _LedgerRefused(self._problem or "the ledger is closed")
+        self._db = self._connect()
+        return self._db
+
     def _disable(self, exc: BaseException) -> None:
-        if not self._broken:
+        with self._lock:
+            self._broken_at = time.monotonic()
+            if self._broken:
+                return
             self._broken = True
-            logger.warning(
-                "octave-tools: the usage ledger at %s is unusable (%s); spend is counted "
-                "in memory only until this process ends.",
-                self.path,
-                exc,
+            self._problem = str(exc) or type(exc).__name__
+        with self._db_lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+        logger.warning(
+            "octave-tools: the usage ledger at %s is unusable (%s); spend is counted "
+            "in memory only until it can be used again (retried every %g s).",
+            self.path,
+            exc,
+            REOPEN_AFTER,
+        )
+
+    def _maybe_reopen(self) -> None:
+        """Try a broken ledger again, at most every REOPEN_AFTER seconds."""
+        if not self._broken or self._closed:
+            return
+        if time.monotonic() - self._broken_at < REOPEN_AFTER:
+            return
+        with self._db_lock:
+            if not self._broken or time.monotonic() - self._broken_at < REOPEN_AFTER:
+                return
+            self._broken_at = time.monotonic()  # one try per period, whatever happens
+            try:
+                db = self._connect()
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                self._problem = str(exc) or type(exc).__name__
+                return
+            with self._lock:
+                self._db = db
+                self._broken = False
+                self._problem = None
+                # What was counted in memory meanwhile is written now.
+                lost, self._lost = self._lost, []
+                self._pending.extend(lost)
+                self._window = None
+                for e in lost:
+                    if e.credits > 0:
+                        self._unread_credits += e.credits
+                        if self._unread_oldest is None or e.ts < self._unread_oldest:
+                            self._unread_oldest = e.ts
+                if lost:
+                    self._idle.clear()
+                    self._start_writer()
+        logger.warning("octave-tools: the usage ledger at %s is in use again.", self.path)
+        for e in lost:
+            self._queue.put(e)
+
+    def _start_writer(self) -> None:
+        """Start the writer thread if it is not running. Call under ``_lock``."""
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="octave-tools-ledger", daemon=True
             )
+            self._writer.start()
 
     # ------------------------------------------------------------ writes
 
     def add(self, entry: LedgerEntry) -> None:
         """Queue ``entry``; a background thread writes it."""
         with self._lock:
-            if self._broken or self._db is None:
+            if self._broken or self._closed:
                 self._lost.append(entry)
+                due = not self._closed and time.monotonic() - self._broken_at >= REOPEN_AFTER
+                if due:  # the writer tries the ledger again, off the caller's thread
+                    self._start_writer()
+                    self._queue.put(_REOPEN)
                 return
             self._pending.append(entry)
             if entry.credits > 0:
@@ -195,11 +344,7 @@ class SQLiteStore:
                 if self._unread_oldest is None:
                     self._unread_oldest = entry.ts
             self._idle.clear()
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_loop, name="octave-tools-ledger", daemon=True
-                )
-                self._writer.start()
+            self._start_writer()
         self._queue.put(entry)
 
     def _write_loop(self) -> None:
@@ -207,6 +352,9 @@ class SQLiteStore:
             first = self._queue.get()
             if first is None:
                 return
+            if isinstance(first, str):
+                self._maybe_reopen()
+                continue
             # Gather what arrives in the next moment: one write for many calls costs the
             # callers' threads less GIL time than a write each.
             time.sleep(BATCH_WINDOW)
@@ -219,31 +367,64 @@ class SQLiteStore:
                 if item is None:
                     self._write(batch)
                     return
+                if isinstance(item, str):
+                    continue
                 batch.append(item)
             self._write(batch)
 
     def _write(self, batch: Sequence[LedgerEntry]) -> None:
-        try:
-            with self._lock:
-                db = self._db
-                if db is None or self._broken:
-                    raise sqlite3.OperationalError("ledger closed")
-            with self._db_lock:
-                db.executemany(
-                    "INSERT INTO calls (ts, engine, model, voice, format, characters, credits, "
-                    "usd, request_id, text_sha256, cached) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [astuple(e) for e in batch],
-                )
-                # Still under the database lock: a window read sees each row in exactly
-                # one place, the database or the pending list.
+        wait = 0.05
+        while True:
+            try:
+                with self._db_lock:
+                    db = self._ensure_db()
+                    # One transaction: a batch is written whole or not at all, so a retry
+                    # (or a later reopen) never writes a row twice.
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        db.executemany(
+                            "INSERT INTO calls (ts, engine, model, voice, format, characters, "
+                            "credits, usd, request_id, text_sha256, cached) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            [astuple(e) for e in batch],
+                        )
+                        db.execute("COMMIT")
+                    finally:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                    # Still under the database lock: a window read sees each row in exactly
+                    # one place, the database or the pending list.
+                    with self._lock:
+                        self._drop_pending(batch)
+                if self._lock_warned:
+                    self._lock_warned = False
+                    logger.warning(
+                        "octave-tools: the usage ledger at %s is free again; queued calls "
+                        "were written.",
+                        self.path,
+                    )
+                return
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if _is_lock(exc) and not self._closed:
+                    # Another program (a backup, a sqlite3 shell) holds the ledger: the
+                    # entries stay queued, and counted, until it lets go.
+                    if not self._lock_warned:
+                        self._lock_warned = True
+                        logger.warning(
+                            "octave-tools: the usage ledger at %s is locked by another "
+                            "program; calls are queued and written once it is free.",
+                            self.path,
+                        )
+                    time.sleep(wait)
+                    wait = min(wait * 2, RETRY_MAX_WAIT)
+                    continue
                 with self._lock:
                     self._drop_pending(batch)
-        except (sqlite3.Error, OSError) as exc:
-            with self._lock:
-                self._drop_pending(batch)
-                self._lost.extend(batch)  # counted from there from now on
-                self._unread_credits -= sum(e.credits for e in batch if e.credits > 0)
-            self._disable(exc)
+                    self._lost.extend(batch)  # counted from there from now on
+                    self._unread_credits -= sum(e.credits for e in batch if e.credits > 0)
+                if not self._closed:
+                    self._disable(exc)
+                return
 
     def _drop_pending(self, batch: Sequence[LedgerEntry]) -> None:
         done = {id(e) for e in batch}
@@ -255,10 +436,16 @@ class SQLiteStore:
         """Wait until every queued entry is written (or given up on)."""
         self._idle.wait(timeout)
 
+    def unwritten_count(self) -> int:
+        """How many entries are still queued for the database."""
+        with self._lock:
+            return len(self._pending)
+
     def close(self) -> None:
         """Flush, stop the writer and close the database."""
         self.flush()
         with self._lock:
+            self._closed = True
             writer, self._writer = self._writer, None
         if writer is not None:
             self._queue.put(None)
@@ -275,7 +462,11 @@ class SQLiteStore:
             return self._pending + self._lost
 
     def spent_since(self, since: float) -> tuple[float, float | None]:
-        """Credits spent since ``since`` (epoch seconds) and the oldest charge's time."""
+        """Credits spent since ``since`` (epoch seconds) and the oldest charge's time.
+
+        Raises LedgerLockedError if another program held the ledger locked for longer
+        than BUSY_TIMEOUT: its writers' spend cannot be known then.
+        """
         total, oldest = self._window_total(since)
         with self._lock:
             total += self._unread_credits
@@ -304,16 +495,25 @@ class SQLiteStore:
         # A cached read for an earlier start only over-counts, by what left the window.
         if cached is not None and now - cached[0] < WINDOW_REFRESH and cached[1] <= since:
             return cached[2], cached[3]
-        db = self._db
-        if db is None or self._broken:
+        self._maybe_reopen()
+        if self._broken:
             return 0.0, None
         try:
             with self._db_lock:
-                row = db.execute(
-                    "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
-                    "WHERE ts >= ? AND credits > 0",
-                    (since,),
-                ).fetchone()
+                db = self._ensure_db()
+                # Read under the write lock: if another program holds it (its writes, or
+                # other processes' queued ones, are unknown), this waits BUSY_TIMEOUT and
+                # then says so instead of reporting a total that misses them.
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(
+                        "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
+                        "WHERE ts >= ? AND credits > 0",
+                        (since,),
+                    ).fetchone()
+                finally:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                 # Under the database lock, no write is half-done: what the read did not
                 # see is exactly what is still pending.
                 with self._lock:
@@ -321,7 +521,11 @@ class SQLiteStore:
                     self._unread_credits = sum(e.credits for e in paid)
                     self._unread_oldest = min((e.ts for e in paid), default=None)
                     self._window = (now, since, float(row[0]), row[1])
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if _is_lock(exc):
+                raise LedgerLockedError(
+                    f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
+                ) from None
             self._disable(exc)
             return 0.0, None
         return float(row[0]), row[1]
@@ -329,11 +533,12 @@ class SQLiteStore:
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
         """Totals per group since ``since``, largest spend first."""
         rows: dict[str, list[float]] = {}
-        db = self._db
-        if db is not None and not self._broken:
+        self._maybe_reopen()
+        if not self._broken:
             group = _GROUP_SQL[by]
             try:
                 with self._db_lock:
+                    db = self._ensure_db()
                     found = db.execute(
                         f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
                         "sum(credits), coalesce(sum(usd), 0) FROM calls WHERE ts >= ? GROUP BY 1",
@@ -341,8 +546,15 @@ class SQLiteStore:
                     ).fetchall()
                 for key, calls, cached, chars, credits, usd in found:
                     rows[str(key)] = [calls, cached, chars, credits, usd]
-            except (sqlite3.Error, OSError) as exc:
-                self._disable(exc)
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if _is_lock(exc):
+                    logger.warning(
+                        "octave-tools: the usage ledger at %s is locked by another program; "
+                        "this report shows only this process's calls.",
+                        self.path,
+                    )
+                else:
+                    self._disable(exc)
         for e in self._unwritten():
             if e.ts < since:
                 continue
@@ -364,32 +576,36 @@ class SQLiteStore:
     # ------------------------------------------------------------ cache
 
     def cache_get(self, key: str, now: float) -> str | None:
-        db = self._db
-        if db is None or self._broken:
+        self._maybe_reopen()
+        if self._broken:
             return None
         try:
             with self._db_lock:
-                row = db.execute(
-                    "SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now)
-                ).fetchone()
-        except (sqlite3.Error, OSError) as exc:
-            self._disable(exc)
+                row = (
+                    self._ensure_db()
+                    .execute("SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now))
+                    .fetchone()
+                )
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):  # locked: a miss this time
+                self._disable(exc)
             return None
         return str(row[0]) if row else None
 
     def cache_put(self, key: str, value: str, expires_at: float) -> None:
-        db = self._db
-        if db is None or self._broken:
+        if self._broken:
             return
         try:
             with self._db_lock:
+                db = self._ensure_db()
                 db.execute(
                     "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
                     (key, value, expires_at),
                 )
                 db.execute("DELETE FROM cache WHERE expires_at <= ?", (time.time(),))
-        except (sqlite3.Error, OSError) as exc:
-            self._disable(exc)
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):  # locked: the result is simply not cached
+                self._disable(exc)
 
     # ------------------------------------------------------------ budget (see Store)
 
@@ -403,18 +619,26 @@ class SQLiteStore:
     );
     CREATE INDEX IF NOT EXISTS reservations_budget ON reservations (budget, created);
     """
-    _reservations_ready = False
+    _reservations_ready: sqlite3.Connection | None = None  # the connection that has it
     # Holds made while the file is unusable: this process's budget still holds.
     _memory_holds: dict[str, tuple[str, float, float, float]] | None = None
 
-    def _begin_reservations(self, db: sqlite3.Connection) -> None:
+    def _begin_reservations(self) -> sqlite3.Connection:
+        """The connection, inside BEGIN IMMEDIATE. Call under ``_db_lock``."""
+        db = self._ensure_db()
         # Created on first use, not at open: a process that never reserves pays nothing.
-        if not self._reservations_ready:
+        if self._reservations_ready is not db:
             db.executescript(self._RESERVATIONS_SQL)
-            self._reservations_ready = True
+            self._reservations_ready = db
         # Takes the file's write lock now, so the sum and the insert are one step for
         # every process on this machine.
         db.execute("BEGIN IMMEDIATE")
+        return db
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
     def reserve(
         self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
@@ -424,14 +648,16 @@ class SQLiteStore:
         Counts every paid ledger row in the window, this process's unwritten rows, and
         the budget's reservations: live ones as held, expired ones (lease over, never
         settled) as spent until they leave the window. Returns the reservation's id,
-        or ``ReservationRefused`` when ``amount`` does not fit.
+        or ``ReservationRefused`` when ``amount`` does not fit. Raises LedgerLockedError
+        when another program held the file locked past BUSY_TIMEOUT (fails closed); a
+        broken file is set aside and this process's holds are kept in memory.
         """
         since = now - window
-        db = self._db
-        if db is not None and not self._broken:
+        self._maybe_reopen()
+        if not self._broken:
             try:
                 with self._db_lock:
-                    self._begin_reservations(db)
+                    db = self._begin_reservations()
                     try:
                         db.execute(
                             "DELETE FROM reservations WHERE budget = ? AND created < ? "
@@ -471,11 +697,14 @@ class SQLiteStore:
                                 (answer, budget, amount, now, now + lease),
                             )
                         db.execute("COMMIT")
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
+                    finally:
+                        self._rollback(db)
                 return answer
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if _is_lock(exc):
+                    raise LedgerLockedError(
+                        f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
+                    ) from None
                 self._disable(exc)
         return self._reserve_in_memory(budget, amount, limit, window, lease, now)
 
@@ -509,13 +738,18 @@ class SQLiteStore:
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None:
         """Replace the reservation by the call's ledger row, in one transaction.
 
-        Synchronous: when this returns, the row is on disk for every process.
+        Synchronous: when this returns, the row is on disk for every process. If the
+        file is locked past BUSY_TIMEOUT or broken, the row goes the way of ``add``
+        (queued and retried, or counted in memory); a hold left in the file then
+        counts until its window ends, over-counting rather than under.
         """
-        db = self._db
-        if db is not None and not self._broken:
+        with self._lock:
+            if self._memory_holds is not None:
+                self._memory_holds.pop(reservation_id, None)
+        if not self._broken:
             try:
                 with self._db_lock:
-                    self._begin_reservations(db)
+                    db = self._begin_reservations()
                     try:
                         db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
                         db.execute(
@@ -525,40 +759,36 @@ class SQLiteStore:
                             astuple(entry),
                         )
                         db.execute("COMMIT")
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
+                    finally:
+                        self._rollback(db)
                     # Still under the database lock: no window read is half-done, and the
                     # next one sees this row.
                     with self._lock:
                         self._window = None
                 return
-            except (sqlite3.Error, OSError) as exc:
-                self._disable(exc)
-        with self._lock:
-            if self._memory_holds is not None:
-                self._memory_holds.pop(reservation_id, None)
-            self._lost.append(entry)  # counted in memory from now on
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if not _is_lock(exc):
+                    self._disable(exc)
+        self.add(entry)
 
     def release(self, reservation_id: str) -> None:
-        """Drop a reservation whose call was never billed."""
+        """Drop a reservation whose call was never billed (if locked, its lease ends it)."""
         with self._lock:
             if self._memory_holds is not None:
                 self._memory_holds.pop(reservation_id, None)
-        db = self._db
-        if db is None or self._broken:
+        if self._broken:
             return
         try:
             with self._db_lock:
-                self._begin_reservations(db)
+                db = self._begin_reservations()
                 try:
                     db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
                     db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-        except (sqlite3.Error, OSError) as exc:
-            self._disable(exc)
+                finally:
+                    self._rollback(db)
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):
+                self._disable(exc)
 
 
 def _verdict(
@@ -589,7 +819,9 @@ _STORES_LOCK = threading.Lock()
 
 def open_store(path: Path) -> SQLiteStore:
     """The process-wide store for ``path`` (one writer thread per file)."""
-    path = path.expanduser().resolve()
+    path = path.expanduser()
+    # The folders are resolved, not the file: a ledger that is a link must be seen as one.
+    path = path.parent.resolve() / path.name
     with _STORES_LOCK:
         store = _STORES.get(path)
         if store is None:
@@ -599,8 +831,17 @@ def open_store(path: Path) -> SQLiteStore:
 
 @atexit.register
 def _flush_all() -> None:
-    # A CLI run exits right after its call: write what it spent before leaving.
+    # A CLI run exits right after its call: write what it spent before leaving. A ledger
+    # locked by another program gets up to the busy timeout, then the loss is reported.
     with _STORES_LOCK:
         stores = list(_STORES.values())
     for store in stores:
-        store.flush(timeout=2.0)
+        store.flush(timeout=BUSY_TIMEOUT)
+        left = store.unwritten_count()
+        if left:
+            logger.warning(
+                "octave-tools: %d call(s) could not be written to the usage ledger at %s "
+                "before exit: another program held it locked.",
+                left,
+                store.path,
+            )

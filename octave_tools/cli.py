@@ -1,8 +1,10 @@
-"""The `octave-tools` command: say, voices, usage, serve.
+"""The `octave-tools` command: say, voices, models, usage, serve.
 
 Exit codes: 0 success; 2 usage or invalid input; 3 configuration (no key, bad
-setting, missing extra); 4 API or network failure; 5 spend limit reached;
-1 anything unexpected; 130 interrupted. Errors are one line on stderr.
+setting, missing extra, a daily budget with an unusable ledger); 4 API or network
+failure (also a failed --out download); 5 spend limit reached; 6 the --out file
+could not be written (the call was made: its URL is still printed); 1 anything
+unexpected; 130 interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,22 +13,26 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ._files import fetch_audio, write_atomic
-from ._version import __version__
-from .client import OctaveClient
-from .errors import (
+from . import (
+    MAX_TEXT_CHARS,
+    MODELS,
     APIError,
     BudgetExceededError,
     ConfigurationError,
     InvalidInputError,
+    OctaveClient,
     OctaveError,
+    __version__,
+    configure_logging,
+    write_atomic,
 )
-from .voices import FORMATS
+from .catalogue import ALL_FORMATS, models_table
 
 __all__ = ["main"]
 
@@ -36,6 +42,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_API = 4
 EXIT_BUDGET = 5
+EXIT_FILE = 6
 EXIT_INTERRUPTED = 130
 
 PROG = "octave-tools"
@@ -56,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Text-to-speech for agents and people: the AIML API (hume/octave-2).",
         epilog="Exit codes: 0 ok, 2 usage/invalid input, 3 configuration, 4 API/network, "
-        "5 spend limit, 1 unexpected.",
+        "5 spend limit, 6 --out file not written (URL still printed), 1 unexpected.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument(
@@ -67,15 +74,26 @@ def _build_parser() -> argparse.ArgumentParser:
     say = sub.add_parser("say", help="speak TEXT and print the audio URL")
     say.add_argument("text", metavar="TEXT", help="the words to speak; '-' reads stdin")
     say.add_argument("--voice", help="a voice name (see `octave-tools voices`)")
-    say.add_argument("--format", choices=FORMATS, help="audio format (default wav)")
-    say.add_argument("--out", metavar="FILE", help="also download the audio to FILE")
+    say.add_argument(
+        "--format", choices=ALL_FORMATS, help="audio format (default: the model's; wav for Octave)"
+    )
+    say.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also download the audio to FILE; '-' writes the audio bytes to stdout "
+        "(the URL or JSON then goes to stderr)",
+    )
     say.add_argument("--json", action="store_true", help="print the full result as JSON")
-    say.add_argument("--model", help="TTS model id (default hume/octave-2)")
+    say.add_argument("--model", help="TTS model id (default hume/octave-2; see `models`)")
+    say.add_argument("--speed", type=float, help="speaking rate, 1.0 normal (models that have one)")
     say.add_argument("--timeout", type=float, help="total seconds for the call (default 60)")
 
     voices = sub.add_parser("voices", help="list the voices of the active engine")
     voices.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     voices.add_argument("--model", help="TTS model id (default hume/octave-2)")
+
+    models = sub.add_parser("models", help="list every model, its voices, formats and limits")
+    models.add_argument("--json", action="store_true", help="print the catalogue as JSON")
 
     usage = sub.add_parser("usage", help="what the ledger says was spent")
     usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
@@ -113,10 +131,31 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
+_STDIN_BYTES = 4 * (MAX_TEXT_CHARS + 1)
+_STDIN_CHUNK = 1 << 16
+
+
 def _read_text(arg: str) -> str:
     if arg != "-":
         return arg
-    data = sys.stdin.buffer.read()
+    # Bounded: a stream that never ends (`yes |`) is refused, not buffered whole.
+    stream = sys.stdin.buffer
+    chunks: list[bytes] = []
+    size = 0
+    while size < _STDIN_BYTES:
+        chunk = stream.read(min(_STDIN_CHUNK, _STDIN_BYTES - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size >= _STDIN_BYTES:
+        raise InvalidInputError(
+            f"stdin holds more than the {MAX_TEXT_CHARS:,}-character limit; shorten the "
+            "text or split it into several calls.",
+            field="text",
+        )
+    data = b"".join(chunks)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -128,80 +167,156 @@ def _read_text(arg: str) -> str:
 def _format_for(args: argparse.Namespace) -> str | None:
     """--format, or the one --out's extension names; a contradiction is a usage error."""
     suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""
-    if args.format and suffix in FORMATS and suffix != args.format:
+    if args.format and suffix in ALL_FORMATS and suffix != args.format:
         raise InvalidInputError(
             f"--out ends in .{suffix} but --format is {args.format}; make them agree.",
             field="format",
         )
-    return args.format or (suffix if suffix in FORMATS else None)
+    return args.format or (suffix if suffix in ALL_FORMATS else None)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out target that cannot (or must not) be replaced by a file."""
+    if not out.parent.is_dir():
+        raise InvalidInputError(
+            f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
+        )
+    if out.is_dir():
+        raise InvalidInputError(
+            f"--out {str(out)!r} is a folder; give a file name such as hello.wav.", field="out"
+        )
+    try:
+        mode = out.stat().st_mode  # through a link: a link to a file is fine
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"--out {str(out)!r} cannot be checked ({exc.strerror}); pick another file.",
+            field="out",
+        ) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        # The audio is renamed into place: a device, pipe or socket would be replaced.
+        raise InvalidInputError(
+            f"--out {str(out)!r} exists and is not a regular file (a device, pipe or "
+            "socket); give a file name, or --out - to write the audio to stdout.",
+            field="out",
+        )
+    if _system_folder(out.parent):
+        # /dev/stdout may link to a regular file (a redirect); it must never be replaced.
+        raise InvalidInputError(
+            f"--out {str(out)!r} is in a system device folder; give a file name, or "
+            "--out - to write the audio to stdout.",
+            field="out",
+        )
+    if not os.access(out.parent, os.W_OK):
+        raise InvalidInputError(
+            f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
+        )
+
+
+def _system_folder(folder: Path) -> bool:
+    """Whether ``folder`` is /dev itself, or inside /proc or /sys (never a place for audio)."""
+    if os.name != "posix":
+        return False
+    try:
+        real = folder.resolve()
+    except OSError:
+        return False
+    return real == Path("/dev") or any(
+        real == Path(root) or Path(root) in real.parents for root in ("/proc", "/sys")
+    )
+
+
+_PAID = "The call was made and its audio URL is printed above"
 
 
 def _say(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.out.strip():
+        raise InvalidInputError(
+            "--out is empty; give a file name such as hello.wav, or - for stdout.", field="out"
+        )
     text = _read_text(args.text)
     fmt = _format_for(args)
-    out = Path(args.out).expanduser() if args.out else None
+    to_stdout = args.out == "-"
+    out = Path(args.out).expanduser() if args.out is not None and not to_stdout else None
     if out is not None:
-        # Checked before the paid call, so a bad path never wastes one.
-        if not out.parent.is_dir():
-            raise InvalidInputError(
-                f"--out folder {str(out.parent)!r} does not exist; create it first.", field="out"
-            )
-        if out.is_dir():
-            raise InvalidInputError(
-                f"--out {str(out)!r} is a folder; give a file name such as hello.wav.", field="out"
-            )
-        if not os.access(out.parent, os.W_OK):
-            raise InvalidInputError(
-                f"--out folder {str(out.parent)!r} is not writable; pick another.", field="out"
-            )
+        _check_out(out)  # before the paid call, so a bad path never wastes one
+    saved: Path | None = None
+    failure: tuple[str, int] | None = None
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
-        speech = client.synthesize(text, voice=args.voice, format=fmt)
-        saved = None
-        if out is not None:
-            data = fetch_audio(speech.audio_url, client.settings)
-            saved = write_atomic(out, data)
+        speech = client.synthesize(text, voice=args.voice, format=fmt, speed=args.speed)
+        if args.out is not None:
+            target = "-" if out is None else str(out)
+            try:
+                data = client.download(speech)
+            except OctaveError as exc:
+                failure = (
+                    f"{exc.message} {_PAID}; --out {target} was not written.",
+                    _exit_code(exc),
+                )
+            else:
+                if out is None:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                else:
+                    try:
+                        _check_out(out)  # again: it may have changed during the call
+                        saved = write_atomic(out, data)
+                    except InvalidInputError as exc:
+                        failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
+                    except OSError as exc:
+                        failure = (
+                            f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
+                            EXIT_FILE,
+                        )
+    # With --out -, stdout carries only the audio: the URL or JSON goes to stderr.
+    info = sys.stderr if to_stdout else sys.stdout
     if args.json:
         record = speech.model_dump(mode="json")
         if saved is not None:
             record["file"] = str(saved)
-        print(json.dumps(record, indent=2, ensure_ascii=False))
+        print(json.dumps(record, indent=2, ensure_ascii=False), file=info)
     else:
-        print(speech.audio_url)
-    if speech.engine == "local" or saved is not None:
+        print(speech.audio_url, file=info)
+    if speech.engine == "local" or args.out is not None:
         note = speech.summary()
         if saved is not None:
             note += f" Saved to {saved}."
+        elif to_stdout and failure is None:
+            note += " Audio written to stdout."
         print(note, file=sys.stderr)
+    if failure is not None:
+        message, code = failure
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
     return EXIT_OK
 
 
 def _voices(args: argparse.Namespace) -> int:
-    client = OctaveClient(model=args.model)
-    catalogue = client.voice_catalogue()
-    engine = client.active_engine()
-    client.close()
-    if catalogue is None:
+    with OctaveClient(model=args.model) as client:
+        listing = client.voices()
+        engine = client.active_engine()
+    if not listing.voices and listing.model not in MODELS:
         raise ConfigurationError(
-            f"No voice catalogue is known for model {client.settings.model!r}; "
+            f"No voice catalogue is known for model {listing.model!r}; "
             "its voices are passed to the API unchecked."
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "engine": engine,
-                    "model": catalogue.model,
-                    "default": catalogue.default,
-                    "voices": list(catalogue.voices),
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
-        return EXIT_OK
-    print(f"Voices for {catalogue.model} (engine: {engine}); * marks the default:")
-    for name in catalogue.voices:
-        print(f"{'*' if name == catalogue.default else ' '} {name}")
+        record = {"engine": engine, **listing.model_dump()}
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    elif listing.voices:
+        print("\n".join(listing.lines(engine)))
+    else:
+        print(f"{listing.model} takes any voice id; it names no voices of its own.")
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.json:
+        records = [spec.describe() for spec in MODELS.values()]
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        print(models_table())
     return EXIT_OK
 
 
@@ -275,12 +390,19 @@ def run(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         if args.verbose:
-            logging.basicConfig(
+            # Filtered: at -vv httpcore logs response headers verbatim, echoed key and all.
+            configure_logging(
                 stream=sys.stderr,
                 level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                 format="%(levelname)s %(name)s: %(message)s",
             )
-        handler = {"say": _say, "voices": _voices, "usage": _usage, "serve": _serve}[args.command]
+        handler = {
+            "say": _say,
+            "voices": _voices,
+            "models": _models,
+            "usage": _usage,
+            "serve": _serve,
+        }[args.command]
         return handler(args)
 
     return _guarded(PROG, body)

@@ -9,18 +9,20 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import httpx
+from typing_extensions import Unpack
 
 from . import _protocol as proto
+from ._body import BodyTooLarge, CappedBody
 from ._deadline import deadline_transport, hard_deadline
-from ._files import new_audio_path, write_atomic
-from ._settings import Settings
+from ._files import fetch_audio, new_audio_path, write_atomic
+from ._redact import shown
+from ._settings import Settings, SettingsOptions, check_options
 from ._spend import Spend, reused
-from .errors import ConfigurationError
-from .models import Speech, UsageReport
+from .errors import ConfigurationError, InvalidInputError
+from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -49,46 +51,33 @@ class _Job:
     cache_key: str | None
 
 
+def _refuse_for_local(model: str | None, speed: float | None, configured: str) -> None:
+    """The local engine speaks one way: a model or speed it cannot honour is an error."""
+    if model is not None and model.strip() != configured:
+        raise InvalidInputError(
+            f"Model {model!r} needs the AIML API, but the offline local engine is in use. Set "
+            "AIMLAPI_API_KEY (and OCTAVE_TOOLS_ENGINE=aimlapi or auto), or leave model out.",
+            field="model",
+        )
+    if speed is not None:
+        raise InvalidInputError(
+            "The offline local engine has no speed option; leave speed out or use the AIML "
+            "API with a model that has one.",
+            field="speed",
+        )
+
+
 class _BaseClient:
     """Settings, validation, engine choice and response handling; no I/O of its own."""
 
     def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        voice: str | None = None,
-        format: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        engine: str | None = None,
-        output_dir: str | None = None,
-        max_credits: float | None = None,
-        max_credits_per_day: float | None = None,
-        cache_ttl: float | None = None,
-        ledger: bool | None = None,
-        data_dir: str | None = None,
-        settings: Settings | None = None,
+        self, *, settings: Settings | None = None, **options: Unpack[SettingsOptions]
     ) -> None:
-        self._settings = settings or Settings.load(
-            api_key=api_key,
-            base_url=base_url,
-            model=model,
-            voice=voice,
-            format=format,
-            timeout=timeout,
-            max_retries=max_retries,
-            engine=engine,
-            output_dir=output_dir,
-            max_credits_per_day=max_credits_per_day,
-            cache_ttl=cache_ttl,
-            ledger=ledger,
-            data_dir=data_dir,
-        )
-        if max_credits is not None and not max_credits >= 0:
-            raise ConfigurationError(f"max_credits must be 0 or more; got {max_credits!r}.")
-        self._spend = Spend(self._settings, client_limit=max_credits)
+        if settings is not None and options:
+            check_options(options)
+            raise TypeError("Pass settings= or individual settings, not both.")
+        self._settings = settings or Settings.load(**options)
+        self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
 
     @property
     def settings(self) -> Settings:
@@ -107,8 +96,8 @@ class _BaseClient:
         """``"aimlapi"`` or ``"local"``: the engine a call would use now (needs no key)."""
         return self._engine(strict=False)
 
-    def voice_catalogue(self) -> VoiceCatalogue | None:
-        """The voices of the engine and model that would serve a call now.
+    def voice_catalogue(self, model: str | None = None) -> VoiceCatalogue | None:
+        """The voices of the engine and model (default: the configured one) a call would use.
 
         Needs no API key; None when the model's catalogue is unknown.
         """
@@ -116,7 +105,66 @@ class _BaseClient:
             from . import _local
 
             return _local.catalogue()
-        return catalogue_for(self._settings.model)
+        return catalogue_for(self._check_model(model))
+
+    def download(self, speech: Speech) -> bytes:
+        """The audio bytes behind ``speech.audio_url`` (blocking; never sends the API key).
+
+        The URL is vetted like the API's answer was, every redirect hop included.
+        """
+        return fetch_audio(speech.audio_url, self._settings)
+
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models a call may name: the configured one first, then ``models``."""
+        s = self._settings
+        return tuple(dict.fromkeys((s.model, *s.models)))
+
+    def _check_model(self, model: str | None) -> str:
+        """``model`` or the configured one; refused when the ``models`` setting excludes it."""
+        if model is None:
+            return self._settings.model
+        allowed = self.allowed_models()
+        if self._settings.models and model not in allowed:
+            raise InvalidInputError(
+                f"Model {shown(model)} is not offered here. Use one of: {', '.join(allowed)} "
+                f"(or leave model out for {allowed[0]}).",
+                field="model",
+            )
+        return model
+
+    def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
+        """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
+        (day, model, voice or engine), across every process sharing the ledger.
+
+        Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
+        """
+        return self._spend.usage(since, by)
+
+    def voices(self, model: str | None = None) -> VoiceList:
+        """The voices a call would be checked against, with the default a call gets.
+
+        For ``model`` (default: the configured one). Needs no API key and makes no
+        request. A configured default voice is shown in its canonical spelling, or as
+        given when it is not valid for the configured model (each call then says why).
+        """
+        catalogue = self.voice_catalogue(model)
+        configured = self._settings.voice if model in (None, self._settings.model) else None
+        name = self._settings.model if model is None else model
+        if catalogue is None:
+            return VoiceList(model=name, default=configured, voices=[])
+        default = catalogue.default
+        if configured is not None:
+            try:
+                default = catalogue.resolve(configured)
+            except InvalidInputError:
+                default = configured
+        return VoiceList(
+            model=catalogue.model,
+            default=default,
+            voices=list(catalogue.voices),
+            custom_voice_max_chars=None if catalogue.closed else catalogue.max_custom_chars,
+            custom_voices=not catalogue.closed,
+        )
 
     def _engine(self, *, strict: bool = True) -> str:
         """Which engine serves a call under the current settings.
@@ -143,22 +191,34 @@ class _BaseClient:
             "pip install 'octave-tools[local]'."
         )
 
-    def _plan(self, text: str, voice: str | None, fmt: str | None) -> _Job:
+    def _plan(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None = None,
+        speed: float | None = None,
+    ) -> _Job:
         """Validate and route one call; raises before anything is spent."""
+        if model is not None:
+            model = self._check_model(model)
         if self._engine() == "local":
             from . import _local
 
+            _refuse_for_local(model, speed, self._settings.model)
             text = proto.validate_text(text)
-            model, call = _local.MODEL, None
-            voice_key, fmt_key, chars = voice, fmt or "wav", len(text)
+            call = None
+            model_key, voice_key, fmt_key, chars = _local.MODEL, voice, fmt or "wav", len(text)
         else:
-            call = proto.prepare(self._settings, text, voice, fmt)
-            model, voice_key, fmt_key, chars = call.model, call.voice, call.format, call.text_chars
+            call = proto.prepare(self._settings, text, voice, fmt, model=model, speed=speed)
+            model_key, voice_key, chars = call.model, call.voice, call.text_chars
+            # The speed is part of what was asked; without one the key is as it always was.
+            fmt_key = call.format if speed is None else f"{call.format};speed={float(speed)!r}"
         key = None
         if self._spend.cache_ttl > 0:
             engine = "aimlapi" if call is not None else "local"
-            key = self._spend.cache_key(engine, model, voice_key, fmt_key, text)
-        return _Job(text, voice, fmt, call, model, chars, key)
+            key = self._spend.cache_key(engine, model_key, voice_key, fmt_key, text)
+        return _Job(text, voice, fmt, call, model_key, chars, key)
 
     def _deadline(self) -> float:
         return time.monotonic() + self._settings.timeout
@@ -208,11 +268,6 @@ class _BaseClient:
         return wait
 
 
-def _declared_too_large(response: httpx.Response, limit: int) -> bool:
-    declared = response.headers.get("content-length", "")
-    return declared.isdigit() and int(declared) > limit
-
-
 class OctaveClient(_BaseClient):
     """Blocking client for the AIML API text-to-speech endpoint.
 
@@ -221,8 +276,14 @@ class OctaveClient(_BaseClient):
     it is then yours to close.
     """
 
-    def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.Client | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         # Built on first use: its TLS setup costs tens of ms that a local-engine
         # call, `voices` or a starting MCP server should not pay.
@@ -231,15 +292,23 @@ class OctaveClient(_BaseClient):
         self._inflight_lock = threading.Lock()
 
     def synthesize(
-        self, text: str, *, voice: str | None = None, format: str | None = None
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        format: str | None = None,
+        model: str | None = None,
+        speed: float | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
-        Raises InvalidInputError before any request for bad arguments,
-        BudgetExceededError when a spend limit would be passed, and another
-        OctaveError subclass when the call fails.
+        ``model`` picks any id in ``octave_tools.MODELS`` for this call (default: the
+        configured one); ``voice``, ``format`` and ``speed`` (1.0 = normal) are checked
+        against that model and mapped into its own fields. Raises InvalidInputError
+        before any request for bad arguments, BudgetExceededError when a spend limit
+        would be passed, and another OctaveError subclass when the call fails.
         """
-        job = self._plan(text, voice, format)
+        job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
@@ -303,7 +372,7 @@ class OctaveClient(_BaseClient):
     def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
         (day, model, voice or engine), across every process sharing the ledger."""
-        return self._spend.usage(since, by)
+        return self.usage_report(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -323,18 +392,16 @@ class OctaveClient(_BaseClient):
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response,
         ):
-            limit = proto.body_limit(response.headers)
-            if _declared_too_large(response, limit):
-                raise proto.too_large_error(call, response.status_code, limit)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise proto.too_large_error(call, response.status_code, limit)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
+            try:
+                body = CappedBody(proto.body_limit(response.headers), response.headers)
+                for chunk in response.iter_bytes():
+                    body.feed(chunk)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+            except BodyTooLarge as exc:
+                raise proto.too_large_error(call, response.status_code, exc.limit) from None
             return proto.RawResponse(
-                response.status_code, dict(response.headers.items()), bytes(body)
+                response.status_code, dict(response.headers.items()), body.result()
             )
 
     def close(self) -> None:
@@ -357,8 +424,14 @@ class OctaveClient(_BaseClient):
 class AsyncOctaveClient(_BaseClient):
     """The asyncio twin of OctaveClient: same arguments, same results, same errors."""
 
-    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        super().__init__(settings=settings, **options)
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose
@@ -367,10 +440,16 @@ class AsyncOctaveClient(_BaseClient):
         self._inflight: dict[str, asyncio.Future[Speech]] = {}
 
     async def synthesize(
-        self, text: str, *, voice: str | None = None, format: str | None = None
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        format: str | None = None,
+        model: str | None = None,
+        speed: float | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
-        job = self._plan(text, voice, format)
+        job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)
@@ -457,7 +536,7 @@ class AsyncOctaveClient(_BaseClient):
 
     async def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger (see OctaveClient.usage), read off the event loop."""
-        return await asyncio.to_thread(self._spend.usage, since, by)
+        return await asyncio.to_thread(self.usage_report, since, by)
 
     async def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
         remaining = deadline - time.monotonic()
@@ -470,16 +549,14 @@ class AsyncOctaveClient(_BaseClient):
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
-                limit = proto.body_limit(response.headers)
-                if _declared_too_large(response, limit):
-                    raise proto.too_large_error(call, response.status_code, limit)
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise proto.too_large_error(call, response.status_code, limit)
+                try:
+                    body = CappedBody(proto.body_limit(response.headers), response.headers)
+                    async for chunk in response.aiter_bytes():
+                        body.feed(chunk)
+                except BodyTooLarge as exc:
+                    raise proto.too_large_error(call, response.status_code, exc.limit) from None
                 return proto.RawResponse(
-                    response.status_code, dict(response.headers.items()), bytes(body)
+                    response.status_code, dict(response.headers.items()), body.result()
                 )
 
     async def aclose(self) -> None:

@@ -23,11 +23,12 @@ With ``handle_tool_error=False`` the first kind is raised too, as ``ToolExceptio
 # on every call, and real annotations make that several times cheaper than strings.
 
 import asyncio
+import difflib
 import functools
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
@@ -45,134 +46,30 @@ from pydantic import (
 )
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
-from ._settings import Settings
-from .client import AsyncOctaveClient, OctaveClient, _BaseClient
-from .errors import (
+from . import (
+    SETTING_NAMES,
+    SETTINGS,
+    AsyncOctaveClient,
     AuthenticationError,
     BudgetExceededError,
     ConfigurationError,
-    InvalidInputError,
     NotFoundError,
+    OctaveClient,
     OctaveError,
+    Settings,
+    SettingsOptions,
 )
-from .models import Speech
-from .voices import (
-    DEFAULT_FORMAT,
-    DEFAULT_MODEL,
-    FORMATS,
-    MAX_TEXT_CHARS,
-    AudioFormat,
-    VoiceCatalogue,
-    catalogue_for,
-    resolve_format,
-)
+from .toolspec import ToolSpec, tools_for
 
 __all__ = [
-    "ListVoicesInput",
     "OctaveTTSTool",
     "OctaveToolkit",
+    "OctaveUsageTool",
     "OctaveVoicesTool",
-    "TextToSpeechInput",
 ]
 
 # Raised to the caller: no retry by the model can fix these (see the module docstring).
 _NEEDS_A_PERSON = (ConfigurationError, AuthenticationError, NotFoundError, BudgetExceededError)
-
-# MCP-style tool annotations, under the keys langchain-mcp-adapters puts in ``metadata``.
-_TTS_HINTS: dict[str, Any] = {
-    "readOnlyHint": False,
-    "destructiveHint": False,
-    "idempotentHint": False,
-    "openWorldHint": True,
-}
-_VOICES_HINTS: dict[str, Any] = {
-    "readOnlyHint": True,
-    "destructiveHint": False,
-    "idempotentHint": True,
-    "openWorldHint": False,
-}
-
-TTS_DESCRIPTION = (
-    "Turn text into spoken audio (text-to-speech) and get a link to the audio file. Use it "
-    "when the user wants to hear words spoken: reading a text aloud, a voice-over, narration, "
-    "a spoken message or an audio version of an answer. Give the exact words as `text`; "
-    "`voice` and `format` are optional. Returns one sentence with the audio URL, the voice "
-    "and the format: share that URL with the user. Each call costs credits per character, so "
-    "do not repeat a call that succeeded."
-)
-VOICES_DESCRIPTION = (
-    "List the voices text_to_speech can speak with, and which one is the default. Use it when "
-    "the user asks what voices there are, or to find the exact name of a voice. Takes no "
-    "arguments and costs nothing."
-)
-
-
-# ---------------------------------------------------------------- argument schemas
-
-
-def _voice_help(catalogue: VoiceCatalogue | None, default: str | None) -> str:
-    if catalogue is None:
-        leave_out = f"the default, {default!r}" if default else "the API's default"
-        return f"Name of the voice to speak with. Leave it out for {leave_out}."
-    return (
-        f"Name of the voice to speak with, exactly one of: {', '.join(catalogue.voices)}. "
-        f"Leave it out for the default, {default!r}."
-    )
-
-
-def _format_help(default: str) -> str:
-    choices = " or ".join(repr(f) for f in FORMATS)
-    return f"Audio file format: {choices}. Leave it out for {default!r}."
-
-
-_DEFAULT_CATALOGUE = catalogue_for(DEFAULT_MODEL)
-_DEFAULT_VOICE_HELP = _voice_help(
-    _DEFAULT_CATALOGUE, _DEFAULT_CATALOGUE.default if _DEFAULT_CATALOGUE else None
-)
-_DEFAULT_FORMAT_HELP = _format_help(DEFAULT_FORMAT)
-
-
-class TextToSpeechInput(BaseModel):
-    """Arguments of text_to_speech."""
-
-    text: str = Field(
-        description=f"The exact words to speak, as plain text (at most {MAX_TEXT_CHARS:,} "
-        "characters)."
-    )
-    voice: str | None = Field(default=None, description=_DEFAULT_VOICE_HELP)
-    format: AudioFormat | None = Field(default=None, description=_DEFAULT_FORMAT_HELP)
-
-    # Models often send "" for an optional argument they mean to leave out; that costs no
-    # round trip. Voice names are checked by the client, per model, with suggestions.
-    @field_validator("voice", mode="before")
-    @classmethod
-    def _blank_voice_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("format", mode="before")
-    @classmethod
-    def _known_format(cls, value: object) -> object:
-        if isinstance(value, str):
-            return resolve_format(value) if value.strip() else None
-        return value
-
-
-class ListVoicesInput(BaseModel):
-    """list_voices takes no arguments."""
-
-
-@functools.lru_cache(maxsize=64)
-def _input_schema(voice_help: str, format_help: str) -> type[TextToSpeechInput]:
-    """TextToSpeechInput with field descriptions for one tool's model and defaults."""
-    if (voice_help, format_help) == (_DEFAULT_VOICE_HELP, _DEFAULT_FORMAT_HELP):
-        return TextToSpeechInput
-    return create_model(
-        "TextToSpeechInput",
-        __base__=TextToSpeechInput,
-        __doc__=TextToSpeechInput.__doc__,
-        voice=(str | None, Field(default=None, description=voice_help)),
-        format=(AudioFormat | None, Field(default=None, description=format_help)),
-    )
 
 
 def _explain_invalid_arguments(error: ValidationError | ValidationErrorV1) -> str:
@@ -186,49 +83,71 @@ def _explain_invalid_arguments(error: ValidationError | ValidationErrorV1) -> st
     return f"Error: invalid arguments: {'; '.join(problems)}. Correct them and call the tool again."
 
 
-# ---------------------------------------------------------------- shared settings
-
-_OPTION_NAMES = (
-    "api_key",
-    "base_url",
-    "model",
-    "voice",
-    "format",
-    "timeout",
-    "max_retries",
-    "engine",
-    "output_dir",
-)
+# ---------------------------------------------------------------- settings
 
 
-class _ClientOptions(BaseModel):
-    """Client settings or ready clients, shared by the tools and the toolkit.
+def _setting_fields() -> dict[str, Any]:
+    """One optional field per setting, from the core's declaration of them."""
+    hints = get_type_hints(SettingsOptions)
+    fields: dict[str, Any] = {}
+    for setting in SETTINGS:
+        env = f" ({setting.env[0]})" if setting.env else ""
+        description = setting.doc + env
+        if setting.name == "api_key":
+            # Typed to accept a plain string; the validator below always stores a SecretStr.
+            fields["api_key"] = (
+                SecretStr | str | None,
+                Field(default=None, exclude=True, description=description),
+            )
+        else:
+            fields[setting.name] = (
+                hints[setting.name],
+                Field(default=None, description=description),
+            )
+    return fields
 
-    Unset settings come from the environment, exactly as for ``OctaveClient``.
+
+if TYPE_CHECKING:
+    _SettingFields = BaseModel
+else:
+    _SettingFields = create_model(
+        "_SettingFields",
+        __config__=ConfigDict(arbitrary_types_allowed=True),
+        **_setting_fields(),
+    )
+
+
+class _ClientOptions(_SettingFields):
+    """Every client setting, or ready clients, shared by the tools and the toolkit.
+
+    Unset settings come from the environment, exactly as for ``OctaveClient``; an
+    option the class does not have is a TypeError, never silently ignored.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    # Typed to accept a plain string; the validator below always stores a SecretStr.
-    api_key: SecretStr | str | None = Field(
-        default=None, exclude=True, description="AIML API key (default: AIMLAPI_API_KEY)."
-    )
-    base_url: str | None = Field(default=None, description="API base URL (AIMLAPI_BASE_URL).")
-    model: str | None = Field(default=None, description="TTS model id (OCTAVE_TOOLS_MODEL).")
-    voice: str | None = Field(default=None, description="Default voice (OCTAVE_TOOLS_VOICE).")
-    format: str | None = Field(default=None, description="Default format (OCTAVE_TOOLS_FORMAT).")
-    timeout: float | None = Field(default=None, description="Seconds per call, retries included.")
-    max_retries: int | None = Field(default=None, description="Retries of transient failures.")
-    engine: str | None = Field(default=None, description="auto, aimlapi or local.")
-    output_dir: str | None = Field(default=None, description="Where raw audio answers are saved.")
     client: OctaveClient | None = Field(default=None, exclude=True)
     """A ready client for sync calls; then pass no settings."""
     async_client: AsyncOctaveClient | None = Field(default=None, exclude=True)
     """A ready client for async calls; then pass no settings."""
 
     _settings: Settings = PrivateAttr()
+    _core: OctaveClient | AsyncOctaveClient = PrivateAttr()
 
-    @field_validator("api_key", mode="before")
+    def __init__(self, **data: Any) -> None:
+        known = type(self).model_fields
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], SETTING_NAMES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            # Named, never quoted: the value could be a key under a misspelt name.
+            raise TypeError(
+                f"{type(self).__name__} has no option {', '.join(map(repr, unknown))}.{hint} "
+                f"Settings: {', '.join(SETTING_NAMES)}."
+            )
+        super().__init__(**data)
+
+    @field_validator("api_key", mode="before", check_fields=False)
     @classmethod
     def _keep_key_secret(cls, value: object) -> object:
         return SecretStr(value) if isinstance(value, str) else value
@@ -236,21 +155,15 @@ class _ClientOptions(BaseModel):
     def model_post_init(self, context: Any, /) -> None:
         """Resolve the settings once; no key is needed and no connection is opened."""
         super().model_post_init(context)
+        given = {name: getattr(self, name) for name in SETTING_NAMES}
+        given = {name: value for name, value in given.items() if value is not None}
         ready = self.client or self.async_client
         if ready is None:
-            self._settings = Settings.load(
-                api_key=_reveal(self.api_key),
-                base_url=self.base_url,
-                model=self.model,
-                voice=self.voice,
-                format=self.format,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                engine=self.engine,
-                output_dir=self.output_dir,
-            )
+            if "api_key" in given:
+                given["api_key"] = _reveal(given["api_key"])
+            self._settings = Settings.load(**given)
+            self._core = OctaveClient(settings=self._settings)  # no I/O until a call
             return
-        given = [name for name in _OPTION_NAMES if getattr(self, name) is not None]
         if given:
             # Not a ValueError: pydantic would quote the arguments, key included, in its error.
             raise ConfigurationError(
@@ -258,6 +171,7 @@ class _ClientOptions(BaseModel):
                 "as well); the clients already hold their settings."
             )
         self._settings = ready.settings
+        self._core = ready
 
     @property
     def settings(self) -> Settings:
@@ -265,27 +179,27 @@ class _ClientOptions(BaseModel):
         return self._settings
 
     def _options(self) -> dict[str, Any]:
-        names = (*_OPTION_NAMES, "client", "async_client")
+        names = (*SETTING_NAMES, "client", "async_client")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def _catalogue(self) -> VoiceCatalogue | None:
-        ready: _BaseClient | None = self.client or self.async_client
-        return (ready or _BaseClient(settings=self._settings)).voice_catalogue()
-
-    def _default_voice(self, catalogue: VoiceCatalogue | None) -> str | None:
-        configured = self._settings.voice
-        if configured is None:
-            return catalogue.default if catalogue else None
-        if catalogue is None:
-            return configured
-        try:
-            return catalogue.resolve(configured)
-        except InvalidInputError:
-            return configured  # the call itself will say what is wrong with it
 
 
 def _reveal(key: SecretStr | str | None) -> str | None:
     return key.get_secret_value() if isinstance(key, SecretStr) else key
+
+
+@functools.lru_cache(maxsize=64)
+def _arguments_model(spec: ToolSpec) -> type[BaseModel]:
+    return spec.arguments_model()
+
+
+def _render(tool: BaseTool, spec: ToolSpec) -> None:
+    """Give ``tool`` the name, description, argument schema and hints of the core's spec."""
+    tool.name = spec.name
+    if "description" not in tool.model_fields_set:
+        tool.description = spec.description
+    if "args_schema" not in tool.model_fields_set:
+        tool.args_schema = _arguments_model(spec)
+    tool.metadata = {**spec.hints.camel_case(), **(tool.metadata or {})}
 
 
 # ---------------------------------------------------------------- the tools
@@ -298,14 +212,15 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
     with the audio URL, voice and format, and whose ``artifact`` is the ``Speech`` record
     as a dict (URL, voice, format, model, characters, credits_used, request_id, ...).
 
-    Construct it with no arguments (settings from the environment), with client settings
-    (``api_key=``, ``voice=``, ``format=``, ...), or with ready clients (``client=``,
-    ``async_client=``). ``ainvoke`` runs on the async client, with no thread pool.
+    Construct it with no arguments (settings from the environment), with any client
+    setting (``api_key=``, ``voice=``, ``cache_ttl=``, ``max_credits_per_day=``, ...), or
+    with ready clients (``client=``, ``async_client=``). ``ainvoke`` runs on the async
+    client, with no thread pool.
     """
 
     name: str = "text_to_speech"
-    description: str = TTS_DESCRIPTION
-    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = TextToSpeechInput
+    description: str = ""
+    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
         True
@@ -324,47 +239,51 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
     def model_post_init(self, context: Any, /) -> None:
         """Describe this tool's real voices and defaults to the model."""
         super().model_post_init(context)
-        if "args_schema" not in self.model_fields_set:
-            catalogue = self._catalogue()
-            self.args_schema = _input_schema(
-                _voice_help(catalogue, self._default_voice(catalogue)),
-                _format_help(self._settings.format or DEFAULT_FORMAT),
-            )
-        self.metadata = {**_TTS_HINTS, **(self.metadata or {})}
+        _render(self, tools_for(self._core).text_to_speech)
 
     def _run(
         self,
         text: str,
         voice: str | None = None,
         format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         try:
-            speech = self._sync_client().synthesize(text, voice=voice, format=format)
+            speech = self._sync_client().synthesize(
+                text, voice=voice, format=format, speed=speed, model=model
+            )
         except _NEEDS_A_PERSON:
             raise
         except OctaveError as exc:
             raise ToolException(f"Error: {exc}") from exc
-        return _content_and_artifact(speech)
+        return speech.summary(), speech.model_dump()
 
     async def _arun(
         self,
         text: str,
         voice: str | None = None,
         format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         try:
-            speech = await self._async_client().synthesize(text, voice=voice, format=format)
+            speech = await self._async_client().synthesize(
+                text, voice=voice, format=format, speed=speed, model=model
+            )
         except _NEEDS_A_PERSON:
             raise
         except OctaveError as exc:
             raise ToolException(f"Error: {exc}") from exc
-        return _content_and_artifact(speech)
+        return speech.summary(), speech.model_dump()
 
     def _sync_client(self) -> OctaveClient:
         if self.client is not None:
             return self.client
+        if isinstance(self._core, OctaveClient):
+            return self._core
         if self._sync is None:
             with self._lock:
                 if self._sync is None:
@@ -384,52 +303,85 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         return client
 
 
-def _content_and_artifact(speech: Speech) -> tuple[str, dict[str, Any]]:
-    return speech.summary(), speech.model_dump()
-
-
 class OctaveVoicesTool(_ClientOptions, BaseTool):
     """The voices ``text_to_speech`` accepts and the default, as a read-only LangChain tool.
 
-    Content is one line for the model; the artifact is ``{"model", "voices", "default"}``.
+    Content is one line for the model; the artifact is ``{"model", "default", "voices"}``.
     It opens no connection and needs no key.
     """
 
     name: str = "list_voices"
-    description: str = VOICES_DESCRIPTION
-    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = ListVoicesInput
+    description: str = ""
+    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
+        True
+    )
+    handle_validation_error: (
+        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
+    ) = _explain_invalid_arguments
 
     def model_post_init(self, context: Any, /) -> None:
-        """Mark the tool read-only in its metadata."""
+        """Take the description and hints from the core's spec."""
         super().model_post_init(context)
-        self.metadata = {**_VOICES_HINTS, **(self.metadata or {})}
+        _render(self, tools_for(self._core).list_voices)
 
     def _run(
-        self, run_manager: CallbackManagerForToolRun | None = None
+        self, model: str | None = None, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self._listing()
+        try:
+            voices = self._core.voices(model)
+        except OctaveError as exc:
+            raise ToolException(f"Error: {exc}") from exc
+        return voices.summary(), voices.model_dump()
 
     async def _arun(
-        self, run_manager: AsyncCallbackManagerForToolRun | None = None
+        self, model: str | None = None, run_manager: AsyncCallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self._listing()
+        return self._run(model)
 
-    def _listing(self) -> tuple[str, dict[str, Any]]:
-        catalogue = self._catalogue()
-        default = self._default_voice(catalogue)
-        model = catalogue.model if catalogue else self._settings.model
-        if catalogue is None:
-            content = (
-                f"octave-tools has no voice list for model {model!r}: pass a voice name its "
-                "provider documents, or leave voice out to let the API choose."
-            )
-            return content, {"model": model, "voices": [], "default": default}
-        content = (
-            f"Voices for {model} (default {default!r}): {', '.join(catalogue.voices)}. "
-            "Pass one, spelled exactly, as `voice` to text_to_speech."
-        )
-        return content, {"model": model, "voices": list(catalogue.voices), "default": default}
+
+class OctaveUsageTool(_ClientOptions, BaseTool):
+    """What text-to-speech has spent, from the ledger, as a read-only LangChain tool.
+
+    Content is a small table; the artifact is the ``UsageReport`` as a dict. No API call.
+    """
+
+    name: str = "usage"
+    description: str = ""
+    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
+        True
+    )
+    handle_validation_error: (
+        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
+    ) = _explain_invalid_arguments
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Take the description, arguments and hints from the core's spec."""
+        super().model_post_init(context)
+        _render(self, tools_for(self._core).usage)
+
+    def _run(
+        self,
+        since: str | None = None,
+        by: str | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            report = self._core.usage_report(since or "7d", by or "day")
+        except OctaveError as exc:
+            raise ToolException(f"Error: {exc}") from exc
+        return report.table(), report.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        since: str | None = None,
+        by: str | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, since, by)
 
 
 class OctaveToolkit(_ClientOptions, BaseToolkit):

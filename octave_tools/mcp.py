@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ._redact import basic_config
 from ._settings import Settings, is_loopback
 from ._version import __version__
 from .client import AsyncOctaveClient, _BaseClient
@@ -362,7 +363,8 @@ def run_server(
         raise ConfigurationError(f"transport must be stdio or http; got {transport!r}.")
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
     # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
-    logging.basicConfig(
+    # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
+    basic_config(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport"]
+__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
 
 Engine = Literal["aimlapi", "local"]
 
@@ -17,7 +17,9 @@ class Speech(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     audio_url: str = Field(description="URL of the generated audio (https, or file:// for local).")
-    format: str = Field(description="Audio format: wav or mp3.")
+    format: str = Field(
+        description="Audio format: wav, mp3, opus, aac, flac or pcm (what the model gave)."
+    )
     voice: str | None = Field(description="The voice used (None when the API chose).")
     model: str = Field(description="The TTS model id.")
     characters: int = Field(description="Characters of text synthesised.")
@@ -86,3 +88,46 @@ class UsageReport(BaseModel):
             f"{self.total_credits:>12,.0f} {self.total_usd:>9.4f}"
         )
         return "\n".join(lines)
+
+
+class VoiceList(BaseModel):
+    """The voices ``text_to_speech`` accepts under the current settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(description="The model (or local engine) the voices belong to.")
+    default: str | None = Field(
+        description="The voice used when none is given (None when the model's list is unknown)."
+    )
+    voices: list[str] = Field(description="Every named voice, in the provider's order.")
+    custom_voices: bool = Field(
+        default=False, description="True when the model also takes voice ids outside the list."
+    )
+    custom_voice_max_chars: int | None = Field(
+        default=None, description="The longest such id the model documents (None: no limit)."
+    )
+
+    def summary(self) -> str:
+        """One line for a model to read, with the default marked."""
+        if not self.voices:
+            return (
+                f"octave-tools has no voice list for model {self.model!r}: pass a voice name that "
+                "model accepts, or leave voice out for its default."
+            )
+        names = ", ".join(f"{v} (default)" if v == self.default else v for v in self.voices)
+        return f"{len(self.voices)} voices for {self.model}: {names}.{self.custom_note()}"
+
+    def custom_note(self) -> str:
+        """What else the model takes as a voice (empty for a closed list)."""
+        if not self.custom_voices:
+            return ""
+        limit = self.custom_voice_max_chars
+        return " A custom or cloned voice id also works" + (
+            f" (1 to {limit} characters)." if limit else "."
+        )
+
+    def lines(self, engine: str) -> list[str]:
+        """The listing for a person: a heading, then one voice a line, * on the default."""
+        return [f"Voices for {self.model} (engine: {engine}); * marks the default:"] + [
+            f"{'*' if name == self.default else ' '} {name}" for name in self.voices
+        ]

@@ -11,10 +11,14 @@ It is a real HTTP server on 127.0.0.1 and a free port, in a background thread:
         assert api.tts_requests[0].json["text"] == "Hello"
         assert speech.audio_url in api.issued
 
-It checks the bearer key and the body as the real API documents (401, 400, 404),
-answers 201 with ``{"audio": {"url": ...}, "meta": {"usage": {"credits_used": ...}}}``
-(or the newer 200 / string shape), serves the audio it "generated" at that URL,
-records every request, and can be told to misbehave for the next calls:
+It serves every model in ``octave_tools.MODELS``: it checks the bearer key and
+validates each body against that model's documented request schema (the packaged
+``tts-models.json``), refusing undocumented fields as the real API does (401, 400
+``Body validation error!``, 404 for an unknown model). It answers 201 with
+``{"audio": {"url": ...}, "meta": {"usage": {"credits_used": ...}}}`` (or the newer
+200 / string shape) -- or, for the models whose pages show it (Deepgram,
+ElevenLabs), raw audio when ``stream`` is true or left out -- serves the audio it
+"generated" at that URL, records every request, and can be told to misbehave for the next calls:
 ``fail(429, retry_after="1")``, ``delay(2.0)``, ``drop()``, ``malformed()``,
 ``html(502)``, ``no_url()``, ``respond(...)`` for anything else. With pytest, the
 ``fake_aimlapi`` fixture gives a started instance.
@@ -23,6 +27,7 @@ records every request, and can be told to misbehave for the next calls:
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import math
@@ -35,12 +40,13 @@ import wave
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import TracebackType
 from typing import Any, Literal
 
-from .voices import DEFAULT_MODEL, FORMATS, MAX_TEXT_CHARS, VOICES
+from .catalogue import MODELS, ModelSpec
 
-__all__ = ["FakeAIMLAPI", "Fault", "RecordedRequest"]
+__all__ = ["FakeAIMLAPI", "Fault", "RecordedRequest", "request_schema", "schema_errors"]
 
 CREDITS_PER_CHAR = 125
 USD_PER_CREDIT = 1 / 2_000_000
@@ -105,6 +111,109 @@ def _tone_wav(seconds: float = 0.25, rate: int = 22_050) -> bytes:
 _WAV = _tone_wav()
 # Not a playable MP3; just the frame-sync bytes a sniffer expects, for download tests.
 _MP3 = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400)
+
+
+_AUDIO_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "pcm": "audio/L16",
+}
+
+
+def _audio_bytes(fmt: str) -> bytes:
+    if fmt == "wav":
+        return _WAV
+    if fmt == "mp3":
+        return _MP3
+    return f"fake {fmt} audio ".encode() + bytes(200)  # not playable; only the bytes matter
+
+
+# ---------------------------------------------------------------- request schemas
+
+
+@functools.lru_cache(maxsize=1)
+def _schemas() -> dict[str, Any]:
+    text = resources.files("octave_tools").joinpath("_data/tts-models.json").read_text("utf-8")
+    models: dict[str, Any] = json.loads(text)["models"]
+    return models
+
+
+def request_schema(model: str) -> dict[str, Any] | None:
+    """The documented JSON Schema of ``model``'s request body (None if not documented)."""
+    entry = _schemas().get(model)
+    return None if entry is None else dict(entry["request_schema"])
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def _type_ok(value: object, expected: str) -> bool:
+    if isinstance(value, bool) and expected != "boolean":
+        return False
+    if expected == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _JSON_TYPES.get(expected, (object,)))
+
+
+def schema_errors(schema: Mapping[str, Any], value: object, where: str = "") -> list[str]:
+    """What is wrong with ``value`` under ``schema``, as the API would say it.
+
+    Covers the part of JSON Schema the documented request schemas use (type, enum,
+    minLength, maxLength, minimum, maximum, required, properties, items, minItems,
+    maxItems, anyOf). Objects take no property their schema does not list: the real
+    API refuses undocumented fields.
+    """
+    name = where or "the body"
+    if "anyOf" in schema:
+        branches = [schema_errors(b, value, where) for b in schema["anyOf"]]
+        if all(branches):
+            return [f"{name} matches none of its allowed forms ({branches[0][0]})"]
+    expected = schema.get("type")
+    if isinstance(expected, str) and not _type_ok(value, expected):
+        return [f"{name} must be of type {expected}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{name} must be one of: {', '.join(str(v) for v in schema['enum'])}"]
+    problems: list[str] = []
+    if isinstance(value, str):
+        low, high = schema.get("minLength"), schema.get("maxLength")
+        if (low is not None and len(value) < low) or (high is not None and len(value) > high):
+            problems.append(f"{name} must be {low or 0} to {high or 'any number of'} characters")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            problems.append(f"{name} must be from {low} to {high}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for required in schema.get("required", ()):
+            if required not in value:
+                problems.append(f"{_join(where, required)} is required")
+        for key, item in value.items():
+            if key not in properties:
+                problems.append(f"{_join(where, key)} is not a documented field")
+            else:
+                problems += schema_errors(properties[key], item, _join(where, key))
+    if isinstance(value, list):
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        if (low is not None and len(value) < low) or (high is not None and len(value) > high):
+            problems.append(f"{name} must have {low or 0} to {high or 'any number of'} items")
+        if "items" in schema:
+            for index, item in enumerate(value):
+                problems += schema_errors(schema["items"], item, f"{name}[{index}]")
+    return problems
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 _REASONS = {
@@ -179,7 +288,7 @@ class _Connection:
         if method == "GET":
             data = self.fake._files.get(target) if target.startswith("/files/") else None
             if data is not None:
-                content_type = "audio/mpeg" if target.endswith(".mp3") else "audio/wav"
+                content_type = _AUDIO_TYPES.get(target.rsplit(".", 1)[-1], "audio/wav")
                 self.writer.write(_response(200, data, content_type))
             else:
                 message = _error_body(404, f"Cannot GET {target}", target)
@@ -197,8 +306,8 @@ class _Connection:
                 _response(fault.status, fault.body, fault.content_type, fault.headers)
             )
         else:
-            status, payload, extra = self.fake._answer(target, recorded)
-            self.writer.write(_response(status, payload, "application/json", extra))
+            status, payload, content_type, extra = self.fake._answer(target, recorded)
+            self.writer.write(_response(status, payload, content_type, extra))
         await self.writer.drain()
         return keep_alive
 
@@ -213,7 +322,7 @@ class FakeAIMLAPI:
         success_status: int = 201,
         response_shape: Literal["object", "string"] = "object",
         audio_url_base: str | None = None,
-        models: tuple[str, ...] = (DEFAULT_MODEL,),
+        models: tuple[str, ...] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -221,7 +330,8 @@ class FakeAIMLAPI:
         self.success_status = success_status
         self.response_shape = response_shape
         self.audio_url_base = audio_url_base
-        self.models = models
+        self.models: tuple[str, ...] = tuple(MODELS) if models is None else models
+        """The model ids served (default: every model in the catalogue); others get 404."""
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -461,41 +571,51 @@ class FakeAIMLAPI:
 
     # ------------------------------------------------------------ the API
 
-    def _answer(self, path: str, req: RecordedRequest) -> tuple[int, bytes, dict[str, str]]:
+    def _answer(self, path: str, req: RecordedRequest) -> tuple[int, bytes, str, dict[str, str]]:
+        json_type = "application/json"
         if path != "/v1/tts":
-            return 404, _error_body(404, f"Cannot POST {path}", path), {}
+            return 404, _error_body(404, f"Cannot POST {path}", path), json_type, {}
         auth = req.headers.get("authorization", "")
         if auth != f"Bearer {self.api_key}":
-            return 401, _error_body(401, "A valid API key is required. Check your key."), {}
+            return (
+                401,
+                _error_body(401, "A valid API key is required. Check your key."),
+                json_type,
+                {},
+            )
         body = req.json
         problem = self._validate(body)
         if problem is not None:
-            return problem
+            return problem[0], problem[1], json_type, {}
         assert isinstance(body, dict)
-        fmt = body.get("format") or "wav"
-        file_path = f"/files/{uuid.uuid4().hex}.{fmt}"
-        base = self.audio_url_base.rstrip("/") if self.audio_url_base else self.origin + "/files"
-        url = base + file_path.removeprefix("/files")
-        credits = len(body["text"]) * CREDITS_PER_CHAR
-        usage = {"credits_used": credits, "usd_spent": credits * USD_PER_CREDIT}
-        audio: Any = url if self.response_shape == "string" else {"url": url}
-        payload = json.dumps({"audio": audio, "meta": {"usage": usage}}).encode()
-        headers = {
-            "x-inference-id": str(uuid.uuid4()),
-            "x-aimlapi-credits-used": str(credits),
-            "x-aimlapi-usd-spent": f"{credits * USD_PER_CREDIT:.6f}",
-        }
+        spec = MODELS.get(body["model"])
+        text = body.get(spec.text_field if spec else "text")
+        assert isinstance(text, str)
+        fmt = _answer_format(spec, body)
+        credits = len(text) * CREDITS_PER_CHAR
+        headers = {"x-inference-id": str(uuid.uuid4())}
         echo = req.headers.get("x-client-request-id")
         if echo and len(echo) <= 128:
             headers["x-client-request-id"] = echo
+        if spec is not None and spec.raw_audio_when_streaming and body.get("stream", True):
+            # The streaming answer: the audio itself, no URL and no usage headers.
+            return 200, _audio_bytes(fmt), _AUDIO_TYPES.get(fmt, "audio/wav"), headers
+        file_path = f"/files/{uuid.uuid4().hex}.{fmt}"
+        base = self.audio_url_base.rstrip("/") if self.audio_url_base else self.origin + "/files"
+        url = base + file_path.removeprefix("/files")
+        usage = {"credits_used": credits, "usd_spent": credits * USD_PER_CREDIT}
+        audio: Any = url if self.response_shape == "string" else {"url": url}
+        payload = json.dumps({"audio": audio, "meta": {"usage": usage}}).encode()
+        headers["x-aimlapi-credits-used"] = str(credits)
+        headers["x-aimlapi-usd-spent"] = f"{credits * USD_PER_CREDIT:.6f}"
         with self._lock:
-            self._files[file_path] = _MP3 if fmt == "mp3" else _WAV
-            self.issued[url] = body["text"]
-        return self.success_status, payload, headers
+            self._files[file_path] = _audio_bytes(fmt)
+            self.issued[url] = text
+        return self.success_status, payload, json_type, headers
 
-    def _validate(self, body: Any) -> tuple[int, bytes, dict[str, str]] | None:
-        def bad(detail: str) -> tuple[int, bytes, dict[str, str]]:
-            return 400, _error_body(400, f"Body validation error! {detail}"), {}
+    def _validate(self, body: Any) -> tuple[int, bytes] | None:
+        def bad(detail: str) -> tuple[int, bytes]:
+            return 400, _error_body(400, f"Body validation error! {detail}")
 
         if not isinstance(body, dict):
             return bad("The body must be a JSON object.")
@@ -503,14 +623,29 @@ class FakeAIMLAPI:
         if not isinstance(model, str):
             return bad("model is required.")
         if model not in self.models:
-            return 404, _error_body(404, f"Model {model} not found or deprecated."), {}
-        text = body.get("text")
-        if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_CHARS:
-            return bad(f"text must be a string of 1 to {MAX_TEXT_CHARS} characters.")
-        voice = body.get("voice")
-        if voice is not None and voice not in VOICES:
-            return bad(f"voice must be one of: {', '.join(VOICES)}.")
-        fmt = body.get("format")
-        if fmt is not None and fmt not in FORMATS:
-            return bad("format must be one of: wav, mp3.")
+            return 404, _error_body(404, f"Model {model} not found or deprecated.")
+        schema = request_schema(model)
+        if schema is None:  # served but undocumented: the generic fields only
+            text = body.get("text")
+            if not isinstance(text, str) or not text:
+                return bad("text is required.")
+            return None
+        problems = schema_errors(schema, body)
+        if problems:
+            return bad("; ".join(problems) + ".")
         return None
+
+
+def _answer_format(spec: ModelSpec | None, body: Mapping[str, Any]) -> str:
+    """The user format (file extension) of the audio a valid body asks for."""
+    if spec is None:
+        fmt = body.get("format")
+        return fmt if isinstance(fmt, str) and fmt in _AUDIO_TYPES else "wav"
+    if spec.format_path is None:
+        return spec.native_format
+    node: Any = body
+    for step in spec.format_path:
+        node = node.get(step) if isinstance(node, dict) else None
+    if node is None:
+        return spec.native_format
+    return spec.format_from_body(node) or node.split("_")[0]

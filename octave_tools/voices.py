@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from ._redact import shown
+from .catalogue import ALL_FORMATS, MODELS, ModelSpec
 from .errors import InvalidInputError
 
 __all__ = [
@@ -18,47 +20,23 @@ __all__ = [
     "AudioFormat",
     "VoiceCatalogue",
     "catalogue_for",
+    "normalise_format",
     "resolve_format",
+    "resolve_model_format",
     "resolve_voice",
 ]
 
 AudioFormat = Literal["wav", "mp3"]
+"""The formats of the default model (hume/octave-2) and the local engine."""
+DEFAULT_MODEL = "hume/octave-2"
+_DEFAULT_SPEC = MODELS[DEFAULT_MODEL]
 FORMATS: tuple[AudioFormat, ...] = get_args(AudioFormat)
 DEFAULT_FORMAT: AudioFormat = "wav"
-DEFAULT_MODEL = "hume/octave-2"
-MAX_TEXT_CHARS = 500_000
+MAX_TEXT_CHARS: int = _DEFAULT_SPEC.max_text_chars or 500_000
 
 # The provider's docs, in their order (straight apostrophe in "Children's").
-VOICES: tuple[str, ...] = (
-    "Vince Douglas",
-    "Male English Actor",
-    "Ava Song",
-    "Campfire Narrator",
-    "TikTok Fashion Influencer",
-    "Colton Rivers",
-    "Literature Professor",
-    "Booming American Narrator",
-    "Imani Carter",
-    "Terrence Bentley",
-    "Nature Documentary Narrator",
-    "Alice Bennett",
-    "Sitcom Girl",
-    "Unserious Movie Trailer Narrator",
-    "Articulate ASMR British Narrator",
-    "Big Dicky",
-    "English Children's Book Narrator",
-    "Sebastian Lockwood",
-    "Donovan Sinclair",
-    "Booming British Narrator",
-    "Relaxing ASMR Woman",
-    "Lady Elizabeth",
-    "Male Protagonist",
-    "Tough Guy",
-    "French Chef",
-    "Spanish Instructor",
-    "Charming Cowgirl",
-)
-DEFAULT_VOICE = "Vince Douglas"
+VOICES: tuple[str, ...] = _DEFAULT_SPEC.voices
+DEFAULT_VOICE: str = _DEFAULT_SPEC.default_voice or VOICES[0]
 
 
 def _fold(name: str) -> str:
@@ -68,11 +46,17 @@ def _fold(name: str) -> str:
 
 @dataclass(frozen=True)
 class VoiceCatalogue:
-    """The named voices one model accepts."""
+    """The named voices one model accepts.
+
+    ``closed`` is False for a model that also takes ids outside the list (custom or
+    cloned voices), up to ``max_custom_chars`` characters when the docs give a limit.
+    """
 
     model: str
     voices: tuple[str, ...]
     default: str
+    closed: bool = True
+    max_custom_chars: int | None = None
     _by_fold: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,25 +68,39 @@ class VoiceCatalogue:
         found = by_fold.get(_fold(voice))
         if found is not None:
             return found
+        if not self.closed:
+            custom = voice.strip()
+            if self.max_custom_chars is None or len(custom) <= self.max_custom_chars:
+                return custom
         close = difflib.get_close_matches(_fold(voice), list(by_fold), n=3, cutoff=0.5)
         if close:
             hint = "Did you mean " + " or ".join(repr(by_fold[c]) for c in close) + "?"
         else:
             hint = f"Valid voices: {', '.join(self.voices)}."
+        if not self.closed:
+            hint += f" A custom voice id may also be used, 1 to {self.max_custom_chars} characters."
         raise InvalidInputError(
-            f"Unknown voice {voice!r} for model {self.model!r}. {hint} "
+            f"Unknown voice {shown(voice)} for model {shown(self.model)}. {hint} "
             "Call list_voices (or run `octave-tools voices`) for the full list.",
             field="voice",
         )
 
 
+def _catalogue_of(spec: ModelSpec) -> VoiceCatalogue | None:
+    if not spec.voices or spec.default_voice is None:
+        return None  # a free voice id (ByteDance Seed): nothing to list or match
+    return VoiceCatalogue(
+        spec.id, spec.voices, spec.default_voice, spec.voices_closed, spec.custom_voice_max_chars
+    )
+
+
 _CATALOGUES: dict[str, VoiceCatalogue] = {
-    DEFAULT_MODEL: VoiceCatalogue(DEFAULT_MODEL, VOICES, DEFAULT_VOICE),
+    spec.id: catalogue for spec in MODELS.values() if (catalogue := _catalogue_of(spec)) is not None
 }
 
 
 def catalogue_for(model: str) -> VoiceCatalogue | None:
-    """The catalogue of ``model``, or None when this package does not know it."""
+    """The catalogue of ``model``, or None when it has no voice list (or is unknown)."""
     return _CATALOGUES.get(model)
 
 
@@ -114,8 +112,9 @@ def register_catalogue(catalogue: VoiceCatalogue) -> None:
 def resolve_voice(voice: str | None, model: str) -> str | None:
     """Canonical voice for ``model``; the default when ``voice`` is None.
 
-    For a model whose catalogue is unknown the voice passes through unchanged
-    (None stays None, letting the API pick its default).
+    For a model with no voice list (unknown, or an open id such as ByteDance
+    Seed's) the voice passes through stripped (None stays None, letting the API
+    pick its default).
     """
     catalogue = catalogue_for(model)
     if voice is not None:
@@ -125,18 +124,51 @@ def resolve_voice(voice: str | None, model: str) -> str | None:
                 "or pass one of the names from list_voices.",
                 field="voice",
             )
-        return catalogue.resolve(voice) if catalogue else voice
+        return catalogue.resolve(voice) if catalogue else voice.strip()
     return catalogue.default if catalogue else None
 
 
+def _fold_format(fmt: str) -> str:
+    return fmt.strip().lower().lstrip(".")
+
+
 def resolve_format(fmt: str | None) -> AudioFormat:
-    """Normalise ``fmt`` to one of FORMATS; None gives the default."""
+    """Normalise ``fmt`` to one of FORMATS (the default model's); None gives the default."""
     if fmt is None:
         return DEFAULT_FORMAT
-    folded = fmt.strip().lower().lstrip(".")
+    folded = _fold_format(fmt)
     for known in FORMATS:
         if folded == known:
             return known
     raise InvalidInputError(
-        f"Unknown format {fmt!r}. Use one of: {', '.join(FORMATS)}.", field="format"
+        f"Unknown format {shown(fmt)}. Use one of: {', '.join(FORMATS)}.", field="format"
+    )
+
+
+def normalise_format(fmt: str) -> str | None:
+    """``fmt`` as one of ALL_FORMATS (``" .MP3"`` gives ``"mp3"``), or None if no model has it."""
+    folded = _fold_format(fmt)
+    return folded if folded in ALL_FORMATS else None
+
+
+def resolve_model_format(fmt: str | None, spec: ModelSpec) -> str | None:
+    """The user format ``fmt`` as ``spec``'s model can give it; None asks for its default.
+
+    Raises InvalidInputError naming the formats the model can give.
+    """
+    if fmt is None:
+        return None
+    folded = _fold_format(fmt)
+    if folded in spec.formats:
+        return folded
+    if not spec.formats:
+        raise InvalidInputError(
+            f"Model {spec.id!r} has no format choice (it answers in "
+            f"{spec.native_format}); leave format out.",
+            field="format",
+        )
+    known = "Unknown format" if folded not in ALL_FORMATS else "Unsupported format"
+    raise InvalidInputError(
+        f"{known} {shown(fmt)} for model {spec.id!r}. Use one of: {', '.join(spec.formats)}.",
+        field="format",
     )

@@ -44,10 +44,10 @@ def test_success_is_201_with_a_url_it_serves(fake_aimlapi: FakeAIMLAPI) -> None:
             "format must be",
         ),
         (
-            {"model": "inworld/tts-1", "text": "Hi"},
+            {"model": "acme/tts-9", "text": "Hi"},
             "test-key",
             404,
-            "Model inworld/tts-1 not found",
+            "Model acme/tts-9 not found",
         ),
         ({"text": "Hi"}, "test-key", 400, "model is required"),
     ],

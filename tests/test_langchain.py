@@ -32,12 +32,7 @@ from octave_tools import (
     NotFoundError,
     OctaveClient,
 )
-from octave_tools.langchain import (
-    OctaveToolkit,
-    OctaveTTSTool,
-    OctaveVoicesTool,
-    TextToSpeechInput,
-)
+from octave_tools.langchain import OctaveToolkit, OctaveTTSTool, OctaveVoicesTool
 from octave_tools.testing import CREDITS_PER_CHAR, FakeAIMLAPI
 
 SECRET = "sk-live-7f3a9c2e11d04b"
@@ -118,7 +113,7 @@ def test_ready_clients_serve_the_calls(fake_aimlapi: FakeAIMLAPI) -> None:
     assert tool.client is client
     assert tool.settings is client.settings
     assert message.artifact["voice"] == "Sitcom Girl"
-    assert "Leave it out for the default, 'Sitcom Girl'." in tool.args["voice"]["description"]
+    assert "Leave it out for the default, Sitcom Girl." in tool.args["voice"]["description"]
 
 
 async def test_a_ready_sync_client_lends_its_settings_to_async_calls(
@@ -162,37 +157,39 @@ def test_schema_lists_every_voice_and_the_defaults() -> None:
     assert function["parameters"]["required"] == ["text"]
     voice = function["parameters"]["properties"]["voice"]["description"]
     assert voice == (
-        f"Name of the voice to speak with, exactly one of: {', '.join(VOICES)}. "
-        "Leave it out for the default, 'Vince Douglas'."
+        f"Voice name, one of: {', '.join(VOICES)}. Leave it out for the default, Vince Douglas. "
+        "Case and spacing are forgiven."
     )
     fmt = function["parameters"]["properties"]["format"]
     assert fmt["anyOf"][0]["enum"] == ["wav", "mp3"]
-    assert fmt["description"] == "Audio file format: 'wav' or 'mp3'. Leave it out for 'wav'."
-    assert tool.args_schema is TextToSpeechInput
+    assert fmt["description"] == "Audio file format: wav or mp3. Leave it out for wav."
 
 
 def test_schema_follows_the_configured_defaults() -> None:
     tool = OctaveTTSTool(engine="aimlapi", voice="ava song", format="mp3")
 
-    assert tool.args["voice"]["description"].endswith("Leave it out for the default, 'Ava Song'.")
-    assert tool.args["format"]["description"].endswith("Leave it out for 'mp3'.")
-    assert str(TextToSpeechInput.model_fields["voice"].description).endswith("'Vince Douglas'.")
+    assert tool.args["voice"]["description"].endswith(
+        "Leave it out for the default, Ava Song. Case and spacing are forgiven."
+    )
+    assert tool.args["format"]["description"].endswith("Leave it out for mp3.")
+    plain = OctaveTTSTool(engine="aimlapi").args
+    assert "Leave it out for the default, Vince Douglas." in plain["voice"]["description"]
 
 
 def test_schema_for_a_model_without_a_known_voice_list() -> None:
     tool = OctaveTTSTool(engine="aimlapi", model="acme/tts-9")
 
     assert tool.args["voice"]["description"] == (
-        "Name of the voice to speak with. Leave it out for the API's default."
+        "A voice name that acme/tts-9 accepts. Leave it out for the model default."
     )
 
 
 def test_descriptions_say_when_to_use_the_tools_and_what_they_return() -> None:
     tts, voices = OctaveToolkit(engine="aimlapi").get_tools()
 
-    assert "text-to-speech" in tts.description
+    assert tts.description.startswith("Turn text into natural speech with hume/octave-2")
     assert "Returns one sentence with the audio URL" in tts.description
-    assert "what voices there are" in voices.description
+    assert "find the exact name of a voice" in voices.description
     assert voices.args == {}
 
 
@@ -318,7 +315,11 @@ def test_the_newer_string_response_shape_gives_the_same_result() -> None:
         ),
         (
             {"text": "Hi", "format": "ogg"},
-            "Error: invalid arguments: format: Unknown format 'ogg'. Use one of: wav, mp3. "
+            "Error: Unknown format 'ogg' for model 'hume/octave-2'. Use one of: wav, mp3.",
+        ),
+        (
+            {"text": "Hi", "vioce": "Ava Song"},
+            "Error: invalid arguments: vioce: Extra inputs are not permitted. "
             "Correct them and call the tool again.",
         ),
         (
@@ -331,7 +332,15 @@ def test_the_newer_string_response_shape_gives_the_same_result() -> None:
             "Correct them and call the tool again.",
         ),
     ],
-    ids=["unknown-voice", "empty-text", "too-long", "bad-format", "no-text", "not-a-string"],
+    ids=[
+        "unknown-voice",
+        "empty-text",
+        "too-long",
+        "bad-format",
+        "unknown-argument",
+        "no-text",
+        "not-a-string",
+    ],
 )
 def test_input_mistakes_come_back_to_the_model_before_any_request(
     tool: OctaveTTSTool, fake_aimlapi: FakeAIMLAPI, args: dict[str, Any], content: str
@@ -686,14 +695,14 @@ def test_list_voices_gives_the_catalogue_and_the_default() -> None:
 
     message = tool.invoke(call({}, name="list_voices"))
 
-    assert message.content == (
-        f"Voices for hume/octave-2 (default 'Lady Elizabeth'): {', '.join(VOICES)}. "
-        "Pass one, spelled exactly, as `voice` to text_to_speech."
-    )
+    names = ", ".join(f"{v} (default)" if v == "Lady Elizabeth" else v for v in VOICES)
+    assert message.content == f"27 voices for hume/octave-2: {names}."
     assert message.artifact == {
         "model": "hume/octave-2",
         "voices": list(VOICES),
         "default": "Lady Elizabeth",
+        "custom_voices": False,
+        "custom_voice_max_chars": None,
     }
 
 
@@ -703,8 +712,8 @@ async def test_list_voices_for_a_model_it_does_not_know() -> None:
     content = await tool.ainvoke({})
 
     assert content == (
-        "octave-tools has no voice list for model 'acme/tts-9': pass a voice name its "
-        "provider documents, or leave voice out to let the API choose."
+        "octave-tools has no voice list for model 'acme/tts-9': pass a voice name that "
+        "model accepts, or leave voice out for its default."
     )
 
 
@@ -730,3 +739,50 @@ def test_importing_the_langchain_face_does_not_import_mcp() -> None:
     ).stdout
 
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------- every setting takes effect
+
+
+def test_a_cache_ttl_on_the_tool_answers_a_repeat_from_the_cache(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    tool = OctaveTTSTool(**api_options(fake_aimlapi, cache_ttl=600))
+
+    first = tool.invoke(call({"text": "Say it once"}))
+    second = tool.invoke(call({"text": "Say it once"}, id="call-2"))
+
+    assert len(fake_aimlapi.tts_requests) == 1
+    assert (first.artifact["cached"], second.artifact["cached"]) == (False, True)
+    assert second.artifact["audio_url"] == first.artifact["audio_url"]
+
+
+@pytest.mark.parametrize("make", [OctaveTTSTool, OctaveToolkit], ids=["tool", "toolkit"])
+def test_a_one_credit_daily_budget_refuses_before_any_request(
+    fake_aimlapi: FakeAIMLAPI, make: Any
+) -> None:
+    made = make(**api_options(fake_aimlapi, max_credits_per_day=1))
+    tool = made if isinstance(made, OctaveTTSTool) else made.get_tools()[0]
+
+    with pytest.raises(BudgetExceededError, match="1-credit daily budget"):
+        tool.invoke(call({"text": "Too dear"}))
+    assert fake_aimlapi.requests == []
+
+
+def test_a_per_client_credit_limit_on_the_toolkit_takes_effect(fake_aimlapi: FakeAIMLAPI) -> None:
+    tts = OctaveToolkit(**api_options(fake_aimlapi, max_credits=10)).get_tools()[0]
+
+    with pytest.raises(BudgetExceededError, match="max_credits"):
+        tts.invoke(call({"text": "Too dear"}))
+    assert fake_aimlapi.requests == []
+
+
+@pytest.mark.parametrize("make", [OctaveTTSTool, OctaveVoicesTool, OctaveToolkit])
+def test_an_unknown_option_is_refused_naming_the_close_setting(make: Any) -> None:
+    with pytest.raises(TypeError) as caught:
+        make(cache_tl=600, api_kye=SECRET)
+
+    message = str(caught.value)
+    assert message.startswith(f"{make.__name__} has no option 'cache_tl', 'api_kye'. ")
+    assert "Did you mean 'cache_ttl'?" in message
+    assert SECRET not in message

@@ -110,3 +110,39 @@ def test_a_malformed_key_is_refused_without_being_shown(key: str) -> None:
         Settings.load(api_key=key, environ={})
     assert "SECRET123" not in str(info.value)
     assert "copy it again" in str(info.value)
+
+
+def test_every_setting_is_declared_once_and_matches_settings_and_options() -> None:
+    import dataclasses
+    import typing
+
+    from octave_tools._settings import SETTING_NAMES, SettingsOptions
+
+    assert tuple(f.name for f in dataclasses.fields(Settings)) == SETTING_NAMES
+    assert tuple(typing.get_type_hints(SettingsOptions)) == SETTING_NAMES
+
+
+def test_an_unknown_setting_is_a_type_error_with_a_suggestion() -> None:
+    from octave_tools import AsyncOctaveClient, OctaveClient
+
+    for make in (OctaveClient, AsyncOctaveClient):
+        with pytest.raises(
+            TypeError, match=r"Unknown setting 'cache_tl'\. Did you mean 'cache_ttl'\?"
+        ):
+            make(cache_tl=600)  # type: ignore[call-arg]
+
+
+def test_max_credits_is_a_setting_checked_like_the_others() -> None:
+    with pytest.raises(ConfigurationError, match="max_credits must be a number of 0 or more"):
+        Settings.load(max_credits=-1, environ={})
+
+
+def test_the_readme_configuration_table_is_made_from_the_declaration() -> None:
+    from pathlib import Path
+
+    from octave_tools._settings import settings_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")
+    end = readme.index("\n<!-- /settings-table -->")
+    assert readme[start:end] == settings_table()

@@ -594,3 +594,33 @@ def test_a_store_that_went_down_refuses_reservations_with_the_setting(pg_url: st
     with pytest.raises(ConfigurationError, match="OCTAVE_TOOLS_STORE_URL"):
         store.spent_since(time.time() - DAY)
     assert store.cache_get("k", time.time()) is None  # a cache failure is a miss
+
+
+def test_sqlite_reserve_fails_closed_while_another_program_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from octave_tools import _store
+
+    monkeypatch.setattr(_store, "BUSY_TIMEOUT", 0.2)
+    path = tmp_path / "ledger.sqlite3"
+    store = SQLiteStore(path)
+    now = time.time()
+    rid = store.reserve("daily", 10, 100, DAY, LEASE, now)
+    assert isinstance(rid, str)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(_store.LedgerLockedError, match="locked for more than 0.2 s"):
+            store.reserve("daily", 10, 100, DAY, LEASE, now)
+        store.settle(rid, entry(8, ts=now))  # a paid call: queued, not lost
+        assert store.usable
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.flush()
+    assert store.spent_since(now - 1) == (8.0, now)
+    # The hold the locked settle could not delete now counts as spent: 18 of 100.
+    assert store.reserve("daily", 83, 100, DAY, LEASE, now + LEASE + 1) == ReservationRefused(
+        spent=18.0, held=0.0, frees_at=now + DAY
+    )
+    store.close()

@@ -57,9 +57,17 @@ def test_empty_voice_is_rejected_with_the_fix() -> None:
 
 
 def test_unknown_model_passes_voice_through() -> None:
-    assert catalogue_for("inworld/tts-1") is None
-    assert resolve_voice("Deborah", "inworld/tts-1") == "Deborah"
-    assert resolve_voice(None, "inworld/tts-1") is None
+    assert catalogue_for("acme/tts-9") is None
+    assert resolve_voice("Deborah", "acme/tts-9") == "Deborah"
+    assert resolve_voice(None, "acme/tts-9") is None
+
+
+def test_every_catalogued_model_has_its_own_voices() -> None:
+    assert resolve_voice("deborah", "inworld/tts-1") == "Deborah"
+    assert resolve_voice(None, "inworld/tts-1") == "Alex"
+    assert resolve_voice("NOVA", "openai/tts-1") == "nova"
+    with pytest.raises(InvalidInputError, match="Unknown voice 'Ava Song' for model 'openai/"):
+        resolve_voice("Ava Song", "openai/tts-1")
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, "wav"), ("MP3", "mp3"), (".wav", "wav")])

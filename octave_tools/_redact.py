@@ -1,0 +1,104 @@
+"""Keeping API keys out of everything this process prints, logs or passes on.
+
+Every key a Settings object holds is registered here (see ``_settings._Secret``).
+``redact`` masks each registered key, and every 8-character piece of it, in a
+string; ``RedactingFilter`` does the same to every log record a handler that
+octave-tools installed is about to write, whichever library logged it (httpcore
+dumps response headers verbatim at DEBUG, and an upstream may echo the key there).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+from typing import Any
+
+__all__ = ["MASK", "RedactingFilter", "basic_config", "redact", "register_secret", "shown"]
+
+MASK = "**********"
+# A piece of the key this long is as good as the key to someone who sees several pieces.
+PIECE_CHARS = 8
+# Shorter "keys" are test placeholders ("k"); masking them everywhere would garble every log.
+MIN_REGISTERED_CHARS = PIECE_CHARS
+SHOWN_CHARS = 60
+
+_lock = threading.Lock()
+_registered: tuple[str, ...] = ()
+
+
+def register_secret(secret: str) -> None:
+    """Have ``redact`` and the log filter mask ``secret`` from now on, process-wide."""
+    global _registered
+    if len(secret) < MIN_REGISTERED_CHARS or secret in _registered:
+        return
+    with _lock:
+        if secret not in _registered:
+            _registered = (*_registered, secret)
+
+
+@functools.lru_cache(maxsize=32)
+def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    alternatives = {s for s in secrets if s}
+    for secret in secrets:
+        alternatives.update(
+            secret[i : i + PIECE_CHARS] for i in range(len(secret) - PIECE_CHARS + 1)
+        )
+    if not alternatives:
+        return None
+    # Longest first: a whole key is masked as one, its pieces only where it was cut.
+    ordered = sorted(alternatives, key=lambda s: (-len(s), s))
+    return re.compile("|".join(map(re.escape, ordered)))
+
+
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with every registered key, each of ``secrets`` and their pieces masked."""
+    extra = tuple(s for s in secrets if s and s not in _registered)
+    pattern = _pattern(_registered + extra)
+    return pattern.sub(MASK, text) if pattern is not None else text
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr`` of a user-supplied value for an error message: key-free, at most ``limit`` chars.
+
+    A 1.6 MB "voice" must not come back whole in the error that refuses it.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    # Redact a window a little wider than what is shown, so no cut reveals a piece.
+    head = redact(text[: limit + 2 * PIECE_CHARS + 256])
+    if len(text) > limit or len(head) > limit:
+        head = head[:limit] + "…"
+    return repr(head) if isinstance(value, str) else head
+
+
+class RedactingFilter(logging.Filter):
+    """Masks every registered API key (and its pieces) in each record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it, not us
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def basic_config(**kwargs: Any) -> None:
+    """``logging.basicConfig(**kwargs)``, with a RedactingFilter on each handler it adds."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    logging.basicConfig(**kwargs)
+    for handler in root.handlers:
+        if handler not in before and not any(
+            isinstance(f, RedactingFilter) for f in handler.filters
+        ):
+            handler.addFilter(RedactingFilter())

@@ -1,0 +1,411 @@
+"""The tools every face offers, written once: names, words for the model, hints.
+
+The MCP server and the LangChain tools render these specs in their own types, so an
+LLM reads the same description, the same argument help and the same hints on either
+face; the CLI prints the same listings. Nothing here imports langchain or mcp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+
+from .catalogue import MODELS
+from .models import VoiceList
+from .voices import DEFAULT_FORMAT, FORMATS, MAX_TEXT_CHARS
+
+if TYPE_CHECKING:
+    from .client import AsyncOctaveClient, OctaveClient
+
+__all__ = [
+    "ArgSpec",
+    "Hints",
+    "SpeechOptions",
+    "ToolSet",
+    "ToolSpec",
+    "instructions",
+    "list_voices_spec",
+    "speech_options",
+    "text_to_speech_spec",
+    "tools_for",
+    "usage_spec",
+]
+
+
+@dataclass(frozen=True)
+class Hints:
+    """MCP tool annotations: what calling the tool does to the world."""
+
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+    open_world: bool
+
+    def camel_case(self) -> dict[str, bool]:
+        """The hints under MCP's wire names (as LangChain tool metadata carries them)."""
+        return {
+            "readOnlyHint": self.read_only,
+            "destructiveHint": self.destructive,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": self.open_world,
+        }
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument: its help for the model, and the values it may take.
+
+    Only ``text`` is required; every other argument may be left out (None).
+    """
+
+    name: str
+    description: str
+    kind: type[str] | type[float] = str
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    strict: bool = False
+    """Only ``choices`` pass the schema (else they are published but the core checks)."""
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def annotation(self) -> Any:
+        """The argument's type for a pydantic model; optional ones may be None.
+
+        A closed set is published as an enum, but any string passes the schema: the core
+        checks the value itself, so "MP3" still works and "ogg" gets a message naming
+        the valid ones instead of a schema error.
+        """
+        base: Any = self.kind
+        if self.choices and self.strict:
+            base = Literal[self.choices]
+        elif self.choices:
+            base = Annotated[str, WithJsonSchema({"enum": list(self.choices), "type": "string"})]
+        return base if self.required else base | None
+
+    def field(self) -> Any:
+        """A pydantic Field with this argument's help, range and default."""
+        return Field(
+            default=... if self.required else None,
+            description=self.description,
+            ge=self.minimum,
+            le=self.maximum,
+        )
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as every face presents it."""
+
+    name: str
+    title: str
+    description: str
+    hints: Hints
+    args: tuple[ArgSpec, ...] = ()
+
+    def arg(self, name: str) -> ArgSpec:
+        """The argument called ``name``."""
+        for arg in self.args:
+            if arg.name == name:
+                return arg
+        raise KeyError(name)
+
+    def arg_names(self) -> tuple[str, ...]:
+        return tuple(arg.name for arg in self.args)
+
+    def arguments_model(self) -> type[BaseModel]:
+        """The arguments as a closed pydantic model: the input schema both faces publish."""
+        fields: dict[str, Any] = {arg.name: (arg.annotation(), arg.field()) for arg in self.args}
+        model: type[BaseModel] = create_model(
+            f"{_camel(self.name)}Arguments",
+            __base__=_Arguments,
+            __doc__=f"Arguments of {self.name}.",
+            **fields,
+        )
+        return model
+
+
+class _Arguments(BaseModel):
+    """Closed: an argument the tool does not have is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_left_out(cls, data: Any) -> Any:
+        # Models often send "" for an optional argument they mean to leave out.
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            name: None
+            if name in fields
+            and not fields[name].is_required()
+            and isinstance(value, str)
+            and not value.strip()
+            else value
+            for name, value in data.items()
+        }
+
+
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
+# Speaking makes something new and may cost credits; the listings only read local state.
+SPEAKS = Hints(read_only=False, destructive=False, idempotent=False, open_world=True)
+READS_LOCAL_STATE = Hints(read_only=True, destructive=False, idempotent=True, open_world=False)
+
+_TTS_DESCRIPTION = """\
+Turn text into natural speech with {model} and get a link to the audio file.
+
+Use it when the user wants to hear something: a text read aloud, a voice-over, a \
+narration, a spoken message or an audio version of an answer. Pass the exact words \
+to speak as text; the other arguments are optional. Returns one sentence with the \
+audio URL (give it to the user unchanged) plus structured data: audio_url, voice, \
+format, model, characters, credits_used, request_id. Every call makes new audio and \
+may spend credits in proportion to the text length, so do not repeat a call that \
+succeeded. An error message says what to change (an unknown voice comes back with \
+the closest names)."""
+
+_VOICES_DESCRIPTION = """\
+List the voices text_to_speech accepts, with the default marked.
+
+Use it to pick a voice that fits what the user asked for (for example "a British \
+narrator") or to find the exact name of a voice. Returns the names as text plus \
+structured data: model, default, voices. Makes no API call and costs nothing."""
+
+_USAGE_DESCRIPTION = """\
+Report what text-to-speech has spent: calls, cached calls, characters, credits and USD.
+
+Use it when the user asks about cost or usage, or before a long series of calls. \
+Reads the ledger (shared by every process that uses the same store); makes no API \
+call and costs nothing."""
+
+
+def voice_help(voices: VoiceList, *, several_models: bool = False) -> str:
+    """How to fill ``voice``, naming the valid values and the default."""
+    if not voices.voices:
+        help = (
+            f"A voice name that {voices.model} accepts. Leave it out for "
+            f"{repr(voices.default) if voices.default else 'the model default'}."
+        )
+    else:
+        default = f"the default, {voices.default}" if voices.default else "the model default"
+        help = (
+            f"Voice name, one of: {', '.join(voices.voices)}. Leave it out for {default}. "
+            f"Case and spacing are forgiven.{voices.custom_note()}"
+        )
+    if several_models:
+        help = (
+            f"For {voices.model}: {help} Other models have their own voices: call list_voices "
+            "with the model to see them; leave voice out for the chosen model's default."
+        )
+    return help
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    """What ``text_to_speech`` offers under one configuration: the facts its help states."""
+
+    voices: VoiceList
+    """The default model's voices."""
+    formats: tuple[str, ...]
+    """Formats a user may ask for (empty: the model takes no format)."""
+    default_format: str | None
+    text_limit: int | None
+    speed: tuple[float, float] | None = None
+    """The default model's speed range, or None when it has none."""
+    models: tuple[str, ...] = ()
+    """The models a call may name, default first (empty: only the default)."""
+    speed_models: tuple[str, ...] = ()
+    """Of ``models``, those with a speed setting."""
+
+
+def text_to_speech_spec(options: SpeechOptions) -> ToolSpec:
+    """``text_to_speech`` for a model's (or several models') voices, formats and limits."""
+    o = options
+    model = o.voices.model
+    several = len(o.models) > 1
+    limit = f"1 to {o.text_limit:,} characters" if o.text_limit else "at least 1 character"
+    if several:
+        limit += f" for {model} (other models have their own limits)"
+    args = [
+        ArgSpec(
+            "text",
+            f"The exact words to speak, {limit}. Write numbers, abbreviations and symbols "
+            "the way they should be said.",
+            required=True,
+        ),
+        ArgSpec("voice", voice_help(o.voices, several_models=several)),
+    ]
+    if o.formats:
+        default = o.default_format or "the model default"
+        extra = " Not every model gives every format; a refusal names the ones it can." * several
+        args.append(
+            ArgSpec(
+                "format",
+                f"Audio file format: {' or '.join(o.formats)}. Leave it out for {default}.{extra}",
+                choices=o.formats,
+            )
+        )
+    if several and o.speed_models:
+        args.append(
+            ArgSpec(
+                "speed",
+                "Speaking rate as a multiple of normal (1.0). Only "
+                f"{', '.join(o.speed_models)} take one, each with its own range; the others "
+                "refuse it. Leave it out for normal speed.",
+                kind=float,
+            )
+        )
+    elif o.speed is not None:
+        low, high = o.speed
+        args.append(
+            ArgSpec(
+                "speed",
+                f"Speaking rate as a multiple of normal (1.0), {low:g} to {high:g}. Leave it out "
+                "for normal speed.",
+                kind=float,
+                minimum=low,
+                maximum=high,
+            )
+        )
+    if several:
+        args.append(
+            ArgSpec(
+                "model",
+                f"Which model speaks: {', '.join(o.models)}. Leave it out for {model}.",
+                choices=o.models,
+                strict=True,
+            )
+        )
+    return ToolSpec(
+        name="text_to_speech",
+        title="Text to speech",
+        description=_TTS_DESCRIPTION.format(
+            model=model if not several else f"{model} or another of the offered models"
+        ),
+        hints=SPEAKS,
+        args=tuple(args),
+    )
+
+
+def list_voices_spec(models: Sequence[str] = ()) -> ToolSpec:
+    """``list_voices``: no arguments, or the model when several are offered."""
+    args: tuple[ArgSpec, ...] = ()
+    if len(models) > 1:
+        args = (
+            ArgSpec(
+                "model",
+                f"Whose voices: {', '.join(models)}. Leave it out for {models[0]}.",
+                choices=tuple(models),
+                strict=True,
+            ),
+        )
+    return ToolSpec(
+        name="list_voices",
+        title="List voices",
+        description=_VOICES_DESCRIPTION,
+        hints=READS_LOCAL_STATE,
+        args=args,
+    )
+
+
+def usage_spec() -> ToolSpec:
+    """``usage``: spend from the ledger since a moment, grouped one way."""
+    return ToolSpec(
+        name="usage",
+        title="Usage",
+        description=_USAGE_DESCRIPTION,
+        hints=READS_LOCAL_STATE,
+        args=(
+            ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
+            ArgSpec(
+                "by",
+                "How to group the figures: day, model, voice or engine. Default day.",
+                choices=("day", "model", "voice", "engine"),
+            ),
+        ),
+    )
+
+
+def instructions(options: SpeechOptions) -> str:
+    """What a server tells the model about its tools, once per session."""
+    o = options
+    voices = o.voices
+    default = f"the voice is {voices.default}" if voices.default else "the model picks one"
+    lines = [
+        f"octave-tools speaks text aloud: text_to_speech turns text into audio with "
+        f"{voices.model} and returns a URL of the audio file.",
+        "- Call text_to_speech with the exact words to speak. Answer the user with the URL it "
+        "returns, unchanged. You cannot hear the audio, so do not describe how it sounds.",
+        "- Leave voice out unless the user asks for a particular voice or style; then pick a "
+        f"name from list_voices. Without one, {default}.",
+    ]
+    if len(o.models) > 1:
+        lines.append(
+            f"- model may be one of {', '.join(o.models)} (default {o.models[0]}); each has its "
+            "own voices, so call list_voices with that model before naming a voice."
+        )
+    if o.formats:
+        fmt_default = o.default_format or "the model default"
+        lines.append(f"- format is {' or '.join(o.formats)} (default {fmt_default}).")
+    lines += [
+        "- Each call makes new audio and may cost credits: do not call it twice for the same text.",
+        "- If a call fails, the message says what to change (a misspelt voice comes back with "
+        "'Did you mean ...'; a missing key with how to set it).",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ToolSet:
+    """The tools one client offers, as every face shows them."""
+
+    text_to_speech: ToolSpec
+    list_voices: ToolSpec
+    usage: ToolSpec
+    options: SpeechOptions
+    instructions: str
+
+    @property
+    def voices(self) -> VoiceList:
+        return self.options.voices
+
+
+def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
+    """What ``client`` offers under its settings and engine (no key, no I/O)."""
+    settings = client.settings
+    voices = client.voices()
+    if client.active_engine() == "local":
+        return SpeechOptions(voices, FORMATS, settings.format or DEFAULT_FORMAT, MAX_TEXT_CHARS)
+    spec = MODELS.get(settings.model)
+    models = client.allowed_models() if settings.models else ()
+    speed_models = tuple(m for m in models if (s := MODELS.get(m)) is not None and s.speed)
+    if spec is None:
+        return SpeechOptions(voices, (), settings.format, None, None, models, speed_models)
+    speed = (spec.speed.minimum, spec.speed.maximum) if spec.speed else None
+    formats = tuple(spec.formats)
+    if len(models) > 1:
+        # Every format some offered model gives, the default model's first.
+        more = (f for m in models if (s := MODELS.get(m)) is not None for f in s.formats)
+        formats = tuple(dict.fromkeys((*formats, *more)))
+    default_format = settings.format or spec.default_format
+    return SpeechOptions(
+        voices, formats, default_format, spec.max_text_chars, speed, models, speed_models
+    )
+
+
+def tools_for(client: OctaveClient | AsyncOctaveClient) -> ToolSet:
+    """The specs for ``client``'s engine, model(s), voices and defaults (no key, no I/O)."""
+    options = speech_options(client)
+    return ToolSet(
+        text_to_speech=text_to_speech_spec(options),
+        list_voices=list_voices_spec(options.models),
+        usage=usage_spec(),
+        options=options,
+        instructions=instructions(options),
+    )
