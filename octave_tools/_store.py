@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Literal, Protocol
 __all__ = [
     "LedgerEntry",
     "LedgerLockedError",
+    "ReservationRefused",
     "SQLiteStore",
     "Store",
     "UsageRow",
@@ -93,8 +95,26 @@ class UsageRow:
     usd: float
 
 
+@dataclass(frozen=True)
+class ReservationRefused:
+    """A budget had no room: what it holds, and when its oldest charge leaves the window."""
+
+    spent: float  # settled spend in the window (ledger rows, plus expired reservations)
+    held: float  # live reservations: calls in flight somewhere on the store
+    frees_at: float | None  # epoch seconds; None when nothing is counted
+
+
 class Store(Protocol):
-    """What the ledger, budget and cache need from storage."""
+    """What the ledger, budget and cache need from storage.
+
+    Budget protocol (atomic across every process sharing the store): ``reserve`` before
+    the paid call, then exactly one of ``settle`` (the call ran: its ledger row replaces
+    the hold) or ``release`` (nothing was billed). Each is one short transaction; none is
+    held across the upstream call. A reservation's ``lease`` bounds how long it is
+    "in flight"; one whose lease ran out (its process died, or never settled) counts as
+    spent at its estimate until it leaves the window: the call may have been billed, so
+    the budget fails safe rather than letting a crash buy a second call.
+    """
 
     def add(self, entry: LedgerEntry) -> None: ...
     def spent_since(self, since: float) -> tuple[float, float | None]: ...
@@ -102,6 +122,11 @@ class Store(Protocol):
     def cache_get(self, key: str, now: float) -> str | None: ...
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
+    def reserve(
+        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+    ) -> str | ReservationRefused: ...
+    def settle(self, reservation_id: str, entry: LedgerEntry) -> None: ...
+    def release(self, reservation_id: str) -> None: ...
 
 
 _SCHEMA = """
@@ -581,6 +606,211 @@ class SQLiteStore:
         except (sqlite3.Error, OSError, _LedgerRefused) as exc:
             if not _is_lock(exc):  # locked: the result is simply not cached
                 self._disable(exc)
+
+    # ------------------------------------------------------------ budget (see Store)
+
+    _RESERVATIONS_SQL = """
+    CREATE TABLE IF NOT EXISTS reservations (
+        id TEXT PRIMARY KEY,
+        budget TEXT NOT NULL,
+        amount REAL NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS reservations_budget ON reservations (budget, created);
+    """
+    _reservations_ready: sqlite3.Connection | None = None  # the connection that has it
+    # Holds made while the file is unusable: this process's budget still holds.
+    _memory_holds: dict[str, tuple[str, float, float, float]] | None = None
+
+    def _begin_reservations(self) -> sqlite3.Connection:
+        """The connection, inside BEGIN IMMEDIATE. Call under ``_db_lock``."""
+        db = self._ensure_db()
+        # Created on first use, not at open: a process that never reserves pays nothing.
+        if self._reservations_ready is not db:
+            db.executescript(self._RESERVATIONS_SQL)
+            self._reservations_ready = db
+        # Takes the file's write lock now, so the sum and the insert are one step for
+        # every process on this machine.
+        db.execute("BEGIN IMMEDIATE")
+        return db
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+    def reserve(
+        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+    ) -> str | ReservationRefused:
+        """Hold ``amount`` of ``budget`` (``limit`` per rolling ``window`` seconds).
+
+        Counts every paid ledger row in the window, this process's unwritten rows, and
+        the budget's reservations: live ones as held, expired ones (lease over, never
+        settled) as spent until they leave the window. Returns the reservation's id,
+        or ``ReservationRefused`` when ``amount`` does not fit. Raises LedgerLockedError
+        when another program held the file locked past BUSY_TIMEOUT (fails closed); a
+        broken file is set aside and this process's holds are kept in memory.
+        """
+        since = now - window
+        self._maybe_reopen()
+        if not self._broken:
+            try:
+                with self._db_lock:
+                    db = self._begin_reservations()
+                    try:
+                        db.execute(
+                            "DELETE FROM reservations WHERE budget = ? AND created < ? "
+                            "AND expires <= ?",
+                            (budget, since, now),
+                        )
+                        spent, oldest = db.execute(
+                            "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
+                            "WHERE ts >= ? AND credits > 0",
+                            (since,),
+                        ).fetchone()
+                        expired, held, held_oldest = db.execute(
+                            "SELECT coalesce(sum(CASE WHEN expires <= ? THEN amount END), 0), "
+                            "coalesce(sum(CASE WHEN expires > ? THEN amount END), 0), "
+                            "min(created) FROM reservations WHERE budget = ?",
+                            (now, now, budget),
+                        ).fetchone()
+                        with self._lock:
+                            unwritten = [
+                                e
+                                for e in self._pending + self._lost
+                                if e.ts >= since and e.credits > 0
+                            ]
+                        verdict = _verdict(
+                            float(spent) + float(expired) + sum(e.credits for e in unwritten),
+                            float(held),
+                            amount,
+                            limit,
+                            window,
+                            [oldest, held_oldest, *(e.ts for e in unwritten)],
+                        )
+                        answer: str | ReservationRefused = verdict or uuid.uuid4().hex
+                        if verdict is None:
+                            db.execute(
+                                "INSERT INTO reservations (id, budget, amount, created, expires) "
+                                "VALUES (?, ?, ?, ?, ?)",
+                                (answer, budget, amount, now, now + lease),
+                            )
+                        db.execute("COMMIT")
+                    finally:
+                        self._rollback(db)
+                return answer
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if _is_lock(exc):
+                    raise LedgerLockedError(
+                        f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
+                    ) from None
+                self._disable(exc)
+        return self._reserve_in_memory(budget, amount, limit, window, lease, now)
+
+    def _reserve_in_memory(
+        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+    ) -> str | ReservationRefused:
+        since = now - window
+        with self._lock:
+            holds = self._memory_holds
+            if holds is None:
+                holds = self._memory_holds = {}
+            for key, (b, _, created, expires) in list(holds.items()):
+                if b == budget and created < since and expires <= now:
+                    del holds[key]
+            mine = [h for h in holds.values() if h[0] == budget]
+            lost = [e for e in self._pending + self._lost if e.ts >= since and e.credits > 0]
+            verdict = _verdict(
+                sum(e.credits for e in lost) + sum(h[1] for h in mine if h[3] <= now),
+                sum(h[1] for h in mine if h[3] > now),
+                amount,
+                limit,
+                window,
+                [*(e.ts for e in lost), *(h[2] for h in mine)],
+            )
+            if verdict is not None:
+                return verdict
+            rid = uuid.uuid4().hex
+            holds[rid] = (budget, amount, now, now + lease)
+            return rid
+
+    def settle(self, reservation_id: str, entry: LedgerEntry) -> None:
+        """Replace the reservation by the call's ledger row, in one transaction.
+
+        Synchronous: when this returns, the row is on disk for every process. If the
+        file is locked past BUSY_TIMEOUT or broken, the row goes the way of ``add``
+        (queued and retried, or counted in memory); a hold left in the file then
+        counts until its window ends, over-counting rather than under.
+        """
+        with self._lock:
+            if self._memory_holds is not None:
+                self._memory_holds.pop(reservation_id, None)
+        if not self._broken:
+            try:
+                with self._db_lock:
+                    db = self._begin_reservations()
+                    try:
+                        db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+                        db.execute(
+                            "INSERT INTO calls (ts, engine, model, voice, format, characters, "
+                            "credits, usd, request_id, text_sha256, cached) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            astuple(entry),
+                        )
+                        db.execute("COMMIT")
+                    finally:
+                        self._rollback(db)
+                    # Still under the database lock: no window read is half-done, and the
+                    # next one sees this row.
+                    with self._lock:
+                        self._window = None
+                return
+            except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+                if not _is_lock(exc):
+                    self._disable(exc)
+        self.add(entry)
+
+    def release(self, reservation_id: str) -> None:
+        """Drop a reservation whose call was never billed (if locked, its lease ends it)."""
+        with self._lock:
+            if self._memory_holds is not None:
+                self._memory_holds.pop(reservation_id, None)
+        if self._broken:
+            return
+        try:
+            with self._db_lock:
+                db = self._begin_reservations()
+                try:
+                    db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+                    db.execute("COMMIT")
+                finally:
+                    self._rollback(db)
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):
+                self._disable(exc)
+
+
+def _verdict(
+    spent: float,
+    held: float,
+    amount: float,
+    limit: float,
+    window: float,
+    times: Sequence[float | None],
+) -> ReservationRefused | None:
+    """None when ``amount`` fits next to ``spent`` and ``held``, else the refusal.
+
+    The same rule as the in-process budget: refused when the call would pass the
+    limit, or when the limit is already reached (so free calls stop there too).
+    """
+    total = spent + held
+    if total + amount <= limit and total < limit:
+        return None
+    known = [t for t in times if t is not None]
+    return ReservationRefused(
+        spent=spent, held=held, frees_at=min(known) + window if known else None
+    )
 
 
 _STORES: dict[Path, SQLiteStore] = {}

@@ -1,0 +1,185 @@
+"""The result cache, and coalescing of identical in-flight calls, in Redis (``redis`` extra).
+
+Cache entries expire by Redis TTL. Coalescing across replicas: the first caller
+for a key becomes its leader (``SET NX PX``: a lock with a TTL, so a leader that
+dies frees it); the others ``follow`` — they poll, bounded by a timeout, for the
+result the leader ``finish``-es with. A follower that gets nothing (the leader
+failed or died) makes the call itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from typing import cast
+
+from ._store_url import redact_url, scrub
+from .errors import ConfigurationError
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - exercised without the extra
+    redis = None  # type: ignore[assignment]
+
+__all__ = ["RedisCache", "open_redis_cache"]
+
+logger = logging.getLogger("octave_tools")
+
+# Delete the lock only if it is still ours (its TTL may have passed and a new leader
+# taken it).
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class RedisCache:
+    """Cache and in-flight coalescing under one key prefix of one Redis database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "octave-tools:",
+        setting: str = "OCTAVE_TOOLS_CACHE_URL",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if redis is None:
+            raise ConfigurationError(
+                f"{setting} is a redis:// URL, which needs the Redis client: "
+                "pip install 'octave-tools[redis]'."
+            )
+        self.url = url
+        self.setting = setting
+        self.prefix = prefix
+        self._warned = False
+        try:
+            self._redis = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=connect_timeout,
+                decode_responses=True,
+            )
+            self._redis.ping()
+        except (redis.RedisError, ValueError) as exc:
+            reason = scrub(str(exc), url) or type(exc).__name__
+            raise ConfigurationError(
+                f"The cache in {setting} ({redact_url(url)}) cannot be used: {reason}. "
+                f"Check that Redis is running and the URL is right, or unset {setting} to "
+                "keep the cache in the store."
+            ) from None
+        self._unlock = self._redis.register_script(_UNLOCK)
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "octave-tools: %s failed on the cache in %s (%s): %s",
+                what,
+                self.setting,
+                redact_url(self.url),
+                scrub(str(exc), self.url) or type(exc).__name__,
+            )
+
+    # ------------------------------------------------------------ cache
+
+    def cache_get(self, key: str, now: float) -> str | None:
+        """The value for ``key`` (Redis drops it at its expiry); a failure is a miss."""
+        try:
+            value = self._redis.get(self.prefix + "cache:" + key)
+        except redis.RedisError as exc:
+            self._failed("reading", exc)
+            return None
+        return value if isinstance(value, str) else None
+
+    def cache_put(self, key: str, value: str, expires_at: float) -> None:
+        """Keep ``value`` until ``expires_at`` (epoch seconds)."""
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return
+        try:
+            self._redis.set(self.prefix + "cache:" + key, value, px=ttl_ms)
+        except redis.RedisError as exc:
+            self._failed("writing", exc)
+
+    # ------------------------------------------------------------ coalescing
+
+    def lead(self, key: str, ttl: float) -> str | None:
+        """Become the one process making the call for ``key``: a token, or None if taken.
+
+        The lock lapses after ``ttl`` seconds (set it above the call's time limit), so
+        a leader that dies holds no one up for longer. If Redis fails, every caller
+        leads: coalescing is a saving, never a reason to fail a call.
+        """
+        token = uuid.uuid4().hex
+        try:
+            got = self._redis.set(
+                self.prefix + "lead:" + key, token, nx=True, px=max(1, int(ttl * 1000))
+            )
+        except redis.RedisError as exc:
+            self._failed("taking a lead lock", exc)
+            return token
+        return token if got else None
+
+    def finish(self, key: str, token: str, value: str | None, keep: float = 60.0) -> None:
+        """End the lead: publish ``value`` for followers (None: failed), free the lock."""
+        try:
+            if value is not None:
+                self._redis.set(self.prefix + "done:" + key, value, px=max(1, int(keep * 1000)))
+            self._unlock(keys=[self.prefix + "lead:" + key], args=[token])
+        except redis.RedisError as exc:
+            self._failed("finishing a lead", exc)
+
+    def follow(self, key: str, timeout: float, poll: float = 0.01) -> str | None:
+        """Wait up to ``timeout`` s for the leader's value; None when it failed or left.
+
+        Polls with a growing interval (10 ms to 200 ms): results take seconds, so the
+        extra wait is small and Redis sees a few requests per follower per second.
+        """
+        deadline = time.monotonic() + timeout
+        done, lead = self.prefix + "done:" + key, self.prefix + "lead:" + key
+        while True:
+            try:
+                value, leader = cast("list[str | None]", self._redis.mget(done, lead))
+            except redis.RedisError as exc:
+                self._failed("waiting for a lead", exc)
+                return None
+            if isinstance(value, str):
+                return value
+            if leader is None:
+                return None  # the leader finished without a value, or its lock lapsed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(poll, left))
+            poll = min(poll * 1.5, 0.2)
+
+
+_CACHES: dict[str, RedisCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def open_redis_cache(url: str, *, setting: str = "OCTAVE_TOOLS_CACHE_URL") -> RedisCache:
+    """The process-wide RedisCache for ``url``."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get(url)
+        if cache is None:
+            cache = _CACHES[url] = RedisCache(url, setting=setting)
+        return cache
+
+
+@atexit.register
+def _close_all() -> None:
+    with _CACHES_LOCK:
+        caches = list(_CACHES.values())
+        _CACHES.clear()
+    for cache in caches:
+        with contextlib.suppress(Exception):  # exiting; nothing left to tell
+            cache.close()

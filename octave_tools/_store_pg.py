@@ -1,0 +1,476 @@
+"""The ledger, budget and cache in PostgreSQL, shared by every replica (``postgres`` extra).
+
+Every method is one short transaction on a pooled connection (psycopg 3), so the
+budget holds exactly across processes: ``reserve`` takes a per-budget advisory lock,
+sums the window and inserts its hold in one step. Writes are synchronous: once
+``add`` or ``settle`` returned, the row is in the database for every replica.
+
+Failures: ``reserve``, ``spent_since`` and ``usage`` raise ConfigurationError naming
+the setting (the budget fails closed: no call is made that it cannot count). A
+ledger write that fails after a paid call is kept in memory, counted, and written
+on the next success; a cache failure is a miss.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import astuple
+from typing import TypeVar
+
+from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _verdict
+from ._store_url import redact_url, scrub
+from .errors import ConfigurationError
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+except ImportError:  # pragma: no cover - exercised without the extra
+    psycopg = None  # type: ignore[assignment]
+    ConnectionPool = None  # type: ignore[assignment,misc]
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "open_postgres_store"]
+
+logger = logging.getLogger("octave_tools")
+
+SCHEMA_VERSION = 1
+# Two-key advisory locks, first key = this number: apart from other apps' locks.
+_LOCK_SPACE = 0x6F637476  # "octv"
+_CACHE_PURGE_EVERY = 60.0
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS octave_calls (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL,
+    voice TEXT,
+    format TEXT NOT NULL,
+    characters INTEGER NOT NULL,
+    credits DOUBLE PRECISION NOT NULL,
+    usd DOUBLE PRECISION,
+    request_id TEXT,
+    text_sha256 TEXT NOT NULL,
+    cached BOOLEAN NOT NULL
+);
+CREATE INDEX IF NOT EXISTS octave_calls_ts ON octave_calls (ts);
+CREATE TABLE IF NOT EXISTS octave_reservations (
+    id TEXT PRIMARY KEY,
+    budget TEXT NOT NULL,
+    amount DOUBLE PRECISION NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS octave_reservations_budget ON octave_reservations (budget, created);
+CREATE TABLE IF NOT EXISTS octave_spend_minutes (
+    minute BIGINT PRIMARY KEY,
+    credits DOUBLE PRECISION NOT NULL,
+    oldest DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS octave_cache (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+_GROUP_SQL: dict[str, str] = {
+    "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "model": "model",
+    "voice": "coalesce(voice, '(default)')",
+    "engine": "engine",
+}
+
+_INSERT_CALL = (
+    "INSERT INTO octave_calls (ts, engine, model, voice, format, characters, credits, usd, "
+    "request_id, text_sha256, cached) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+)
+
+# Paid spend per minute, kept with each ledger write: a window total reads at most a
+# day's 1,441 minute rows plus the calls of its first, partial minute, not every call.
+_ADD_MINUTE = (
+    "INSERT INTO octave_spend_minutes (minute, credits, oldest) "
+    "VALUES (floor(%s::float8 / 60)::bigint, %s, %s) ON CONFLICT (minute) DO UPDATE SET "
+    "credits = octave_spend_minutes.credits + excluded.credits, "
+    "oldest = least(octave_spend_minutes.oldest, excluded.oldest)"
+)
+# Exact: the window's first minute is summed from its calls (ts >= since), the rest
+# from whole minutes. Named parameter: since.
+_WINDOW_SPENT = """
+SELECT e.c + m.c, coalesce(e.o, m.o) FROM
+  (SELECT coalesce(sum(credits), 0) AS c, min(ts) AS o FROM octave_calls
+    WHERE ts >= %(since)s AND ts < %(since)s + 120 AND credits > 0
+      AND floor(ts / 60) = floor(%(since)s::float8 / 60)) AS e,
+  (SELECT coalesce(sum(credits), 0) AS c, min(oldest) AS o FROM octave_spend_minutes
+    WHERE minute > floor(%(since)s::float8 / 60)) AS m
+"""
+
+T = TypeVar("T")
+
+
+class PostgresStore:
+    """Ledger, budget reservations and cache in one PostgreSQL database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        setting: str = "OCTAVE_TOOLS_STORE_URL",
+        connect_timeout: float = 5.0,
+        pool_size: int = 4,
+    ) -> None:
+        if psycopg is None or ConnectionPool is None:
+            raise ConfigurationError(
+                f"{setting} is a postgresql:// URL, which needs the PostgreSQL driver: "
+                "pip install 'octave-tools[postgres]'."
+            )
+        self.url = url
+        self.setting = setting
+        self._lock = threading.Lock()
+        # Paid calls not yet written (with the hold each replaces): still counted here.
+        self._lost: list[tuple[str | None, LedgerEntry]] = []
+        self._warned = False
+        self._last_purge = 0.0
+        timeout = max(1, round(connect_timeout))
+        try:
+            # One direct connection first: its error says why (refused, no such
+            # database, bad password); the pool's only says "timed out".
+            with psycopg.connect(url, connect_timeout=timeout, autocommit=True) as conn:
+                self._migrate(conn)
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "connect_timeout": timeout},
+            timeout=connect_timeout,
+            open=False,
+            name="octave-tools",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except Exception as exc:
+            self._pool.close()
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> ConfigurationError:
+        reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self.url)
+        reason = reason or type(exc).__name__
+        return ConfigurationError(
+            f"The store in {self.setting} ({redact_url(self.url)}) cannot be used: {reason}. "
+            f"Check that PostgreSQL is running and the URL is right, or unset {self.setting} "
+            "to keep the ledger in a local SQLite file."
+        )
+
+    def _migrate(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        # Replicas starting at once: concurrent CREATE TABLE IF NOT EXISTS can still
+        # collide in the catalog, so they take turns under one transaction lock.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SPACE,))
+            conn.execute("CREATE TABLE IF NOT EXISTS octave_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM octave_schema").fetchone()
+            version = row[0] if row else None
+            if version is None:
+                conn.execute(_SCHEMA_V1)
+                conn.execute("INSERT INTO octave_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif int(str(version)) > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"The store in {self.setting} ({redact_url(self.url)}) has schema "
+                    f"version {version}, newer than this octave-tools knows "
+                    f"({SCHEMA_VERSION}); upgrade octave-tools."
+                )
+
+    def close(self) -> None:
+        """Write what is left if possible, then close the pool."""
+        self.flush()
+        self._pool.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _run(self, fn: Callable[[psycopg.Connection[tuple[object, ...]]], T]) -> T:
+        # One retry: after a server restart the pool may hand out a dead connection
+        # once (it drops it when it comes back broken).
+        for attempt in (0, 1):
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn)
+            except psycopg.OperationalError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            first, self._warned = not self._warned, True
+        if first:
+            logger.warning(
+                "octave-tools: %s failed on the store in %s (%s): %s",
+                what,
+                self.setting,
+                redact_url(self.url),
+                scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self.url)
+                or type(exc).__name__,
+            )
+
+    def _write_lost(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        with self._lock:
+            lost, self._lost = self._lost, []
+        if not lost:
+            return
+        try:
+            with conn.transaction():
+                holds = [(rid,) for rid, _ in lost if rid is not None]
+                if holds:
+                    with conn.cursor() as cur:
+                        cur.executemany("DELETE FROM octave_reservations WHERE id = %s", holds)
+                _insert(conn, [e for _, e in lost])
+        except BaseException:
+            with self._lock:
+                self._lost[:0] = lost
+            raise
+
+    def _unwritten_in(self, since: float) -> list[LedgerEntry]:
+        with self._lock:
+            return [e for _, e in self._lost if e.ts >= since]
+
+    # ------------------------------------------------------------ ledger
+
+    def add(self, entry: LedgerEntry) -> None:
+        """Write ``entry`` now; on failure keep and count it, and retry on the next write."""
+
+        def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+            self._write_lost(conn)
+            with conn.transaction():
+                _insert(conn, [entry])
+
+        try:
+            self._run(write)
+            self._warned = False
+        except psycopg.Error as exc:
+            with self._lock:
+                self._lost.append((None, entry))
+            self._failed("writing the ledger", exc)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Writes are synchronous; this retries any write that failed earlier."""
+        with self._lock:
+            if not self._lost:
+                return
+        try:
+            self._run(self._write_lost)
+        except psycopg.Error as exc:
+            self._failed("writing the ledger", exc)
+
+    def spent_since(self, since: float) -> tuple[float, float | None]:
+        """Credits spent since ``since`` by every process on the store, and the oldest."""
+        try:
+            row = self._run(lambda conn: conn.execute(_WINDOW_SPENT, {"since": since}).fetchone())
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        total = float(str(row[0])) if row else 0.0
+        oldest = float(str(row[1])) if row and row[1] is not None else None
+        for e in self._unwritten_in(since):
+            if e.credits > 0:
+                total += e.credits
+                oldest = e.ts if oldest is None else min(oldest, e.ts)
+        return total, oldest
+
+    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
+        """Totals per group since ``since``, largest spend first."""
+        group = _GROUP_SQL[by]
+        try:
+            found = self._run(
+                lambda conn: conn.execute(
+                    f"SELECT {group}, count(*), sum(cached::int), sum(characters), "  # noqa: S608
+                    "sum(credits), coalesce(sum(usd), 0) FROM octave_calls WHERE ts >= %s "
+                    "GROUP BY 1",
+                    (since,),
+                ).fetchall()
+            )
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        rows: dict[str, list[float]] = {}
+        for key, calls, cached, chars, credits, usd in found:
+            rows[str(key)] = [float(str(v)) for v in (calls, cached, chars, credits, usd)]
+        for e in self._unwritten_in(since):
+            key = {
+                "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
+                "model": e.model,
+                "voice": e.voice or "(default)",
+                "engine": e.engine,
+            }[by]
+            acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
+            for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
+                acc[i] += value
+        result = [
+            UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
+            for k, v in rows.items()
+        ]
+        return sorted(result, key=lambda r: (-r.credits, r.key))
+
+    # ------------------------------------------------------------ budget (see Store)
+
+    def reserve(
+        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+    ) -> str | ReservationRefused:
+        """Hold ``amount`` of ``budget`` atomically across every process on the store.
+
+        Under ``pg_advisory_xact_lock`` for the budget: counts paid ledger rows in the
+        window and the budget's reservations (live ones as held; expired ones, whose
+        process may have been billed before it died, as spent until they leave the
+        window), inserts the hold if ``amount`` fits and returns its id; else returns
+        ``ReservationRefused``. Raises ConfigurationError when the store is down.
+        """
+        since = now - window
+        unwritten = [e for e in self._unwritten_in(since) if e.credits > 0]
+
+        def attempt(conn: psycopg.Connection[tuple[object, ...]]) -> str | ReservationRefused:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, budget)
+                )
+                conn.execute(
+                    "DELETE FROM octave_reservations WHERE budget = %s AND created < %s "
+                    "AND expires <= %s",
+                    (budget, since, now),
+                )
+                window_row = conn.execute(_WINDOW_SPENT, {"since": since}).fetchone()
+                row = conn.execute(
+                    "SELECT coalesce(sum(amount) FILTER (WHERE expires <= %s), 0),"
+                    "       coalesce(sum(amount) FILTER (WHERE expires > %s), 0),"
+                    "       min(created) "
+                    "FROM octave_reservations WHERE budget = %s",
+                    (now, now, budget),
+                ).fetchone()
+                assert row is not None and window_row is not None
+                spent, oldest, expired, held, held_oldest = (
+                    None if v is None else float(str(v)) for v in (*window_row, *row)
+                )
+                verdict = _verdict(
+                    (spent or 0.0) + (expired or 0.0) + sum(e.credits for e in unwritten),
+                    held or 0.0,
+                    amount,
+                    limit,
+                    window,
+                    [oldest, held_oldest, *(e.ts for e in unwritten)],
+                )
+                if verdict is not None:
+                    return verdict
+                rid = uuid.uuid4().hex
+                conn.execute(
+                    "INSERT INTO octave_reservations (id, budget, amount, created, expires) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (rid, budget, amount, now, now + lease),
+                )
+                return rid
+
+        try:
+            return self._run(attempt)
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+
+    def settle(self, reservation_id: str, entry: LedgerEntry) -> None:
+        """Replace the hold by the call's ledger row in one transaction; durable on return.
+
+        If the store is down the row is kept in memory, counted, and written later.
+        """
+
+        def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM octave_reservations WHERE id = %s", (reservation_id,))
+                _insert(conn, [entry])
+
+        try:
+            self._run(write)
+        except psycopg.Error as exc:
+            with self._lock:
+                self._lost.append((reservation_id, entry))
+            self._failed("settling a call", exc)
+            return
+        self._warned = False
+        self.flush()
+
+    def release(self, reservation_id: str) -> None:
+        """Drop a hold whose call was never billed (if the store is down, its lease ends it)."""
+        try:
+            self._run(
+                lambda conn: conn.execute(
+                    "DELETE FROM octave_reservations WHERE id = %s", (reservation_id,)
+                )
+            )
+        except psycopg.Error as exc:
+            self._failed("releasing a reservation", exc)
+
+    # ------------------------------------------------------------ cache
+
+    def cache_get(self, key: str, now: float) -> str | None:
+        try:
+            row = self._run(
+                lambda conn: conn.execute(
+                    "SELECT value FROM octave_cache WHERE key = %s AND expires_at > %s",
+                    (key, now),
+                ).fetchone()
+            )
+        except psycopg.Error as exc:
+            self._failed("reading the cache", exc)
+            return None
+        return str(row[0]) if row else None
+
+    def cache_put(self, key: str, value: str, expires_at: float) -> None:
+        now = time.time()
+        purge = now - self._last_purge > _CACHE_PURGE_EVERY
+        if purge:
+            self._last_purge = now
+
+        def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+            conn.execute(
+                "INSERT INTO octave_cache (key, value, expires_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "expires_at = excluded.expires_at",
+                (key, value, expires_at),
+            )
+            if purge:  # now and then, not per call
+                conn.execute("DELETE FROM octave_cache WHERE expires_at <= %s", (now,))
+
+        try:
+            self._run(write)
+        except psycopg.Error as exc:
+            self._failed("writing the cache", exc)
+
+
+def _insert(conn: psycopg.Connection[tuple[object, ...]], entries: list[LedgerEntry]) -> None:
+    """Ledger rows and their minute totals; inside the caller's transaction."""
+    paid = sorted((e for e in entries if e.credits > 0), key=lambda e: e.ts)  # lock order
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_CALL, [astuple(e) for e in entries])
+        if paid:
+            cur.executemany(_ADD_MINUTE, [(e.ts, e.credits, e.ts) for e in paid])
+
+
+_STORES: dict[str, PostgresStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_postgres_store(url: str, *, setting: str = "OCTAVE_TOOLS_STORE_URL") -> PostgresStore:
+    """The process-wide PostgresStore for ``url`` (one connection pool per URL)."""
+    with _STORES_LOCK:
+        store = _STORES.get(url)
+        if store is None:
+            store = _STORES[url] = PostgresStore(url, setting=setting)
+        return store
+
+
+@atexit.register
+def _close_all() -> None:
+    with _STORES_LOCK:
+        stores = list(_STORES.values())
+        _STORES.clear()
+    for store in stores:
+        with contextlib.suppress(Exception):  # exiting; nothing left to tell
+            store.close()
