@@ -40,6 +40,8 @@ ENV_LEDGER = ("OCTAVE_TOOLS_LEDGER",)
 ENV_MAX_CREDITS = ("OCTAVE_TOOLS_MAX_CREDITS",)
 ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 ENV_MODELS = ("OCTAVE_TOOLS_MODELS",)
+ENV_STORE_URL = ("OCTAVE_TOOLS_STORE_URL",)
+ENV_CACHE_URL = ("OCTAVE_TOOLS_CACHE_URL",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -101,6 +103,8 @@ class SettingsOptions(TypedDict, total=False):
     max_credits: float | None
     cache_ttl: float | None
     models: str | Sequence[str] | None
+    store_url: str | None
+    cache_url: str | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,10 @@ class Settings:
     cache_ttl: float = 0.0
     models: tuple[str, ...] = ()
     """Models a face offers besides ``model`` (empty: only ``model``)."""
+    store_url: str | None = field(default=None, repr=False)
+    """Where the ledger, budget and cache live (None: SQLite in ``data_dir``)."""
+    cache_url: str | None = field(default=None, repr=False)
+    """A Redis URL for the cache and the coalescing of identical calls (None: the store)."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -241,6 +249,17 @@ def _parse_models(raw: str | None, source: str) -> tuple[str, ...]:
                 f"or all; got {shown(model)}."
             )
     return ids
+
+
+def _parse_url(raw: str | None, source: str) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    url = raw.strip()
+    # A password in the URL is as secret as the API key: scrubbed from every log line.
+    password = urlsplit(url).password if "://" in url else None
+    if password:
+        register_secret(password)
+    return url
 
 
 def _parse_limit(raw: str | None, source: str) -> float | None:
@@ -399,6 +418,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", ENV_MODELS, "only `model`",
             "Models the MCP server and LangChain tool offer per call (comma list, or `all`); "
             "`model` is the default among them.", _parse_models),
+    Setting("store_url", ENV_STORE_URL, "SQLite in `data_dir`",
+            "`sqlite:///path` or `postgresql://...`: one ledger, budget and cache for every "
+            "replica (see docs/deploy.md).", _parse_url),
+    Setting("cache_url", ENV_CACHE_URL, "the store",
+            "`redis://...`: the cache and the coalescing of identical calls in Redis.",
+            _parse_url),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

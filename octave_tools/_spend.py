@@ -10,6 +10,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
@@ -17,12 +18,13 @@ from urllib.request import url2pathname
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
 from ._settings import ENV_MAX_CREDITS, Settings
-from ._store import GroupBy, LedgerEntry, LedgerLockedError, Store, open_store
+from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store
+from ._store_url import open_store_url, redact_url
 from .catalogue import MODELS
-from .errors import BudgetExceededError, ConfigurationError, InvalidInputError
+from .errors import BudgetExceededError, ConfigurationError, InvalidInputError, OctaveError
 from .models import Speech, UsageGroup, UsageReport
 
-__all__ = ["DAY", "Spend", "default_data_dir", "parse_since"]
+__all__ = ["DAY", "Hold", "Spend", "default_data_dir", "parse_since"]
 
 DAY = 86_400.0
 # What a call is expected to cost before it is made. Documented rates come from the
@@ -37,6 +39,24 @@ CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
 # errs on refusing a call it could have afforded rather than overspending.
 DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
 GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
+# A learned rate comes from this much of the ledger, and is re-read at most this often.
+RATE_WINDOW = 30 * DAY
+RATE_REFRESH = 60.0
+# A reservation on a shared store outlives the call it holds by this much; a process that
+# dies mid-call frees the budget after that (its call is then counted at the estimate).
+LEASE_MARGIN = 60.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What a call holds of the budget until it settles: the estimate, and where."""
+
+    amount: float
+    reservation: str | None = None
+    """The shared store's reservation id (None: held in this process only)."""
+
+
+NO_HOLD = Hold(0.0)
 
 
 def default_data_dir() -> Path:
@@ -88,11 +108,27 @@ class Spend:
         self._store: Store | None = None
         self._store_opened = False
         self._open_lock = threading.Lock()
+        # A shared store (PostgreSQL) holds the daily budget itself, atomically across
+        # replicas; the local SQLite default keeps today's in-process reservations.
+        url = settings.store_url or ""
+        self.shared = bool(url) and not url.lower().startswith("sqlite:")
+        self._rates: dict[str, float] = {}
+        self._rates_read = -math.inf
+
+    @property
+    def data_dir(self) -> Path:
+        base = Path(self._settings.data_dir) if self._settings.data_dir else default_data_dir()
+        return base.expanduser()
 
     @property
     def ledger_path(self) -> Path:
-        base = Path(self._settings.data_dir) if self._settings.data_dir else default_data_dir()
-        return base.expanduser() / "ledger.sqlite3"
+        return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def ledger_name(self) -> str:
+        """Where the ledger is, as a user may see it (a store URL without its password)."""
+        url = self._settings.store_url
+        return redact_url(url) if url else str(self.ledger_path)
 
     @property
     def store(self) -> Store | None:
@@ -103,7 +139,11 @@ class Spend:
             with self._open_lock:
                 if not self._store_opened:
                     if self._settings.ledger:
-                        self._store = open_store(self.ledger_path)
+                        self._store = open_store_url(
+                            self._settings.store_url,
+                            data_dir=self.data_dir,
+                            cache_url=self._settings.cache_url,
+                        )
                     self._store_opened = True
         return self._store
 
@@ -118,6 +158,8 @@ class Spend:
         store = self._store
         if store is None:
             return False
+        if self.shared or self._rate_is_stale():
+            return True
         fresh = getattr(store, "window_is_fresh", None)
         return fresh is None or not fresh(time.time() - DAY)
 
@@ -179,19 +221,35 @@ class Spend:
     # ------------------------------------------------------------ budget
 
     def estimate(self, model: str, characters: int) -> float:
-        """Credits a call is expected to cost, before it is made (see the rates above)."""
-        return CREDITS_PER_CHAR_ESTIMATE.get(model, DEFAULT_CREDITS_PER_CHAR) * characters
+        """Credits a call is expected to cost, before it is made.
 
-    def reserve(self, model: str, characters: int) -> float:
+        The documented rate where there is one; else what the ledger has seen the model
+        billed per character; else DEFAULT_CREDITS_PER_CHAR, never zero for a paid model.
+        """
+        rate = CREDITS_PER_CHAR_ESTIMATE.get(model)
+        if rate is None:
+            rate = self._learned_rates().get(model, DEFAULT_CREDITS_PER_CHAR)
+        return rate * characters
+
+    def _rate_is_stale(self) -> bool:
+        return time.monotonic() - self._rates_read > RATE_REFRESH
+
+    def _learned_rates(self) -> dict[str, float]:
+        if self._rate_is_stale():
+            store = self.store
+            try:
+                rates = store.rates(time.time() - RATE_WINDOW) if store is not None else {}
+            except (OctaveError, LedgerLockedError):
+                rates = self._rates  # keep what was known; the default covers the rest
+            self._rates, self._rates_read = rates, time.monotonic()
+        return self._rates
+
+    def reserve(self, model: str, characters: int) -> Hold:
         """Hold the estimated cost of a call, or raise BudgetExceededError."""
-        estimate = self.estimate(model, characters)
         if not self.needs_budget_check:
-            return 0.0
+            return NO_HOLD
+        estimate = self.estimate(model, characters)
         now = time.time()
-        # Only a daily budget needs the shared ledger; a per-client limit is in memory.
-        day_spent, oldest = (
-            self._spent_in_window(now) if self.daily_limit is not None else (0.0, None)
-        )
         with self._lock:
             if self.client_limit is not None:
                 spent = self._client_spent + self._reserved
@@ -205,8 +263,15 @@ class Spend:
                         spent=spent,
                         estimate=estimate,
                     )
-            if self.daily_limit is not None:
-                spent = day_spent + self._reserved
+            self._reserved += estimate  # held from here: a refusal below gives it back
+        try:
+            if self.daily_limit is None:
+                return Hold(estimate)
+            if self.shared:
+                return self._reserve_shared(estimate, now)
+            day_spent, oldest = self._spent_in_window(now)
+            with self._lock:
+                spent = day_spent + self._reserved - estimate
                 if spent + estimate > self.daily_limit or spent >= self.daily_limit:
                     frees_at = oldest + DAY if oldest is not None else None
                     raise BudgetExceededError(
@@ -216,13 +281,37 @@ class Spend:
                         estimate=estimate,
                         frees_at=frees_at,
                     )
-            self._reserved += estimate
-        return estimate
+            return Hold(estimate)
+        except BaseException:
+            self._unhold(Hold(estimate))
+            raise
 
-    def release(self, reserved: float) -> None:
-        """Give back a reservation (the call finished or failed)."""
+    def _reserve_shared(self, estimate: float, now: float) -> Hold:
+        """Reserve on the shared store: one transaction, atomic across every replica."""
+        store = self.store
+        assert store is not None and self.daily_limit is not None
+        lease = self._settings.timeout + LEASE_MARGIN
+        got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now)
+        if isinstance(got, ReservationRefused):
+            spent = got.spent + got.held
+            raise BudgetExceededError(
+                _daily_message(estimate, spent, self.daily_limit, got.frees_at, now),
+                limit=self.daily_limit,
+                spent=spent,
+                estimate=estimate,
+                frees_at=got.frees_at,
+            )
+        return Hold(estimate, got)
+
+    def release(self, hold: Hold) -> None:
+        """Give back what a call that failed held: it was not billed."""
+        self._unhold(hold)
+        if hold.reservation is not None and self._store is not None:
+            self._store.release(hold.reservation)
+
+    def _unhold(self, hold: Hold) -> None:
         with self._lock:
-            self._reserved = max(0.0, self._reserved - reserved)
+            self._reserved = max(0.0, self._reserved - hold.amount)
 
     def _spent_in_window(self, now: float) -> tuple[float, float | None]:
         store = self.store
@@ -247,15 +336,26 @@ class Spend:
 
     def _ledger_refusal(self, problem: str, fix: str) -> ConfigurationError:
         return ConfigurationError(
-            f"The usage ledger at {self.ledger_path} cannot be used ({problem}), so the "
+            f"The usage ledger at {self.ledger_name} cannot be used ({problem}), so the "
             f"daily budget ({ENV_MAX_CREDITS[0]}) cannot be enforced and no call was made. "
             f"Fix: {fix}and try again, or unset the daily budget."
         )
 
     # ------------------------------------------------------------ ledger
 
-    def settle(self, speech: Speech, text: str, cache_key: str | None) -> None:
-        """Record a finished call (and remember it for the cache)."""
+    def settle_is_cheap(self, hold: Hold, cache_key: str | None) -> bool:
+        """Whether settle() is only an in-memory queue put (fine on an event loop)."""
+        return (
+            self._store_opened
+            and hold.reservation is None
+            and not self.shared
+            and (cache_key is None or self.cache_ttl <= 0)
+        )
+
+    def settle(
+        self, speech: Speech, text: str, cache_key: str | None, hold: Hold = NO_HOLD
+    ) -> None:
+        """Record a finished call (and remember it for the cache); ends its ``hold``."""
         credits = float(speech.credits_used or 0)
         entry = LedgerEntry(
             ts=time.time(),
@@ -277,8 +377,13 @@ class Spend:
             if self.daily_limit is not None:
                 with self._lock:
                     self._local_entries.append(entry)
+            self._unhold(hold)
             return
-        store.add(entry)
+        if hold.reservation is not None:
+            store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
+        else:
+            store.add(entry)
+        self._unhold(hold)  # after the entry counts, so the spend is never out of view
         if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
             store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
 
@@ -309,7 +414,7 @@ class Spend:
             total_calls=sum(g.calls for g in groups),
             total_credits=sum(g.credits for g in groups),
             total_usd=round(sum(g.usd for g in groups), 6),
-            ledger=str(self.ledger_path) if store is not None else "ledger off",
+            ledger=self.ledger_name if store is not None else "ledger off",
         )
 
 

@@ -119,6 +119,7 @@ class Store(Protocol):
     def add(self, entry: LedgerEntry) -> None: ...
     def spent_since(self, since: float) -> tuple[float, float | None]: ...
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]: ...
+    def rates(self, since: float) -> dict[str, float]: ...
     def cache_get(self, key: str, now: float) -> str | None: ...
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
@@ -127,6 +128,18 @@ class Store(Protocol):
     ) -> str | ReservationRefused: ...
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None: ...
     def release(self, reservation_id: str) -> None: ...
+
+
+def _rates(
+    totals: dict[str, list[float]], unwritten: Sequence[LedgerEntry], since: float
+) -> dict[str, float]:
+    """Credits per character by model, from stored totals and entries not yet written."""
+    for e in unwritten:
+        if e.ts >= since and not e.cached and e.credits > 0:
+            acc = totals.setdefault(e.model, [0.0, 0.0])
+            acc[0] += e.credits
+            acc[1] += e.characters
+    return {model: credits / chars for model, (credits, chars) in totals.items() if chars > 0}
 
 
 _SCHEMA = """
@@ -529,6 +542,28 @@ class SQLiteStore:
             self._disable(exc)
             return 0.0, None
         return float(row[0]), row[1]
+
+    def rates(self, since: float) -> dict[str, float]:
+        """Credits per character each model was billed since ``since`` (paid calls only)."""
+        totals: dict[str, list[float]] = {}
+        self._maybe_reopen()
+        if not self._broken:
+            try:
+                with self._db_lock:
+                    found = (
+                        self._ensure_db()
+                        .execute(
+                            "SELECT model, sum(credits), sum(characters) FROM calls "
+                            "WHERE ts >= ? AND cached = 0 AND credits > 0 GROUP BY 1",
+                            (since,),
+                        )
+                        .fetchall()
+                    )
+                for model, credits, chars in found:
+                    totals[str(model)] = [float(credits), float(chars)]
+            except (sqlite3.Error, OSError, _LedgerRefused):
+                pass  # the estimate falls back to the default rate
+        return _rates(totals, self._unwritten(), since)
 
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
         """Totals per group since ``since``, largest spend first."""

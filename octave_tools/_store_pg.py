@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import astuple
 from typing import TypeVar
 
-from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _verdict
+from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict
 from ._store_url import redact_url, scrub
 from .errors import ConfigurationError
 
@@ -281,6 +281,21 @@ class PostgresStore:
                 oldest = e.ts if oldest is None else min(oldest, e.ts)
         return total, oldest
 
+    def rates(self, since: float) -> dict[str, float]:
+        """Credits per character each model was billed since ``since`` (paid calls only)."""
+        try:
+            found = self._run(
+                lambda conn: conn.execute(
+                    "SELECT model, sum(credits), sum(characters) FROM octave_calls "
+                    "WHERE ts >= %s AND NOT cached AND credits > 0 GROUP BY 1",
+                    (since,),
+                ).fetchall()
+            )
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        totals = {str(m): [float(str(c)), float(str(n))] for m, c, n in found}
+        return _rates(totals, list(self._unwritten_in(since)), since)
+
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
         """Totals per group since ``since``, largest spend first."""
         group = _GROUP_SQL[by]
@@ -383,6 +398,15 @@ class PostgresStore:
 
         def write(conn: psycopg.Connection[tuple[object, ...]]) -> None:
             with conn.transaction():
+                # Under the budget's lock, like reserve(): a reserve must never see the
+                # hold gone but the charge not yet counted (it would admit one call too many).
+                held = conn.execute(
+                    "SELECT budget FROM octave_reservations WHERE id = %s", (reservation_id,)
+                ).fetchone()
+                if held is not None:
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, held[0])
+                    )
                 conn.execute("DELETE FROM octave_reservations WHERE id = %s", (reservation_id,))
                 _insert(conn, [entry])
 

@@ -95,6 +95,9 @@ class SplitStore:
     def spent_since(self, since: float) -> tuple[float, float | None]:
         return self.base.spent_since(since)
 
+    def rates(self, since: float) -> dict[str, float]:
+        return self.base.rates(since)
+
     def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
         return self.base.usage(since, by)
 

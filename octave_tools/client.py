@@ -20,7 +20,7 @@ from ._deadline import deadline_transport, hard_deadline
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
-from ._spend import Spend, reused
+from ._spend import NO_HOLD, Hold, Spend, reused
 from .errors import ConfigurationError, InvalidInputError
 from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
@@ -341,9 +341,10 @@ class OctaveClient(_BaseClient):
         held = self._spend.reserve(job.model, job.characters)
         try:
             speech = self._run(job)
-        finally:
+        except BaseException:
             self._spend.release(held)
-        self._spend.settle(speech, job.text, job.cache_key)
+            raise
+        self._spend.settle(speech, job.text, job.cache_key, held)
         return speech
 
     def _run(self, job: _Job) -> Speech:
@@ -486,26 +487,32 @@ class AsyncOctaveClient(_BaseClient):
 
     async def _spend_and_run(self, job: _Job) -> Speech:
         spend = self._spend
-        # Budget reads touch the ledger file: keep them off the event loop.
+        # Budget reads touch the ledger (a file or a server): keep them off the event loop.
         if not spend.needs_budget_check:
-            held = 0.0
+            held = NO_HOLD
         elif spend.reserve_needs_io():
             held = await asyncio.to_thread(spend.reserve, job.model, job.characters)
         else:
             held = spend.reserve(job.model, job.characters)
         try:
             speech = await self._run(job)
-        finally:
-            spend.release(held)
-        await self._settle(speech, job.text, job.cache_key)
+        except BaseException:
+            if held.reservation is None:
+                spend.release(held)
+            else:
+                await asyncio.to_thread(spend.release, held)
+            raise
+        await self._settle(speech, job.text, job.cache_key, held)
         return speech
 
-    async def _settle(self, speech: Speech, text: str, cache_key: str | None) -> None:
+    async def _settle(
+        self, speech: Speech, text: str, cache_key: str | None, held: Hold = NO_HOLD
+    ) -> None:
         spend = self._spend
-        if spend.store_is_open and (cache_key is None or spend.cache_ttl <= 0):
-            spend.settle(speech, text, cache_key)  # only an in-memory queue put
+        if spend.settle_is_cheap(held, cache_key):
+            spend.settle(speech, text, cache_key, held)  # only an in-memory queue put
         else:
-            await asyncio.to_thread(spend.settle, speech, text, cache_key)
+            await asyncio.to_thread(spend.settle, speech, text, cache_key, held)
 
     async def _run(self, job: _Job) -> Speech:
         call = job.call
