@@ -218,6 +218,39 @@ class Spend:
         except OSError:
             return False
 
+    @property
+    def coalesces_across_processes(self) -> bool:
+        """Whether identical calls are coalesced across replicas (a Redis cache)."""
+        return bool(self._settings.cache_url)
+
+    def follow_or_lead(self, key: str) -> tuple[str | None, Speech | None]:
+        """Across replicas (a Redis cache): lead the call for ``key``, or wait for its leader.
+
+        ``(token, None)``: this process makes the call and must ``finish`` the token;
+        ``(None, speech)``: another replica made it, here is its result, free;
+        ``(None, None)``: no coalescing (none configured, or the leader failed): call.
+        """
+        coalescer = getattr(self.store, "coalescer", None)
+        if coalescer is None:
+            return None, None
+        wait = self._settings.timeout + LEASE_MARGIN
+        token: str | None = coalescer.lead(key, wait)
+        if token is not None:
+            return token, None
+        value = coalescer.follow(key, wait)
+        if value is None:
+            return None, None
+        try:
+            return None, reused(Speech.model_validate_json(value))
+        except ValueError:
+            return None, None
+
+    def finish_lead(self, key: str, token: str | None, speech: Speech | None) -> None:
+        """Hand the leader's result (None: it failed) to the replicas waiting for it."""
+        coalescer = getattr(self.store, "coalescer", None)
+        if token is not None and coalescer is not None:
+            coalescer.finish(key, token, speech.model_dump_json() if speech else None)
+
     # ------------------------------------------------------------ budget
 
     def estimate(self, model: str, characters: int) -> float:

@@ -326,7 +326,7 @@ class OctaveClient(_BaseClient):
             self._spend.settle(speech, job.text, None)
             return speech
         try:
-            speech = self._spend_and_run(job)
+            speech = self._lead_and_run(job, key)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -336,6 +336,19 @@ class OctaveClient(_BaseClient):
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+
+    def _lead_and_run(self, job: _Job, key: str) -> Speech:
+        """Make the call, unless another replica is making the same one right now."""
+        token, earlier = self._spend.follow_or_lead(key)
+        if earlier is not None:
+            self._spend.settle(earlier, job.text, None)
+            return earlier
+        speech: Speech | None = None
+        try:
+            speech = self._spend_and_run(job)
+        finally:
+            self._spend.finish_lead(key, token, speech)
+        return speech
 
     def _spend_and_run(self, job: _Job) -> Speech:
         held = self._spend.reserve(job.model, job.characters)
@@ -471,7 +484,7 @@ class AsyncOctaveClient(_BaseClient):
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            speech = await self._spend_and_run(job)
+            speech = await self._lead_and_run(job, key)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -484,6 +497,24 @@ class AsyncOctaveClient(_BaseClient):
             return speech
         finally:
             self._inflight.pop(key, None)
+
+    async def _lead_and_run(self, job: _Job, key: str) -> Speech:
+        """Make the call, unless another replica is making the same one right now."""
+        spend = self._spend
+        if spend.coalesces_across_processes:
+            token, earlier = await asyncio.to_thread(spend.follow_or_lead, key)
+        else:
+            token, earlier = None, None
+        if earlier is not None:
+            await self._settle(earlier, job.text, None)
+            return earlier
+        speech: Speech | None = None
+        try:
+            speech = await self._spend_and_run(job)
+        finally:
+            if token is not None:
+                await asyncio.to_thread(spend.finish_lead, key, token, speech)
+        return speech
 
     async def _spend_and_run(self, job: _Job) -> Speech:
         spend = self._spend
