@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import cast
 
-from ._store_url import redact_url, scrub
+from ._redact import redact_url, scrub
 from .errors import ConfigurationError
 
 try:

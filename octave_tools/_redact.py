@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "RedactingFilter", "basic_config", "redact", "register_secret", "shown"]
 
@@ -102,3 +103,39 @@ def basic_config(**kwargs: Any) -> None:
             isinstance(f, RedactingFilter) for f in handler.filters
         ):
             handler.addFilter(RedactingFilter())
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (also in a ``password=`` query)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "(unparseable URL)"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password(s) in ``url``, to scrub from any text before it is shown."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return found
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    found += [unquote(m) for m in re.findall(r"(?i)password=([^&]+)", parts.query)]
+    return [s for s in found if s]
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error message) with the URL's password removed."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text

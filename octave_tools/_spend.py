@@ -17,9 +17,10 @@ from urllib.request import url2pathname
 
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
+from ._redact import redact_url
 from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store
-from ._store_url import open_store_url, redact_url
+from ._store_url import open_store_url
 from .catalogue import MODELS
 from .errors import BudgetExceededError, ConfigurationError, InvalidInputError, OctaveError
 from .models import Speech, UsageGroup, UsageReport

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import astuple
 from typing import TypeVar
 
+from ._redact import redact_url, scrub
 from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict
-from ._store_url import redact_url, scrub
 from .errors import ConfigurationError
 
 try:

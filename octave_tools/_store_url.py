@@ -8,12 +8,12 @@ is a ``ConfigurationError`` naming the setting, never a quiet fallback to a loca
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
+from ._redact import redact_url
 from ._store import GroupBy, LedgerEntry, ReservationRefused, Store, UsageRow, open_store
 from .errors import ConfigurationError
 
@@ -26,7 +26,6 @@ __all__ = [
     "CacheBackend",
     "SplitStore",
     "open_store_url",
-    "redact_url",
 ]
 
 ENV_STORE_URL = "OCTAVE_TOOLS_STORE_URL"
@@ -39,42 +38,6 @@ class CacheBackend(Protocol):
 
     def cache_get(self, key: str, now: float) -> str | None: ...
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (also in a ``password=`` query)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "(unparseable URL)"
-
-
-def url_secrets(url: str) -> list[str]:
-    """The password(s) in ``url``, to scrub from any text before it is shown."""
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return found
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    found += [unquote(m) for m in re.findall(r"(?i)password=([^&]+)", parts.query)]
-    return [s for s in found if s]
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` (a driver's error message) with the URL's password removed."""
-    for secret in url_secrets(url):
-        text = text.replace(secret, "***")
-    return text
 
 
 class SplitStore:
