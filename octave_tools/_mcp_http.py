@@ -11,37 +11,60 @@ noise. The CLI (``octave-tools serve``, ``octave-tools-mcp``) is its only caller
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import math
 import os
+import re
+import signal
 import socket
+import stat
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
 
+import anyio
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import ConfigurationError, configure_logging, is_loopback
+from . import ConfigurationError, OctaveClient, OctaveError, Speech, configure_logging, is_loopback
+from ._files import default_output_dir
 from .mcp import create_server
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
 __all__ = [
+    "AUDIO_PATH",
+    "DEFAULT_AUDIO_TTL",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "ENV_ALLOWED_HOSTS",
+    "ENV_AUDIO_TTL",
+    "ENV_PUBLIC_URL",
     "ENV_SERVER_TOKEN",
+    "HEALTH_PATH",
     "HttpLimits",
     "run_server",
 ]
 
 ENV_SERVER_TOKEN = "OCTAVE_TOOLS_SERVER_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_ALLOWED_HOSTS = "OCTAVE_TOOLS_ALLOWED_HOSTS"
+ENV_PUBLIC_URL = "OCTAVE_TOOLS_PUBLIC_URL"
+ENV_AUDIO_TTL = "OCTAVE_TOOLS_AUDIO_TTL"
+DEFAULT_AUDIO_TTL = 86400.0
+AUDIO_PATH = "/audio/"
+HEALTH_PATH = "/healthz"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MCP_PATH = "/mcp"
@@ -92,6 +115,8 @@ def run_server(
             f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
+    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
+    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL)) if transport == "http" else 0.0
     # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
     # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
     configure_logging(
@@ -100,12 +125,19 @@ def run_server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    server = create_server()
     if transport == "stdio":
-        server.run("stdio")
+        create_server().run("stdio")  # a local client reads file:// URLs itself
         return
+    # The server's own settings (the environment), for the health check and the audio
+    # folder; no I/O until used, and it shares the server's store (one per URL/file).
+    probe = OctaveClient()
+    settings = probe.settings
+    folder = Path(settings.output_dir).expanduser() if settings.output_dir else default_output_dir()
+    shelf = _AudioShelf(folder, audio_ttl, public_url)
+    server = create_server(publish=shelf.publish)
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
-    _serve_http(server, host, port, token, security, level, limits)
+    extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
+    _serve_http(server, host, port, token, security, level, limits, extras)
 
 
 def _log_level(name: str) -> LogLevel:
@@ -133,6 +165,42 @@ def _server_token(host: str, insecure_no_auth: bool) -> str | None:
             "something else guards the port."
         )
     return token
+
+
+def _public_url(raw: str | None) -> str | None:
+    """``OCTAVE_TOOLS_PUBLIC_URL`` checked: an http(s) origin with an optional path prefix."""
+    if raw is None or not raw.strip():
+        return None
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ConfigurationError(
+            f"{ENV_PUBLIC_URL} must be the server's external base URL, like "
+            f"https://tts.example.com or https://example.com/octave; got {raw.strip()!r}."
+        )
+    return url
+
+
+def _audio_ttl(raw: str | None) -> float:
+    """``OCTAVE_TOOLS_AUDIO_TTL``: seconds a served clip lives (0: forever)."""
+    if raw is None or not raw.strip():
+        return DEFAULT_AUDIO_TTL
+    try:
+        ttl = float(raw.strip())
+    except ValueError:
+        ttl = math.nan
+    if not (math.isfinite(ttl) and ttl >= 0):
+        raise ConfigurationError(
+            f"{ENV_AUDIO_TTL} must be seconds (0 or more; 0 keeps clips forever); got "
+            f"{raw.strip()!r}."
+        )
+    return ttl
 
 
 def _transport_security(host: str, extra_hosts: str | None) -> TransportSecuritySettings:
@@ -258,6 +326,242 @@ class _NoStandaloneStream:
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+
+# ---------------------------------------------------------------- audio and health
+
+# The only names ever served: what new_audio_path() makes (a uuid4 is 122 random bits).
+_CLIP_NAME = re.compile(r"speech-[0-9a-f]{32}\.[a-z0-9]{1,5}")
+_CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "ogg": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "m4a": "audio/mp4",
+    "mp4": "audio/mp4",
+    "webm": "audio/webm",
+    "pcm": "application/octet-stream",
+}
+_CHUNK = 1 << 16
+
+
+def _not_found(scope: Scope, receive: Receive, send: Send, status: int = 404) -> Any:
+    words = "has expired" if status == 410 else "does not exist"
+    body = {"error": "not_found", "error_description": f"This audio clip {words}."}
+    return JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+class _AudioShelf:
+    """The clips this server wrote, served at ``/audio/<name>`` until they expire.
+
+    ``publish`` swaps the file:// URL of a clip in ``folder`` for its http URL under
+    the public base; other URLs pass unchanged. Only names like ``speech-<32 hex>.<ext>``
+    directly in the folder are served, opened without following a link, as regular
+    files younger than ``ttl`` seconds (0: no expiry); ``sweep`` deletes older ones.
+    """
+
+    def __init__(self, folder: Path, ttl: float, public_url: str | None) -> None:
+        self.folder = folder.absolute()
+        self.ttl = ttl
+        self.public_url = public_url
+        self.base = public_url or ""  # set once the port is known
+
+    def publish(self, speech: Speech) -> Speech:
+        """``speech`` with its URL served over HTTP when it names a clip of the folder."""
+        name = self._clip_name(speech.audio_url)
+        if name is None or not self.base:
+            return speech
+        return speech.model_copy(update={"audio_url": f"{self.base}{AUDIO_PATH}{name}"})
+
+    def _clip_name(self, url: str) -> str | None:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            return None
+        path = Path(url2pathname(unquote(parts.path)))
+        if not _CLIP_NAME.fullmatch(path.name):
+            return None
+        try:
+            same = path.parent.resolve() == self.folder.resolve()
+        except OSError:
+            return None
+        return path.name if same else None
+
+    def expired(self, mtime: float, now: float) -> bool:
+        return self.ttl > 0 and now - mtime > self.ttl
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            response = JSONResponse(
+                {"error": "method_not_allowed", "error_description": "GET an audio clip."},
+                status_code=405,
+                headers={"Allow": "GET, HEAD"},
+            )
+            await response(scope, receive, send)
+            return
+        name = str(scope["path"])[len(AUDIO_PATH) :]
+        if not _CLIP_NAME.fullmatch(name):
+            await _not_found(scope, receive, send)
+            return
+        try:
+            fd = os.open(
+                self.folder / name,
+                os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+            )
+        except OSError:  # absent, a link, unreadable: the same answer for all
+            await _not_found(scope, receive, send)
+            return
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                await _not_found(scope, receive, send)
+                return
+            if self.expired(info.st_mtime, time.time()):
+                with contextlib.suppress(OSError):
+                    (self.folder / name).unlink()
+                await _not_found(scope, receive, send, 410)
+                return
+            await self._send_file(fd, info.st_size, name, scope, send)
+        finally:
+            os.close(fd)
+
+    async def _send_file(self, fd: int, size: int, name: str, scope: Scope, send: Send) -> None:
+        kind = _CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
+        headers = [
+            (b"content-type", kind.encode()),
+            (b"content-length", str(size).encode()),
+            (b"cache-control", b"private, max-age=3600"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        left = size  # what fstat saw: a file growing meanwhile is not sent past it
+        while left > 0:
+            chunk = await anyio.to_thread.run_sync(os.read, fd, min(_CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+        if left > 0:  # the file shrank: end the body; the length mismatch tells the client
+            await send({"type": "http.response.body", "body": b""})
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the folder's expired clips (never a link, never another name); the count."""
+        if self.ttl <= 0:
+            return 0
+        now = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:
+            return 0
+        for entry in entries:
+            if not _CLIP_NAME.fullmatch(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and self.expired(info.st_mtime, now):
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:  # gone already (another replica sweeping the same folder)
+                continue
+        return removed
+
+
+class _Sweeper:
+    """A daemon thread that calls ``shelf.sweep()`` every ``interval`` seconds."""
+
+    def __init__(self, shelf: _AudioShelf) -> None:
+        self._shelf = shelf
+        self._stop = threading.Event()
+        self.interval = min(max(shelf.ttl / 4, 1.0), 600.0)
+        self._thread = threading.Thread(target=self._loop, name="octave-tools-sweep", daemon=True)
+
+    def start(self) -> None:
+        if self._shelf.ttl > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._shelf.sweep()
+            except Exception:  # never let the sweep kill the thread; say why, once a period
+                logging.getLogger("octave_tools.mcp").exception("audio sweep failed")
+            self._stop.wait(self.interval)
+
+
+class _Health:
+    """``GET /healthz``: 200 ``{"status": "ok"}`` when the store answers, else 503.
+
+    Open to all (a load balancer sends no token), so it says nothing else; why the
+    store does not answer goes to the server log, once per change.
+    """
+
+    def __init__(self, check: Callable[[], None], timeout: float = 10.0) -> None:
+        self._check = check
+        self._timeout = timeout
+        self._failing: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem: str | None = None
+        try:
+            with anyio.fail_after(self._timeout):
+                await anyio.to_thread.run_sync(self._check, abandon_on_cancel=True)
+        except OctaveError as exc:
+            problem = exc.message
+        except TimeoutError:
+            problem = f"the store did not answer within {self._timeout:g} s"
+        except Exception as exc:  # a bug or driver error: unhealthy, with the detail logged
+            problem = f"unexpected {type(exc).__name__}"
+            logging.getLogger("octave_tools.mcp").debug("health check failed", exc_info=True)
+        if problem != self._failing:
+            log = logging.getLogger("octave_tools.mcp")
+            if problem is None:
+                log.warning("octave-tools: the store answers again; %s is 200.", HEALTH_PATH)
+            else:
+                log.warning("octave-tools: %s is 503: %s", HEALTH_PATH, problem)
+            self._failing = problem
+        status = "ok" if problem is None else "unavailable"
+        response = JSONResponse(
+            {"status": status},
+            status_code=200 if problem is None else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+        await response(scope, receive, send)
+
+
+class _Route:
+    """ASGI: HTTP requests whose path ``matches`` go to ``handler``, the rest to ``rest``."""
+
+    def __init__(self, matches: Callable[[str], bool], handler: ASGIApp, rest: ASGIApp) -> None:
+        self._matches = matches
+        self._handler = handler
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._matches(scope["path"]):
+            await self._handler(scope, receive, send)
+            return
+        await self._rest(scope, receive, send)
+
+
+def _is_audio(path: str) -> bool:
+    return path.startswith(AUDIO_PATH) or path == AUDIO_PATH.rstrip("/")
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """What the HTTP host adds to the MCP app: served audio, the health check, the grace."""
+
+    shelf: _AudioShelf
+    health: Callable[[], None]
+    grace: float  # seconds in-flight calls get to finish on SIGTERM
 
 
 # ---------------------------------------------------------------- the connection
@@ -422,8 +726,10 @@ def _http_app(
     token: str | None,
     security: TransportSecuritySettings,
     limits: HttpLimits,
+    extras: _Extras | None = None,
 ) -> ASGIApp:
-    """The ASGI app: gate, request cap, no GET stream, then the SDK's streamable-HTTP app."""
+    """The ASGI app: ``/healthz`` open to all; then the gate and the request cap in front
+    of ``/audio/...`` and the SDK's streamable-HTTP app (no GET stream)."""
     # Stateless: no session lives in this process, so replicas can share a load balancer.
     mcp_app: Starlette = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -434,9 +740,14 @@ def _http_app(
     )
     # `/mcp/` would get a 307 whose Location is built from the client's Host header.
     mcp_app.router.redirect_slashes = False
-    app: ASGIApp = _RequestCap(_NoStandaloneStream(mcp_app), limits.max_requests)
+    app: ASGIApp = _NoStandaloneStream(mcp_app)
+    if extras is not None:
+        app = _Route(_is_audio, extras.shelf, app)
+    app = _RequestCap(app, limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token)
+    if extras is not None:
+        app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
     return app
 
 
@@ -448,10 +759,11 @@ def _serve_http(
     security: TransportSecuritySettings,
     level: LogLevel,
     limits: HttpLimits,
+    extras: _Extras | None = None,
 ) -> None:
     import uvicorn
 
-    app = _http_app(server, host, token, security, limits)
+    app = _http_app(server, host, token, security, limits, extras)
     # Bound here so a busy port is a clear error, and port 0 reports the port it got.
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -471,7 +783,10 @@ def _serve_http(
             file=sys.stderr,
             flush=True,
         )
+    if extras is not None and not extras.shelf.base:
+        extras.shelf.base = f"http://{shown}:{bound_port}"
     _quiet_client_noise(level)
+    grace = math.ceil(extras.grace) if extras is not None else None
     config = uvicorn.Config(
         app,
         http=_protocol_for(limits),
@@ -480,5 +795,34 @@ def _serve_http(
         access_log=level == "DEBUG",
         server_header=False,
         lifespan="on",
+        # SIGTERM: stop accepting, let calls in flight finish (each is bounded by the call
+        # timeout), then cancel the rest, which releases their budget reservations.
+        timeout_graceful_shutdown=grace,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    sweeper = _Sweeper(extras.shelf) if extras is not None else None
+    if sweeper is not None:
+        sweeper.start()
+    try:
+        with _sigterm_is_an_exit():
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if sweeper is not None:
+            sweeper.stop()
+
+
+@contextlib.contextmanager
+def _sigterm_is_an_exit() -> Iterator[None]:
+    """After a graceful SIGTERM shutdown, exit 0 rather than die of the signal.
+
+    uvicorn handles SIGTERM, then raises it again once done, to the handler that was
+    there before it: by default that kills the process (status -15), which process
+    managers report as a crash. A no-op handler there makes the shutdown a normal exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -140,6 +140,20 @@ class _BaseClient:
         """
         return self._spend.usage(since, by)
 
+    def health(self) -> None:
+        """Return if the ledger store answers a query, else raise OctaveError (blocking).
+
+        For a server's health check: one cheap read of the store (none with the ledger
+        off). The error names the store without its password.
+        """
+        spend = self._spend
+        spend.usage("1s", "day")  # a store that cannot be reached raises here
+        problem = getattr(spend.store, "unusable_reason", None)  # SQLite degrades instead
+        if problem:
+            raise ConfigurationError(
+                f"The usage ledger at {spend.ledger_name} is unusable: {problem}."
+            )
+
     def voices(self, model: str | None = None) -> VoiceList:
         """The voices a call would be checked against, with the default a call gets.
 

@@ -190,6 +190,7 @@ def create_server(
     client: AsyncOctaveClient | None = None,
     *,
     http_client: httpx.AsyncClient | None = None,
+    publish: Callable[[Speech], Speech] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
     """An MCP server with the ``text_to_speech``, ``list_voices`` and ``usage`` tools.
@@ -200,6 +201,9 @@ def create_server(
     then makes one client per run. No API key is needed to start or list tools; a call
     without one returns a tool error saying how to set it. Raises ConfigurationError for
     an invalid setting and TypeError for an unknown one.
+
+    ``publish``, when given, turns each ``Speech`` into the one the caller gets before
+    it is worded (the HTTP host swaps a file:// URL for one it serves).
     """
     if client is not None and (options or http_client is not None):
         raise TypeError("create_server() takes a client or client options, not both")
@@ -232,6 +236,8 @@ def create_server(
             speech = await ctx.request_context.lifespan_context.client().synthesize(
                 text, voice=voice, format=format, speed=speed, model=model
             )
+        if publish is not None:
+            speech = publish(speech)
         await ctx.report_progress(1, 1, "Speech ready")
         sentence = speech.summary()
         return _result(sentence, {**speech.model_dump(mode="json"), "message": sentence})
