@@ -799,6 +799,7 @@ def _serve_http(
         # timeout), then cancel the rest, which releases their budget reservations.
         timeout_graceful_shutdown=grace,
     )
+    _keep_streams_open_on_sigterm()
     sweeper = _Sweeper(extras.shelf) if extras is not None else None
     if sweeper is not None:
         sweeper.start()
@@ -808,6 +809,20 @@ def _serve_http(
     finally:
         if sweeper is not None:
             sweeper.stop()
+
+
+def _keep_streams_open_on_sigterm() -> None:
+    """Let an answer being streamed (SSE) finish when uvicorn gets SIGTERM.
+
+    sse-starlette (the SDK's SSE responses) ends every stream the moment uvicorn starts
+    shutting down, which cut off tool calls in flight. Here no stream outlives its call
+    (stateless, and GET /mcp is 405), and uvicorn's grace period bounds the wait.
+    """
+    try:
+        from sse_starlette.sse import AppStatus
+    except ImportError:  # pragma: no cover - an SDK without sse-starlette
+        return
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
