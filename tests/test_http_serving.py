@@ -12,11 +12,13 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from _services import postgres_database
 from test_mcp import MCP_HEADERS, api_env, http_server
 
 from octave_tools import Speech, _local
@@ -330,3 +332,46 @@ def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(fake_aimlapi: FakeAIM
     assert result["structuredContent"]["audio_url"] in fake_aimlapi.issued
     assert code == 0
     assert refused is None
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    yield from postgres_database()
+
+
+def test_sigterm_leaves_no_reservation_behind_on_the_shared_store(
+    fake_aimlapi: FakeAIMLAPI, pg_url: str
+) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    fake_aimlapi.delay(30.0)  # longer than the call may take: it ends at its deadline
+    env = api_env(
+        fake_aimlapi,
+        OCTAVE_TOOLS_STORE_URL=pg_url,
+        OCTAVE_TOOLS_MAX_CREDITS="100000",
+        OCTAVE_TOOLS_TIMEOUT="2",
+        OCTAVE_TOOLS_MAX_RETRIES="0",
+    )
+    answers: list[httpx.Response] = []
+    with http_server(env) as (url, server):
+        caller = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(url, json=tool_call("Cut short"), headers=MCP_HEADERS, timeout=30)
+            )
+        )
+        caller.start()
+        for _ in range(200):
+            if fake_aimlapi.requests:
+                break
+            time.sleep(0.02)
+        with psycopg.connect(pg_url) as conn:
+            held = conn.execute("SELECT count(*) FROM octave_reservations").fetchone()
+        server.proc.send_signal(signal.SIGTERM)
+        caller.join(30)
+        code = server.proc.wait(30)
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute("SELECT count(*) FROM octave_reservations").fetchone()
+        billed = conn.execute("SELECT count(*) FROM octave_calls").fetchone()
+    assert held == (1,)  # the call in flight held its estimate
+    assert code == 0
+    assert len(answers) == 1 and rpc_result(answers[0])["isError"] is True
+    assert (left, billed) == ((0,), (0,))
