@@ -4,7 +4,10 @@
 adds what a listening socket needs and the SDK does not give: a bearer-token gate,
 DNS-rebinding settings for every bind, TCP_NODELAY on every connection, a deadline for
 sending a whole request, a cap on requests in flight, and quiet logs for unauthenticated
-noise. The CLI (``octave-tools serve``, ``octave-tools-mcp``) is its only caller.
+noise. It also serves the audio the server wrote itself at ``/audio/<name>`` (the tools
+then return that URL, not a file:// path), answers ``/healthz`` for load balancers, and
+on SIGTERM lets calls in flight finish before exiting 0. The CLI (``octave-tools
+serve``, ``octave-tools-mcp``) is its only caller.
 """
 
 # Imports this module; never imported by it (the package has no import cycle).
@@ -103,7 +106,8 @@ def run_server(
     ``transport`` is ``stdio`` or ``http`` (streamable HTTP at ``/mcp``). Over HTTP a
     host other than loopback needs ``OCTAVE_TOOLS_SERVER_TOKEN`` (clients send it as
     ``Authorization: Bearer ...``) unless ``insecure_no_auth``; a token that is set is
-    always enforced. Raises ConfigurationError for an unusable setting.
+    always enforced. Over HTTP, ``OCTAVE_TOOLS_PUBLIC_URL`` and ``OCTAVE_TOOLS_AUDIO_TTL``
+    shape the audio URLs. Raises ConfigurationError for an unusable setting.
     """
     level = _log_level(log_level)
     if transport not in ("stdio", "http"):
