@@ -28,7 +28,7 @@ from octave_tools import (
     UnexpectedResponseError,
 )
 from octave_tools import _protocol as proto
-from octave_tools import mcp as octave_mcp
+from octave_tools import _mcp_http as octave_http
 from octave_tools._files import fetch_audio
 from octave_tools._redact import RedactingFilter, basic_config
 from octave_tools._settings import Settings, is_loopback
@@ -323,16 +323,16 @@ def test_serving_on_a_127_named_host_needs_a_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     served: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(octave_mcp, "_serve_http", lambda *a: served.append(a))
+    monkeypatch.setattr(octave_http, "_serve_http", lambda *a: served.append(a))
     code = run(["serve", "--transport", "http", "--host", "127.x.example", "--port", "0"])
     err = capsys.readouterr().err
     assert code == 3
     assert served == []
     assert "Refusing to serve on 127.x.example without authentication" in err
     with pytest.raises(ConfigurationError, match="Refusing to serve on 127.evil.example"):
-        octave_mcp._server_token("127.evil.example", False)
-    assert octave_mcp._server_token("127.0.0.1", False) is None
-    assert octave_mcp._server_token("::1", False) is None
+        octave_http._server_token("127.evil.example", False)
+    assert octave_http._server_token("127.0.0.1", False) is None
+    assert octave_http._server_token("::1", False) is None
 
 
 # ---------------------------------------------------------------- 11. audio URLs
