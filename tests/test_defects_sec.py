@@ -27,8 +27,8 @@ from octave_tools import (
     OctaveClient,
     UnexpectedResponseError,
 )
-from octave_tools import _protocol as proto
 from octave_tools import _mcp_http as octave_http
+from octave_tools import _protocol as proto
 from octave_tools._files import fetch_audio
 from octave_tools._redact import RedactingFilter, basic_config
 from octave_tools._settings import Settings, is_loopback
