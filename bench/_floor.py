@@ -66,7 +66,8 @@ class _Canned(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._live.discard(self._transport)  # type: ignore[arg-type]
+        if self._transport is not None:
+            self._live.discard(self._transport)
 
 
 async def _serve() -> None:
