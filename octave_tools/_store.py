@@ -130,6 +130,27 @@ class Store(Protocol):
     def release(self, reservation_id: str) -> None: ...
 
 
+def usage_rows(
+    rows: dict[str, list[float]], unwritten: Sequence[LedgerEntry], by: GroupBy
+) -> list[UsageRow]:
+    """Stored totals per group plus entries not yet written, largest spend first."""
+    for e in unwritten:
+        key = {
+            "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
+            "model": e.model,
+            "voice": e.voice or "(default)",
+            "engine": e.engine,
+        }[by]
+        acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
+        for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
+            acc[i] += value
+    result = [
+        UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
+        for k, v in rows.items()
+    ]
+    return sorted(result, key=lambda r: (-r.credits, r.key))
+
+
 def _rates(
     totals: dict[str, list[float]], unwritten: Sequence[LedgerEntry], since: float
 ) -> dict[str, float]:
@@ -590,23 +611,7 @@ class SQLiteStore:
                     )
                 else:
                     self._disable(exc)
-        for e in self._unwritten():
-            if e.ts < since:
-                continue
-            key = {
-                "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
-                "model": e.model,
-                "voice": e.voice or "(default)",
-                "engine": e.engine,
-            }[by]
-            acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
-            for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
-                acc[i] += value
-        result = [
-            UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
-            for k, v in rows.items()
-        ]
-        return sorted(result, key=lambda r: (-r.credits, r.key))
+        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by)
 
     # ------------------------------------------------------------ cache
 
