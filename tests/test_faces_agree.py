@@ -184,3 +184,19 @@ async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
     assert voices.structured_content is not None
     assert voices.structured_content["model"] == "openai/tts-1"
     assert voices.structured_content["default"] == "alloy"
+
+
+@pytest.mark.parametrize("model", ["openai/tts-1", "minimax/speech-2.6-hd", "acme/tts-9"])
+async def test_a_one_credit_budget_refuses_a_model_whose_price_is_not_documented(
+    fake_aimlapi: FakeAIMLAPI, model: str
+) -> None:
+    server = create_server(**_api_settings(fake_aimlapi, model=model, max_credits_per_day=1))
+    async with Client(server) as client:
+        result = await client.call_tool("text_to_speech", {"text": "Hi"})
+    tool = OctaveTTSTool(**_api_settings(fake_aimlapi, model=model, max_credits_per_day=1))
+
+    assert result.is_error is True
+    assert "1-credit daily budget" in text_of(result)
+    with pytest.raises(Exception, match="1-credit daily budget"):
+        tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": {"text": "Hi"}})
+    assert fake_aimlapi.requests == []
