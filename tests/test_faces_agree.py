@@ -16,6 +16,7 @@ from langchain_core.tools import BaseTool
 from mcp import Client
 from test_mcp import text_of
 
+from octave_tools import BudgetExceededError
 from octave_tools.langchain import OctaveTTSTool, OctaveUsageTool, OctaveVoicesTool
 from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI
@@ -197,6 +198,6 @@ async def test_a_one_credit_budget_refuses_a_model_whose_price_is_not_documented
 
     assert result.is_error is True
     assert "1-credit daily budget" in text_of(result)
-    with pytest.raises(Exception, match="1-credit daily budget"):
+    with pytest.raises(BudgetExceededError, match="1-credit daily budget"):
         tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": {"text": "Hi"}})
     assert fake_aimlapi.requests == []
