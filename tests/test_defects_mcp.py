@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+from harness import INITIALIZE, MCP_HEADERS, api_env, http_server, text_of
 from langchain_core.messages import ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from mcp import Client
-from test_mcp import INITIALIZE, MCP_HEADERS, api_env, http_server, text_of
 
 from octave_tools._mcp_http import _Demote, _listen
 from octave_tools.langchain import OctaveTTSTool

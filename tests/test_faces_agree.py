@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from harness import api_options, text_of
 from langchain_core.tools import BaseTool
 from mcp import Client
-from test_mcp import text_of
 
 from octave_tools.langchain import OctaveTTSTool, OctaveUsageTool, OctaveVoicesTool
 from octave_tools.mcp import create_server
@@ -116,20 +116,10 @@ def test_one_model_with_a_speed_range_publishes_it() -> None:
 # ---------------------------------------------------------------- settings take effect on MCP
 
 
-def _api_settings(api: FakeAIMLAPI, **extra: Any) -> dict[str, Any]:
-    return {
-        "api_key": api.api_key,
-        "base_url": api.base_url,
-        "engine": "aimlapi",
-        "max_retries": 0,
-        **extra,
-    }
-
-
 async def test_a_cache_ttl_on_the_server_answers_a_repeat_from_the_cache(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, cache_ttl=600))
+    server = create_server(**api_options(fake_aimlapi, cache_ttl=600))
     async with Client(server) as client:
         first = await client.call_tool("text_to_speech", {"text": "Once only"})
         second = await client.call_tool("text_to_speech", {"text": "Once only"})
@@ -145,7 +135,7 @@ async def test_a_cache_ttl_on_the_server_answers_a_repeat_from_the_cache(
 async def test_a_one_credit_daily_budget_on_the_server_refuses_with_no_request(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, max_credits_per_day=1))
+    server = create_server(**api_options(fake_aimlapi, max_credits_per_day=1))
     async with Client(server) as client:
         result = await client.call_tool("text_to_speech", {"text": "Too dear"})
 
@@ -162,7 +152,7 @@ def test_an_unknown_server_option_is_refused() -> None:
 async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, models="hume/octave-2,openai/tts-1"))
+    server = create_server(**api_options(fake_aimlapi, models="hume/octave-2,openai/tts-1"))
     async with Client(server) as client:
         picked = await client.call_tool(
             "text_to_speech", {"text": "Hi", "model": "openai/tts-1", "voice": "NOVA"}
