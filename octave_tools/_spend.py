@@ -10,6 +10,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
@@ -76,8 +77,15 @@ def text_digest(text: str) -> str:
 class Spend:
     """Ledger, budget and cache as one client sees them; safe across threads."""
 
-    def __init__(self, settings: Settings, *, client_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_limit: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
+        self._clock = clock  # epoch seconds; tests pass a fake one
         self.client_limit = client_limit
         self.daily_limit = settings.max_credits_per_day
         self.cache_ttl = settings.cache_ttl
@@ -119,7 +127,7 @@ class Spend:
         if store is None:
             return False
         fresh = getattr(store, "window_is_fresh", None)
-        return fresh is None or not fresh(time.time() - DAY)
+        return fresh is None or not fresh(self._clock() - DAY)
 
     @property
     def needs_budget_check(self) -> bool:
@@ -136,7 +144,7 @@ class Spend:
         store = self.store
         if self.cache_ttl <= 0 or store is None:
             return None
-        value = store.cache_get(key, time.time())
+        value = store.cache_get(key, self._clock())
         if value is None:
             return None
         try:
@@ -187,7 +195,7 @@ class Spend:
         estimate = self.estimate(model, characters)
         if not self.needs_budget_check:
             return 0.0
-        now = time.time()
+        now = self._clock()
         # Only a daily budget needs the shared ledger; a per-client limit is in memory.
         day_spent, oldest = (
             self._spent_in_window(now) if self.daily_limit is not None else (0.0, None)
@@ -258,7 +266,7 @@ class Spend:
         """Record a finished call (and remember it for the cache)."""
         credits = float(speech.credits_used or 0)
         entry = LedgerEntry(
-            ts=time.time(),
+            ts=self._clock(),
             engine=speech.engine,
             model=speech.model,
             voice=speech.voice,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from harness import cli_process, subprocess_env
 
 from octave_tools import AsyncOctaveClient, BudgetExceededError, OctaveClient
+from octave_tools._spend import Spend
 from octave_tools.cli import run
 from octave_tools.testing import FakeAIMLAPI, Fault
 
@@ -84,14 +86,11 @@ def test_cache_is_shared_between_clients_and_processes(
     assert len(fake_aimlapi.tts_requests) == 1
 
 
-def test_cache_entries_expire_at_the_ttl(
-    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import octave_tools._spend as spend_mod
-
-    now = [1_000_000.0]
-    monkeypatch.setattr(spend_mod.time, "time", lambda: now[0])
+def test_cache_entries_expire_at_the_ttl(fake_aimlapi: FakeAIMLAPI, tmp_path: Path) -> None:
+    now = [time.time()]
     with client(fake_aimlapi, data_dir=str(tmp_path), cache_ttl=10) as c:
+        # The client's spend keeper, on a clock this test moves.
+        c._spend = Spend(c.settings, client_limit=c.settings.max_credits, clock=lambda: now[0])
         c.synthesize("Tick")
         now[0] += 9.99
         assert c.synthesize("Tick").cached
