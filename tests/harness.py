@@ -172,10 +172,19 @@ class ServerProcess:
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
 
+    def _stdin(self) -> Any:
+        if self.proc.stdin is None:
+            raise RuntimeError("this server was started without stdin=True")
+        return self.proc.stdin
+
     def send(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
+        """One JSON-RPC message on the server's stdin."""
+        self._stdin().write(json.dumps(message) + "\n")
+        self._stdin().flush()
+
+    def close_stdin(self) -> None:
+        """End the server's input, as a client that hangs up does."""
+        self._stdin().close()
 
     def response(self, request_id: int) -> dict[str, Any]:
         """The next stdout message answering ``request_id`` (others are skipped)."""

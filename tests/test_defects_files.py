@@ -67,8 +67,7 @@ def ledger_locked_by_another_process(path: Path, seconds: float) -> Iterator[sub
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "locked"
+        assert proc.stdout.readline().strip() == "locked"  # type: ignore[union-attr]
         yield proc
     finally:
         proc.wait(timeout=60)
@@ -494,8 +493,9 @@ def _plant(c: OctaveClient, text: str, url: str) -> None:
     planted = Speech(
         audio_url=url, format="wav", voice="Vince Douglas", model="hume/octave-2", characters=2
     )
-    assert spend.store is not None
-    spend.store.cache_put(key, planted.model_dump_json(), time.time() + 600)
+    spend.store.cache_put(  # type: ignore[union-attr]
+        key, planted.model_dump_json(), time.time() + 600
+    )
 
 
 def test_a_planted_file_url_in_the_cache_is_a_miss(
@@ -590,7 +590,6 @@ def test_an_endless_stdin_is_refused_in_a_real_process(api_env: FakeAIMLAPI) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdin is not None
 
     def feed() -> None:
         chunk = b"y\n" * 32_768
@@ -608,8 +607,8 @@ def test_an_endless_stdin_is_refused_in_a_real_process(api_env: FakeAIMLAPI) -> 
         proc.kill()
         writer.join(timeout=10)
     assert code == 2
-    assert proc.stderr is not None
-    assert b"stdin holds more than the 500,000-character limit" in proc.stderr.read()
+    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    assert b"stdin holds more than the 500,000-character limit" in stderr
     assert api_env.requests == []
 
 

@@ -171,6 +171,5 @@ async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
         "Error executing tool text_to_speech: invalid arguments: model: Input should be "
         "'hume/octave-2' or 'openai/tts-1'. Correct them and call the tool again."
     )
-    assert voices.structured_content is not None
     assert voices.structured_content["model"] == "openai/tts-1"
     assert voices.structured_content["default"] == "alloy"

@@ -195,7 +195,6 @@ def test_annotations_in_metadata_mark_list_voices_read_only() -> None:
         "openWorldHint": True,
         "team": "docs",
     }
-    assert voices.metadata is not None
     assert voices.metadata["readOnlyHint"] is True
 
 

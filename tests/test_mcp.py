@@ -67,7 +67,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     assert sorted(tools) == ["list_voices", "text_to_speech", "usage"]
     tts, voices, usage = tools["text_to_speech"], tools["list_voices"], tools["usage"]
     assert tts.title == "Text to speech"
-    assert tts.annotations is not None
     assert tts.annotations.model_dump(exclude_none=True) == {
         "title": "Text to speech",
         "read_only_hint": False,
@@ -75,7 +74,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
         "idempotent_hint": False,
         "open_world_hint": True,
     }
-    assert voices.annotations is not None
     assert voices.annotations.model_dump(exclude_none=True) == {
         "title": "List voices",
         "read_only_hint": True,
@@ -93,7 +91,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     assert tts.output_schema == SpeechResult.model_json_schema()
     assert voices.input_schema["properties"] == {}
     assert voices.output_schema == VoiceList.model_json_schema()
-    assert usage.annotations is not None
     assert usage.annotations.model_dump(exclude_none=True) == {
         "title": "Usage",
         "read_only_hint": True,
@@ -178,7 +175,6 @@ async def test_an_unknown_voice_is_a_tool_error_with_suggestions_and_costs_nothi
     peer: str, fake_aimlapi: FakeAIMLAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalogue = catalogue_for(DEFAULT_MODEL)
-    assert catalogue is not None
     with pytest.raises(ValueError) as expected:
         catalogue.resolve("Ava Sung")
 
@@ -239,7 +235,6 @@ async def test_the_server_instructions_tell_a_model_how_to_use_the_tools(
     async with Client(server) as client:
         instructions = client.instructions
 
-    assert instructions is not None
     assert instructions.startswith(
         "octave-tools speaks text aloud: text_to_speech turns text into audio with "
         f"{DEFAULT_MODEL} and returns a URL of the audio file."
@@ -349,7 +344,6 @@ async def test_a_configured_default_voice_is_the_one_listed_described_and_used(
     assert "Vince Douglas, " in text_of(voices)
     assert "French Chef (default), " in text_of(voices)
     assert fake_aimlapi.tts_requests[0].json["voice"] == "French Chef"
-    assert spoken.structured_content is not None
     assert spoken.structured_content["voice"] == "French Chef"
 
 
@@ -447,8 +441,7 @@ def test_stdio_writes_only_protocol_messages_to_stdout_and_logs_to_stderr(
         with_token = server.response(2)
         server.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})
         without_token = server.response(3)
-        assert server.proc.stdin is not None
-        server.proc.stdin.close()
+        server.close_stdin()
         assert server.proc.wait(20) == 0
     finally:
         server.stop()
@@ -550,7 +543,6 @@ async def test_http_on_loopback_needs_no_token(fake_aimlapi: FakeAIMLAPI) -> Non
             result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
     assert result.is_error is False
-    assert result.structured_content is not None
     assert result.structured_content["audio_url"] in fake_aimlapi.issued
 
 
