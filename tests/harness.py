@@ -8,6 +8,7 @@ scripts in ``bench/`` put ``tests/`` on ``sys.path`` first.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -32,6 +33,7 @@ from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
+from octave_tools import AsyncOctaveClient, OctaveClient, Speech
 from octave_tools._mcp_http import ENV_SERVER_TOKEN
 from octave_tools.cli import run
 from octave_tools.mcp import create_server
@@ -68,7 +70,17 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
 # ---------------------------------------------------------------- settings
 
 
-def api_env(api: FakeAIMLAPI, **extra: str) -> dict[str, str]:
+class Upstream(Protocol):
+    """What a test points octave-tools at: the fake API or a raw loopback server."""
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+
+def api_env(api: Upstream, **extra: str) -> dict[str, str]:
     """Settings a user would put in the environment (or an MCP client's config) for ``api``."""
     return {
         "AIMLAPI_API_KEY": api.api_key,
@@ -109,6 +121,23 @@ def subprocess_env(api: FakeAIMLAPI | None = None, **extra: str) -> dict[str, st
         env.update(api_env(api))
     env.update(extra)
     return env
+
+
+# ---------------------------------------------------------------- the clients
+
+
+def synthesize_on(kind: str, options: dict[str, Any], text: Any, **call: Any) -> Speech:
+    """``synthesize(text, **call)`` on a fresh ``sync`` or ``async`` client made with
+    ``options``."""
+    if kind == "sync":
+        with OctaveClient(**options) as client:
+            return client.synthesize(text, **call)
+
+    async def go() -> Speech:
+        async with AsyncOctaveClient(**options) as client:
+            return await client.synthesize(text, **call)
+
+    return asyncio.run(go())
 
 
 # ---------------------------------------------------------------- the CLI
@@ -288,11 +317,24 @@ async def until(event: threading.Event) -> None:
         await anyio.sleep(0.01)
 
 
+async def cancel_mid_call(client: Client, api: StallingAPI) -> None:
+    """Start ``text_to_speech``, cancel it once ``api`` has the request, then wait until
+    the server hangs up on ``api`` (which is how a cancellation shows upstream); 30 s."""
+    with anyio.fail_after(30):  # a guard, far below what the call would wait for the API
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
+            await until(api.got_request)
+            tg.cancel_scope.cancel()
+        await until(api.hung_up)
+
+
 # ---------------------------------------------------------------- raw upstream servers
 
 
 class _Listener:
     """A loopback listener on a free port served by a daemon thread until ``close``."""
+
+    api_key = "k"  # any key: these servers do not check it
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from harness import synthesize_on
 
 from octave_tools import (
     APIConnectionError,
@@ -48,15 +49,7 @@ def synth(request: pytest.FixtureRequest, fake_aimlapi: FakeAIMLAPI) -> Synth:
             "engine": "aimlapi",
             **(client or {}),
         }
-        if request.param == "sync":
-            with OctaveClient(**options) as c:
-                return c.synthesize(text, **kw)
-
-        async def go() -> Speech:
-            async with AsyncOctaveClient(**options) as c:
-                return await c.synthesize(text, **kw)
-
-        return asyncio.run(go())
+        return synthesize_on(request.param, options, text, **kw)
 
     return run
 

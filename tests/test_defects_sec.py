@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import cli_process, http_server, redirecting_server, subprocess_env
+from harness import api_env, cli_process, http_server, redirecting_server, subprocess_env
 from mcp import Client
 
 from octave_tools import (
@@ -231,12 +231,7 @@ def test_the_key_echoed_in_a_response_header_is_masked_in_the_cli_debug_log(
 async def test_the_key_echoed_in_a_response_header_is_masked_in_the_server_log(
     planted: FakeAIMLAPI,
 ) -> None:
-    env = {
-        "AIMLAPI_API_KEY": KEY,
-        "AIMLAPI_BASE_URL": planted.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-    }
-    with http_server(env, "--log-level", "DEBUG") as (url, server):
+    with http_server(api_env(planted), "--log-level", "DEBUG") as (url, server):
         planted.respond(
             201, {"audio": {"url": CDN_URL}}, headers={"x-echo": KEY, "x-half": SECRET_PART[:12]}
         )

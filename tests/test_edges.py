@@ -22,17 +22,18 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from harness import (
     RawUpstream,
     Script,
     StallingAPI,
+    api_env,
+    cancel_mid_call,
     http_server,
     redirecting_server,
+    synthesize_on,
     text_of,
-    until,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,16 +101,7 @@ def upstream() -> Iterator[Callable[..., RawUpstream]]:
 
 def synthesize(kind: str, text: str = "Hello", **options: Any) -> Speech:
     """One call on a fresh sync or async client."""
-    options = {"api_key": "k-edge", "engine": "aimlapi", **options}
-    if kind == "sync":
-        with OctaveClient(**options) as client:
-            return client.synthesize(text)
-
-    async def go() -> Speech:
-        async with AsyncOctaveClient(**options) as client:
-            return await client.synthesize(text)
-
-    return asyncio.run(go())
+    return synthesize_on(kind, {"api_key": "k-edge", "engine": "aimlapi", **options}, text)
 
 
 KINDS = ["sync", "async"]
@@ -308,21 +300,11 @@ def test_out_is_left_untouched_when_the_write_fails(
 
 async def test_a_cancelled_call_over_http_stops_the_upstream_request() -> None:
     stalling = StallingAPI()
-    env = {
-        "AIMLAPI_API_KEY": "k",
-        "AIMLAPI_BASE_URL": stalling.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_TIMEOUT": "600",
-    }
+    env = api_env(stalling, OCTAVE_TOOLS_TIMEOUT="600")
     try:
         with http_server(env) as (url, server):
             async with Client(url) as client:
-                with anyio.fail_after(30):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                        await until(stalling.got_request)
-                        tg.cancel_scope.cancel()
-                    await until(stalling.hung_up)  # the server let go of the upstream call
+                await cancel_mid_call(client, stalling)  # the server let go of the upstream call
                 assert (await client.call_tool("list_voices", {})).is_error is False
             assert "Traceback" not in server.stderr
     finally:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 from harness import (
@@ -23,11 +22,11 @@ from harness import (
     ServerProcess,
     StallingAPI,
     api_env,
+    cancel_mid_call,
     child_env,
     connect,
     http_server,
     text_of,
-    until,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment
@@ -376,34 +375,18 @@ async def test_a_cancelled_call_stops_the_upstream_request_in_memory(
         api_key="k", base_url=stalling_api.base_url, engine="aimlapi", timeout=600
     )
     async with Client(server) as client:
-        # A guard, far below the 600 s the call would otherwise wait for the API.
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                await until(stalling_api.got_request)
-                tg.cancel_scope.cancel()
-            await until(stalling_api.hung_up)
+        await cancel_mid_call(client, stalling_api)
         assert (await client.call_tool("list_voices", {})).is_error is False
 
 
 async def test_a_cancelled_call_stops_the_upstream_request_over_stdio(
     stalling_api: StallingAPI,
 ) -> None:
-    env = {
-        "AIMLAPI_API_KEY": "k",
-        "AIMLAPI_BASE_URL": stalling_api.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_TIMEOUT": "600",
-    }
+    env = api_env(stalling_api, OCTAVE_TOOLS_TIMEOUT="600")
     params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=child_env(env))
     async with Client(params) as client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                await until(stalling_api.got_request)
-                tg.cancel_scope.cancel()
-            # Checked while the server process still runs: only the cancellation closes it.
-            await until(stalling_api.hung_up)
+        # Checked while the server process still runs: only the cancellation closes it.
+        await cancel_mid_call(client, stalling_api)
         assert (await client.call_tool("list_voices", {})).is_error is False
 
 
@@ -415,18 +398,7 @@ def test_stdio_writes_only_protocol_messages_to_stdout_and_logs_to_stderr(
 ) -> None:
     server = ServerProcess(["--log-level", "DEBUG"], api_env(fake_aimlapi), stdin=True)
     try:
-        server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "raw-test", "version": "0"},
-                },
-            }
-        )
+        server.send(INITIALIZE)
         assert server.response(1)["result"]["serverInfo"]["name"] == "octave-tools"
         server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         call = {"name": "text_to_speech", "arguments": {"text": "Hello"}}

@@ -6,7 +6,6 @@ documented schema, with undocumented fields forbidden as the real API forbids th
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import json
@@ -20,10 +19,10 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from harness import synthesize_on
 
 from octave_tools import (
     MODELS,
-    AsyncOctaveClient,
     BudgetExceededError,
     ConfigurationError,
     InvalidInputError,
@@ -148,15 +147,7 @@ def synth(request: pytest.FixtureRequest, fake_aimlapi: FakeAIMLAPI) -> Synth:
             "engine": "aimlapi",
             **(client or {}),
         }
-        if request.param == "sync":
-            with OctaveClient(**options) as c:
-                return c.synthesize(text, **kw)
-
-        async def go() -> Speech:
-            async with AsyncOctaveClient(**options) as c:
-                return await c.synthesize(text, **kw)
-
-        return asyncio.run(go())
+        return synthesize_on(request.param, options, text, **kw)
 
     return run
 
