@@ -126,6 +126,9 @@ def subprocess_env(api: FakeAIMLAPI | None = None, **extra: str) -> dict[str, st
 # ---------------------------------------------------------------- the clients
 
 
+Synth = Callable[..., Speech]
+
+
 def synthesize_on(kind: str, options: dict[str, Any], text: Any, **call: Any) -> Speech:
     """``synthesize(text, **call)`` on a fresh ``sync`` or ``async`` client made with
     ``options``."""

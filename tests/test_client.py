@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import synthesize_on
+from harness import Synth
 
 from octave_tools import (
     APIConnectionError,
@@ -27,31 +27,10 @@ from octave_tools import (
     OctaveError,
     RateLimitError,
     ServerError,
-    Speech,
     UnexpectedResponseError,
 )
 from octave_tools._protocol import MAX_JSON_BYTES
 from octave_tools.testing import FakeAIMLAPI, Fault
-
-Synth = Callable[..., Speech]
-
-
-@pytest.fixture(params=["sync", "async"])
-def synth(request: pytest.FixtureRequest, fake_aimlapi: FakeAIMLAPI) -> Synth:
-    """Calls synthesize on a fresh sync or async client pointed at the fake."""
-
-    def run(
-        text: Any = "Hello there.", *, client: dict[str, Any] | None = None, **kw: Any
-    ) -> Speech:
-        options = {
-            "api_key": fake_aimlapi.api_key,
-            "base_url": fake_aimlapi.base_url,
-            "engine": "aimlapi",
-            **(client or {}),
-        }
-        return synthesize_on(request.param, options, text, **kw)
-
-    return run
 
 
 def test_synthesize_returns_the_url_the_api_issued(synth: Synth, fake_aimlapi: FakeAIMLAPI) -> None:
