@@ -34,7 +34,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,13 +45,14 @@ from typing import Any
 
 import anyio
 from mcp import Client
-from mcp.types import CallToolResult, TextContent
 
 from octave_tools.client import MAX_CONNECTIONS
 from octave_tools.testing import FakeAIMLAPI, Fault
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import TOOL_ERROR, ServerProcess, subprocess_env, texts_of
+
 KEEPALIVE_CONNECTIONS = 16  # octave_tools.client keeps at most this many idle
-TOOL_ERROR = "Error executing tool text_to_speech: "
 # How each clean tool error starts or reads, by the fault that caused it.
 ERROR_KINDS = {
     "rate limit (429)": "The API rate limit was hit (429",
@@ -115,82 +115,13 @@ def fault_mix(timeout: float) -> list[Fault]:
 
 def server_env(api: FakeAIMLAPI, timeout: float, data_dir: Path, out_dir: Path) -> dict[str, str]:
     """This environment (the network guard under pytest) minus any real settings, plus ours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIMLAPI_", "AIML_API_", "OCTAVE_TOOLS_"))
-        or k == "OCTAVE_TOOLS_NETGUARD_LOG"
-    }
-    env.update(
-        AIMLAPI_API_KEY=api.api_key,
-        AIMLAPI_BASE_URL=api.base_url,
-        OCTAVE_TOOLS_ENGINE="aimlapi",
+    return subprocess_env(
+        api,
         OCTAVE_TOOLS_TIMEOUT=f"{timeout:g}",
         OCTAVE_TOOLS_DATA_DIR=str(data_dir),  # the ledger stays on, in a temp folder
         OCTAVE_TOOLS_OUTPUT_DIR=str(out_dir),
         PYTHONUNBUFFERED="1",
     )
-    return env
-
-
-class HTTPServer:
-    """``python -m octave_tools.mcp --transport http --port 0``; stderr kept in memory."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "octave_tools.mcp", "--transport", "http", "--port", "0"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def url(self, wait: float = 30.0) -> str:
-        """The MCP endpoint the server printed on start."""
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            found = re.search(r"on (http://\S+/mcp) ", self.log)
-            if found:
-                return found.group(1)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"the MCP server did not start; its stderr:\n{self.log}")
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server process, in MB (from /proc)."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        if found is None:
-            raise RuntimeError("VmRSS is missing from /proc: Linux is needed for this figure")
-        return int(found.group(1)) / 1024
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 def upstream_connections(pid: int, port: int) -> int:
@@ -243,10 +174,6 @@ def text_for(session: int, index: int) -> str:
     return f"Session {session} call {index}: {phrase}{'.' * (index % 5)}"
 
 
-def _text(result: CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, TextContent))
-
-
 async def one_session(
     url: str, session: int, calls: int, guard: float, records: list[CallRecord]
 ) -> None:
@@ -276,7 +203,9 @@ async def one_session(
                 structured = result.structured_content or {}
                 if result.is_error:
                     records.append(
-                        CallRecord(session, index, text, "tool_error", seconds, None, _text(result))
+                        CallRecord(
+                            session, index, text, "tool_error", seconds, None, texts_of(result)
+                        )
                     )
                 else:
                     audio_url = structured.get("audio_url")
@@ -288,7 +217,7 @@ async def one_session(
                             "ok",
                             seconds,
                             audio_url if isinstance(audio_url, str) else None,
-                            _text(result),
+                            texts_of(result),
                         )
                     )
     except Exception as exc:  # the session itself failed: its remaining calls are lost
@@ -321,7 +250,7 @@ async def probe(url: str, upstream: tuple[int, int], stop: asyncio.Event, into: 
             else:
                 into.latencies.append(time.monotonic() - started)
                 if result.is_error or not (result.structured_content or {}).get("voices"):
-                    into.failures.append(_text(result)[:200])
+                    into.failures.append(texts_of(result)[:200])
             with anyio.move_on_after(PROBE_INTERVAL):
                 await stop.wait()
 
@@ -537,10 +466,11 @@ async def run_load(
     guard = timeout + margin + 30  # a call still running then is counted lost
     with tempfile.TemporaryDirectory(prefix="octave-load-") as tmp:
         api = CountingFakeAPI(api_key=key).start()
-        server: HTTPServer | None = None
+        server: ServerProcess | None = None
         try:
-            server = HTTPServer(server_env(api, timeout, Path(tmp) / "data", Path(tmp) / "audio"))
-            url = server.url()
+            env = server_env(api, timeout, Path(tmp) / "data", Path(tmp) / "audio")
+            server = ServerProcess(["--transport", "http", "--port", "0"], env)
+            url = server.url(30.0)
             api.random_faults(fault_rate, fault_mix(timeout), seed=seed)
             upstream = (server.proc.pid, api.port)
             warm, _, _ = await phase(url, sessions, warmup, guard, upstream, offset=100_000)
@@ -558,7 +488,7 @@ async def run_load(
             if server is not None:
                 server.stop()
             api.stop()
-        log = server.log
+        log = server.stderr
     judged = judge(records, issued, timeout, margin, key)
     durations = [r.seconds for r in records if r.outcome != "lost"]
     warm_ok = sum(1 for r in warm if r.outcome == "ok")

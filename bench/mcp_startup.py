@@ -19,12 +19,16 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from mcp import Client, StdioServerParameters
 
 from octave_tools import AsyncOctaveClient
 from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import api_env
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -97,12 +101,7 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="octave-bench-")
     os.environ["OCTAVE_TOOLS_DATA_DIR"] = data_dir  # keep the ledger out of the user's
     with FakeAIMLAPI() as api:
-        env = {
-            "AIMLAPI_API_KEY": api.api_key,
-            "AIMLAPI_BASE_URL": api.base_url,
-            "OCTAVE_TOOLS_ENGINE": "aimlapi",
-            "OCTAVE_TOOLS_DATA_DIR": data_dir,
-        }
+        env = api_env(api, OCTAVE_TOOLS_DATA_DIR=data_dir)
         bare, ours = asyncio.run(startups(env, args.starts))
         print(
             f"cold start (stdio: spawn, initialize, list tools)   bare MCPServer "

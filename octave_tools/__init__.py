@@ -6,7 +6,15 @@ The core has no LangChain or MCP imports; those faces live in
 
 from ._files import write_atomic
 from ._redact import basic_config as configure_logging
-from ._settings import SETTING_NAMES, SETTINGS, Setting, Settings, SettingsOptions, is_loopback
+from ._settings import (
+    SETTING_NAMES,
+    SETTINGS,
+    Setting,
+    Settings,
+    SettingsOptions,
+    check_options,
+    is_loopback,
+)
 from ._version import __version__
 from .catalogue import MODELS, ModelSpec
 from .client import AsyncOctaveClient, OctaveClient
@@ -64,6 +72,7 @@ __all__ = [
     "UsageReport",
     "VoiceList",
     "__version__",
+    "check_options",
     "configure_logging",
     "is_loopback",
     "write_atomic",

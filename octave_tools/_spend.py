@@ -10,6 +10,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -97,8 +98,15 @@ def text_digest(text: str) -> str:
 class Spend:
     """Ledger, budget and cache as one client sees them; safe across threads."""
 
-    def __init__(self, settings: Settings, *, client_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_limit: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
+        self._clock = clock  # epoch seconds; tests pass a fake one
         self.client_limit = client_limit
         self.daily_limit = settings.max_credits_per_day
         self.cache_ttl = settings.cache_ttl
@@ -162,7 +170,7 @@ class Spend:
         if self.shared or self._rate_is_stale():
             return True
         fresh = getattr(store, "window_is_fresh", None)
-        return fresh is None or not fresh(time.time() - DAY)
+        return fresh is None or not fresh(self._clock() - DAY)
 
     @property
     def needs_budget_check(self) -> bool:
@@ -179,7 +187,7 @@ class Spend:
         store = self.store
         if self.cache_ttl <= 0 or store is None:
             return None
-        value = store.cache_get(key, time.time())
+        value = store.cache_get(key, self._clock())
         if value is None:
             return None
         try:
@@ -272,7 +280,7 @@ class Spend:
         if self._rate_is_stale():
             store = self.store
             try:
-                rates = store.rates(time.time() - RATE_WINDOW) if store is not None else {}
+                rates = store.rates(self._clock() - RATE_WINDOW) if store is not None else {}
             except (OctaveError, LedgerLockedError):
                 rates = self._rates  # keep what was known; the default covers the rest
             self._rates, self._rates_read = rates, time.monotonic()
@@ -283,7 +291,7 @@ class Spend:
         if not self.needs_budget_check:
             return NO_HOLD
         estimate = self.estimate(model, characters)
-        now = time.time()
+        now = self._clock()
         with self._lock:
             if self.client_limit is not None:
                 spent = self._client_spent + self._reserved
@@ -392,7 +400,7 @@ class Spend:
         """Record a finished call (and remember it for the cache); ends its ``hold``."""
         credits = float(speech.credits_used or 0)
         entry = LedgerEntry(
-            ts=time.time(),
+            ts=self._clock(),
             engine=speech.engine,
             model=speech.model,
             voice=speech.voice,

@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -130,6 +130,27 @@ class Store(Protocol):
     def release(self, reservation_id: str) -> None: ...
 
 
+def usage_rows(
+    rows: dict[str, list[float]], unwritten: Sequence[LedgerEntry], by: GroupBy
+) -> list[UsageRow]:
+    """Stored totals per group plus entries not yet written, largest spend first."""
+    for e in unwritten:
+        key = {
+            "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
+            "model": e.model,
+            "voice": e.voice or "(default)",
+            "engine": e.engine,
+        }[by]
+        acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
+        for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
+            acc[i] += value
+    result = [
+        UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
+        for k, v in rows.items()
+    ]
+    return sorted(result, key=lambda r: (-r.credits, r.key))
+
+
 def _rates(
     totals: dict[str, list[float]], unwritten: Sequence[LedgerEntry], since: float
 ) -> dict[str, float]:
@@ -183,8 +204,9 @@ class SQLiteStore:
     seconds; meanwhile this process's own spend is still counted in memory.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._monotonic = monotonic  # tests pass a fake one
         self._lock = threading.Lock()  # guards the in-memory lists
         self._db_lock = threading.Lock()  # one connection, used from several threads
         self._db: sqlite3.Connection | None = None
@@ -279,7 +301,7 @@ class SQLiteStore:
 
     def _disable(self, exc: BaseException) -> None:
         with self._lock:
-            self._broken_at = time.monotonic()
+            self._broken_at = self._monotonic()
             if self._broken:
                 return
             self._broken = True
@@ -300,12 +322,12 @@ class SQLiteStore:
         """Try a broken ledger again, at most every REOPEN_AFTER seconds."""
         if not self._broken or self._closed:
             return
-        if time.monotonic() - self._broken_at < REOPEN_AFTER:
+        if self._monotonic() - self._broken_at < REOPEN_AFTER:
             return
         with self._db_lock:
-            if not self._broken or time.monotonic() - self._broken_at < REOPEN_AFTER:
+            if not self._broken or self._monotonic() - self._broken_at < REOPEN_AFTER:
                 return
-            self._broken_at = time.monotonic()  # one try per period, whatever happens
+            self._broken_at = self._monotonic()  # one try per period, whatever happens
             try:
                 db = self._connect()
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
@@ -346,7 +368,7 @@ class SQLiteStore:
         with self._lock:
             if self._broken or self._closed:
                 self._lost.append(entry)
-                due = not self._closed and time.monotonic() - self._broken_at >= REOPEN_AFTER
+                due = not self._closed and self._monotonic() - self._broken_at >= REOPEN_AFTER
                 if due:  # the writer tries the ledger again, off the caller's thread
                     self._start_writer()
                     self._queue.put(_REOPEN)
@@ -498,12 +520,12 @@ class SQLiteStore:
         cached = self._window
         return (
             cached is not None
-            and time.monotonic() - cached[0] < WINDOW_REFRESH
+            and self._monotonic() - cached[0] < WINDOW_REFRESH
             and cached[1] <= since
         )
 
     def _window_total(self, since: float) -> tuple[float, float | None]:
-        now = time.monotonic()
+        now = self._monotonic()
         cached = self._window
         # A cached read for an earlier start only over-counts, by what left the window.
         if cached is not None and now - cached[0] < WINDOW_REFRESH and cached[1] <= since:
@@ -590,23 +612,7 @@ class SQLiteStore:
                     )
                 else:
                     self._disable(exc)
-        for e in self._unwritten():
-            if e.ts < since:
-                continue
-            key = {
-                "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
-                "model": e.model,
-                "voice": e.voice or "(default)",
-                "engine": e.engine,
-            }[by]
-            acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
-            for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
-                acc[i] += value
-        result = [
-            UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
-            for k, v in rows.items()
-        ]
-        return sorted(result, key=lambda r: (-r.credits, r.key))
+        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by)
 
     # ------------------------------------------------------------ cache
 

@@ -24,7 +24,7 @@ from dataclasses import astuple
 from typing import TypeVar
 
 from ._redact import redact_url, scrub
-from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict
+from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict, usage_rows
 from .errors import ConfigurationError
 
 try:
@@ -313,21 +313,7 @@ class PostgresStore:
         rows: dict[str, list[float]] = {}
         for key, calls, cached, chars, credits, usd in found:
             rows[str(key)] = [float(str(v)) for v in (calls, cached, chars, credits, usd)]
-        for e in self._unwritten_in(since):
-            key = {
-                "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
-                "model": e.model,
-                "voice": e.voice or "(default)",
-                "engine": e.engine,
-            }[by]
-            acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
-            for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
-                acc[i] += value
-        result = [
-            UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
-            for k, v in rows.items()
-        ]
-        return sorted(result, key=lambda r: (-r.credits, r.key))
+        return usage_rows(rows, list(self._unwritten_in(since)), by)
 
     # ------------------------------------------------------------ budget (see Store)
 

@@ -23,11 +23,11 @@ With ``handle_tool_error=False`` the first kind is raised too, as ``ToolExceptio
 # on every call, and real annotations make that several times cheaper than strings.
 
 import asyncio
-import difflib
 import functools
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
@@ -58,8 +58,9 @@ from . import (
     OctaveError,
     Settings,
     SettingsOptions,
+    check_options,
 )
-from .toolspec import ToolSpec, explain_arguments, tools_for
+from .toolspec import ToolSet, ToolSpec, explain_arguments, tools_for
 
 __all__ = [
     "OctaveTTSTool",
@@ -124,16 +125,9 @@ class _ClientOptions(_SettingFields):
     _core: OctaveClient | AsyncOctaveClient = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        # Refused by name, never quoting the value: it could be a key under a misspelt name.
         known = type(self).model_fields
-        unknown = [name for name in data if name not in known]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], SETTING_NAMES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            # Named, never quoted: the value could be a key under a misspelt name.
-            raise TypeError(
-                f"{type(self).__name__} has no option {', '.join(map(repr, unknown))}.{hint} "
-                f"Settings: {', '.join(SETTING_NAMES)}."
-            )
+        check_options({name: None for name in data if name not in known})
         super().__init__(**data)
 
     @field_validator("api_key", mode="before", check_fields=False)
@@ -198,10 +192,44 @@ def _explain_invalid_arguments(spec: ToolSpec, error: ValidationError | Validati
     return f"Error: {explain_arguments(spec, error.errors())}"
 
 
+@contextmanager
+def _model_can_fix() -> Iterator[None]:
+    """Failures the model can act on become its tool message; the others are raised."""
+    try:
+        yield
+    except _NEEDS_A_PERSON:
+        raise
+    except OctaveError as exc:
+        raise ToolException(f"Error: {exc}") from exc
+
+
 # ---------------------------------------------------------------- the tools
 
 
-class OctaveTTSTool(_ClientOptions, BaseTool):
+class _SpecTool(_ClientOptions, BaseTool):
+    """A tool that takes its name, words, argument schema and hints from the core's spec."""
+
+    name: str = ""
+    description: str = ""
+    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
+        True
+    )
+    handle_validation_error: (
+        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
+    ) = True
+
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        raise NotImplementedError
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Describe this tool's real model, voices and defaults to the model."""
+        super().model_post_init(context)
+        _render(self, self._spec_of(tools_for(self._core)))
+
+
+class OctaveTTSTool(_SpecTool):
     """Text-to-speech on the AIML API (``hume/octave-2`` by default) as a LangChain tool.
 
     Invoked with a ``ToolCall`` it returns a ``ToolMessage`` whose content is one sentence
@@ -215,15 +243,6 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
     """
 
     name: str = "text_to_speech"
-    description: str = ""
-    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
-        True
-    )
-    handle_validation_error: (
-        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = True
 
     _sync: OctaveClient | None = PrivateAttr(default=None)
     # One async client per event loop: an httpx pool cannot outlive the loop it was used on.
@@ -232,10 +251,8 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
     )
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Describe this tool's real voices and defaults to the model."""
-        super().model_post_init(context)
-        _render(self, tools_for(self._core).text_to_speech)
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        return tools.text_to_speech
 
     def _run(
         self,
@@ -246,14 +263,10 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         model: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _model_can_fix():
             speech = self._sync_client().synthesize(
                 text, voice=voice, format=format, speed=speed, model=model
             )
-        except _NEEDS_A_PERSON:
-            raise
-        except OctaveError as exc:
-            raise ToolException(f"Error: {exc}") from exc
         return speech.summary(), speech.model_dump()
 
     async def _arun(
@@ -265,14 +278,10 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         model: str | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _model_can_fix():
             speech = await self._async_client().synthesize(
                 text, voice=voice, format=format, speed=speed, model=model
             )
-        except _NEEDS_A_PERSON:
-            raise
-        except OctaveError as exc:
-            raise ToolException(f"Error: {exc}") from exc
         return speech.summary(), speech.model_dump()
 
     def _sync_client(self) -> OctaveClient:
@@ -299,7 +308,7 @@ class OctaveTTSTool(_ClientOptions, BaseTool):
         return client
 
 
-class OctaveVoicesTool(_ClientOptions, BaseTool):
+class OctaveVoicesTool(_SpecTool):
     """The voices ``text_to_speech`` accepts and the default, as a read-only LangChain tool.
 
     Content is one line for the model; the artifact is ``{"model", "default", "voices"}``.
@@ -307,28 +316,15 @@ class OctaveVoicesTool(_ClientOptions, BaseTool):
     """
 
     name: str = "list_voices"
-    description: str = ""
-    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
-        True
-    )
-    handle_validation_error: (
-        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = True
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Take the description and hints from the core's spec."""
-        super().model_post_init(context)
-        _render(self, tools_for(self._core).list_voices)
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        return tools.list_voices
 
     def _run(
         self, model: str | None = None, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _model_can_fix():
             voices = self._core.voices(model)
-        except OctaveError as exc:
-            raise ToolException(f"Error: {exc}") from exc
         return voices.summary(), voices.model_dump()
 
     async def _arun(
@@ -337,27 +333,16 @@ class OctaveVoicesTool(_ClientOptions, BaseTool):
         return self._run(model)
 
 
-class OctaveUsageTool(_ClientOptions, BaseTool):
+class OctaveUsageTool(_SpecTool):
     """What text-to-speech has spent, from the ledger, as a read-only LangChain tool.
 
     Content is a small table; the artifact is the ``UsageReport`` as a dict. No API call.
     """
 
     name: str = "usage"
-    description: str = ""
-    args_schema: Annotated[ArgsSchema | None, SkipValidation()] = None
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool | str | Callable[[ToolException], ToolExceptionHandlerOutput] | None = (
-        True
-    )
-    handle_validation_error: (
-        bool | str | Callable[[ValidationError | ValidationErrorV1], str] | None
-    ) = True
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Take the description, arguments and hints from the core's spec."""
-        super().model_post_init(context)
-        _render(self, tools_for(self._core).usage)
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        return tools.usage
 
     def _run(
         self,
@@ -365,10 +350,8 @@ class OctaveUsageTool(_ClientOptions, BaseTool):
         by: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        try:
+        with _model_can_fix():
             report = self._core.usage_report(since or "7d", by or "day")
-        except OctaveError as exc:
-            raise ToolException(f"Error: {exc}") from exc
         return report.table(), report.model_dump(mode="json")
 
     async def _arun(

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from octave_tools import Speech
+    from octave_tools.testing import FakeAIMLAPI
 
 _GUARD_DIR = Path(__file__).parent / "_netguard"
 _GUARD_LOG = Path(tempfile.mkdtemp(prefix="octave-netguard-")) / "blocked.log"
@@ -46,6 +51,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "\nnetwork guard: tests tried to reach the network:\n" + _GUARD_LOG.read_text()
         )
         session.exitstatus = 1
+
+
+@pytest.fixture(params=["sync", "async"])
+def synth(request: pytest.FixtureRequest, fake_aimlapi: FakeAIMLAPI) -> Callable[..., Speech]:
+    """Calls synthesize on a fresh sync or async client pointed at the fake."""
+    from harness import synthesize_on
+
+    def run(
+        text: Any = "Hello there.", *, client: dict[str, Any] | None = None, **kw: Any
+    ) -> Speech:
+        options = {
+            "api_key": fake_aimlapi.api_key,
+            "base_url": fake_aimlapi.base_url,
+            "engine": "aimlapi",
+            **(client or {}),
+        }
+        return synthesize_on(request.param, options, text, **kw)
+
+    return run
 
 
 @pytest.fixture

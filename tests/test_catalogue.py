@@ -124,7 +124,6 @@ def test_stream_handling_matches_the_schema(model_id: str) -> None:
 
 def test_seed_speed_maps_to_its_percent_scale() -> None:
     speed = MODELS["bytedance/seed-audio-1-0"].speed
-    assert speed is not None
     assert [speed.to_body(s) for s in (0.5, 1.0, 1.25, 2.0)] == [-50, 0, 25, 100]
 
 

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import cli, cli_process, subprocess_env
 
-from octave_tools.cli import run
 from octave_tools.testing import FakeAIMLAPI
 
 pytestmark = pytest.mark.usefixtures("api_env")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = run(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_say_prints_only_the_url(capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI) -> None:
@@ -180,29 +171,9 @@ def test_voices_json(capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
-def _subprocess_env(api: FakeAIMLAPI, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))}
-    env.update(
-        {
-            "AIMLAPI_API_KEY": api.api_key,
-            "AIMLAPI_BASE_URL": api.base_url,
-            "OCTAVE_TOOLS_ENGINE": "aimlapi",
-            "OCTAVE_TOOLS_NETGUARD_LOG": os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
-            "OCTAVE_TOOLS_DATA_DIR": os.environ["OCTAVE_TOOLS_DATA_DIR"],
-            "OCTAVE_TOOLS_OUTPUT_DIR": os.environ["OCTAVE_TOOLS_OUTPUT_DIR"],
-            **extra,
-        }
-    )
-    return env
-
-
 def test_console_script_reads_stdin_for_dash(api_env: FakeAIMLAPI) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "octave_tools.cli", "say", "-"],
-        input="Ünïcode from stdin 🎙️\n".encode(),
-        env=_subprocess_env(api_env),
-        capture_output=True,
-        timeout=60,
+    proc = cli_process(
+        "say", "-", input="Ünïcode from stdin 🎙️\n".encode(), env=subprocess_env(api_env)
     )
     assert proc.returncode == 0, proc.stderr
     assert api_env.issued[proc.stdout.decode().strip()] == "Ünïcode from stdin 🎙️\n"
@@ -216,12 +187,12 @@ def test_no_traceback_and_no_key_at_any_verbosity(api_env: FakeAIMLAPI) -> None:
                 api_env.drop(times=3)
             else:
                 api_env.fail(401, message=f"bad key {key}")
-            proc = subprocess.run(
-                [sys.executable, "-m", "octave_tools.cli", *verbosity, "say", "hi"],
-                env=_subprocess_env(api_env, AIMLAPI_API_KEY=key, OCTAVE_TOOLS_MAX_RETRIES="2"),
-                capture_output=True,
+            proc = cli_process(
+                *verbosity,
+                "say",
+                "hi",
+                env=subprocess_env(api_env, AIMLAPI_API_KEY=key, OCTAVE_TOOLS_MAX_RETRIES="2"),
                 text=True,
-                timeout=60,
             )
             assert proc.returncode == 4
             assert "Traceback" not in proc.stderr

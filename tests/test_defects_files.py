@@ -3,7 +3,6 @@ ledger's locks, budget and file modes, cached URLs, and a bounded stdin."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from harness import CLI, cli, cli_process, redirecting_server, subprocess_env
 
 from octave_tools import ConfigurationError, OctaveClient, Speech
 from octave_tools._files import write_atomic
@@ -29,12 +29,6 @@ from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import MAX_TEXT_CHARS
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and FIFOs")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = run(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def client(api: FakeAIMLAPI, **kw: object) -> OctaveClient:
@@ -52,23 +46,6 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-def subprocess_env(api: FakeAIMLAPI, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))}
-    env.update(
-        {
-            "AIMLAPI_API_KEY": api.api_key,
-            "AIMLAPI_BASE_URL": api.base_url,
-            "OCTAVE_TOOLS_ENGINE": "aimlapi",
-            "OCTAVE_TOOLS_NETGUARD_LOG": os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
-            "OCTAVE_TOOLS_DATA_DIR": os.environ["OCTAVE_TOOLS_DATA_DIR"],
-            "OCTAVE_TOOLS_OUTPUT_DIR": os.environ["OCTAVE_TOOLS_OUTPUT_DIR"],
-            "PYTHONDONTWRITEBYTECODE": "1",
-            **extra,
-        }
-    )
-    return env
 
 
 _HOLD_LOCK = (
@@ -90,8 +67,7 @@ def ledger_locked_by_another_process(path: Path, seconds: float) -> Iterator[sub
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "locked"
+        assert proc.stdout.readline().strip() == "locked"  # type: ignore[union-attr]
         yield proc
     finally:
         proc.wait(timeout=60)
@@ -214,31 +190,14 @@ def test_failed_download_still_prints_the_url_and_exits_4(
     assert not target.exists()
 
 
-class _RedirectToFile(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(302)
-        self.send_header("Location", "file:///etc/passwd")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_a_redirect_to_a_bad_scheme_still_prints_the_url_and_exits_4(
     capsys: pytest.CaptureFixture[str], api_env: FakeAIMLAPI, tmp_path: Path
 ) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RedirectToFile)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/a.wav"
+    with redirecting_server("file:///etc/passwd") as origin:
+        url = origin + "/a.wav"
         api_env.respond(200, {"audio": {"url": url}, "meta": {"usage": {"credits_used": 250}}})
         target = tmp_path / "hello.wav"
         code, out, err = cli(capsys, "say", "Hi", "--json", "--out", str(target))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert code == 4
     record = json.loads(out)
     assert (record["audio_url"], record["credits_used"]) == (url, 250)
@@ -261,12 +220,13 @@ def test_a_refused_write_prints_the_url_names_the_target_and_exits_6(
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
     target = tmp_path / "hello.wav"
-    proc = subprocess.run(
-        [sys.executable, "-m", "octave_tools.cli", "say", "Hi", "--out", str(target)],
+    proc = cli_process(
+        "say",
+        "Hi",
+        "--out",
+        str(target),
         env=subprocess_env(api_env, OCTAVE_TOOLS_LEDGER="off"),
-        capture_output=True,
         text=True,
-        timeout=60,
         preexec_fn=small_files,
     )
     [url] = api_env.issued
@@ -533,8 +493,9 @@ def _plant(c: OctaveClient, text: str, url: str) -> None:
     planted = Speech(
         audio_url=url, format="wav", voice="Vince Douglas", model="hume/octave-2", characters=2
     )
-    assert spend.store is not None
-    spend.store.cache_put(key, planted.model_dump_json(), time.time() + 600)
+    spend.store.cache_put(  # type: ignore[union-attr]
+        key, planted.model_dump_json(), time.time() + 600
+    )
 
 
 def test_a_planted_file_url_in_the_cache_is_a_miss(
@@ -623,13 +584,12 @@ def test_stdin_is_read_only_up_to_the_text_limit(
 
 def test_an_endless_stdin_is_refused_in_a_real_process(api_env: FakeAIMLAPI) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "octave_tools.cli", "say", "-"],
+        [*CLI, "say", "-"],
         env=subprocess_env(api_env),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdin is not None
 
     def feed() -> None:
         chunk = b"y\n" * 32_768
@@ -647,8 +607,8 @@ def test_an_endless_stdin_is_refused_in_a_real_process(api_env: FakeAIMLAPI) -> 
         proc.kill()
         writer.join(timeout=10)
     assert code == 2
-    assert proc.stderr is not None
-    assert b"stdin holds more than the 500,000-character limit" in proc.stderr.read()
+    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    assert b"stdin holds more than the 500,000-character limit" in stderr
     assert api_env.requests == []
 
 

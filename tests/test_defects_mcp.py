@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+from harness import INITIALIZE, MCP_HEADERS, api_env, http_server, text_of
 from langchain_core.messages import ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from mcp import Client
-from test_mcp import INITIALIZE, MCP_HEADERS, api_env, http_server, text_of
 
 from octave_tools._mcp_http import _Demote, _listen
 from octave_tools.langchain import OctaveTTSTool
@@ -301,7 +301,6 @@ async def test_every_tool_schema_converts_to_openai_strict_mode() -> None:
 
 def test_the_langchain_schema_is_closed_and_strict() -> None:
     tool = OctaveTTSTool(api_key="k", engine="aimlapi")
-    assert tool.args_schema is not None
     schema = tool.args_schema.model_json_schema()  # type: ignore[union-attr]
 
     assert schema["additionalProperties"] is False
@@ -318,13 +317,11 @@ async def test_the_structured_result_alone_says_what_the_url_is(fake_aimlapi: Fa
         tts = next(t for t in (await client.list_tools()).tools if t.name == "text_to_speech")
         result = await client.call_tool("text_to_speech", {"text": "Hello"})
 
-    assert result.structured_content is not None
     (url,) = fake_aimlapi.issued
     assert result.structured_content["message"] == (
         f"Speech generated hume/octave-2: {url} (voice 'Vince Douglas', wav, 625 credits)."
     )
     assert tts.output_schema == SpeechResult.model_json_schema()
-    assert tts.output_schema is not None
     assert "message" in tts.output_schema["required"]
     SpeechResult.model_validate(result.structured_content)
 

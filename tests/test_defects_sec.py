@@ -10,16 +10,14 @@ echoed values are bounded.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import api_env, cli_process, http_server, redirecting_server, subprocess_env
 from mcp import Client
-from test_mcp import http_server
 
 from octave_tools import (
     ConfigurationError,
@@ -27,7 +25,7 @@ from octave_tools import (
     OctaveClient,
     UnexpectedResponseError,
 )
-from octave_tools import _mcp_http as octave_mcp
+from octave_tools import _mcp_http as octave_http
 from octave_tools import _protocol as proto
 from octave_tools._files import fetch_audio
 from octave_tools._redact import RedactingFilter, basic_config
@@ -213,12 +211,8 @@ def test_a_key_shaped_audio_subtype_names_no_file(planted: FakeAIMLAPI, tmp_path
 def test_the_key_echoed_in_a_response_header_is_masked_in_the_cli_debug_log(
     planted: FakeAIMLAPI, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))}
-    env.update(
-        AIMLAPI_API_KEY=KEY,
-        AIMLAPI_BASE_URL=planted.base_url,
-        OCTAVE_TOOLS_ENGINE="aimlapi",
-        OCTAVE_TOOLS_NETGUARD_LOG=os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
+    env = subprocess_env(
+        planted,
         OCTAVE_TOOLS_DATA_DIR=str(tmp_path / "data"),
         OCTAVE_TOOLS_OUTPUT_DIR=str(tmp_path / "out"),
     )
@@ -227,13 +221,7 @@ def test_the_key_echoed_in_a_response_header_is_masked_in_the_cli_debug_log(
     for status in (201, 401):
         body = {"audio": {"url": CDN_URL}} if status == 201 else {"message": "no"}
         planted.respond(status, body, headers=echo)
-        done = subprocess.run(
-            [sys.executable, "-m", "octave_tools.cli", "-vv", "say", "Hi"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = cli_process("-vv", "say", "Hi", env=env, text=True)
         assert done.returncode == (0 if status == 201 else 4), done.stderr
         assert "x-echo" in done.stderr  # httpcore's header dump is there, masked
         outputs.append(done.stdout + done.stderr)
@@ -243,12 +231,7 @@ def test_the_key_echoed_in_a_response_header_is_masked_in_the_cli_debug_log(
 async def test_the_key_echoed_in_a_response_header_is_masked_in_the_server_log(
     planted: FakeAIMLAPI,
 ) -> None:
-    env = {
-        "AIMLAPI_API_KEY": KEY,
-        "AIMLAPI_BASE_URL": planted.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-    }
-    with http_server(env, "--log-level", "DEBUG") as (url, server):
+    with http_server(api_env(planted), "--log-level", "DEBUG") as (url, server):
         planted.respond(
             201, {"audio": {"url": CDN_URL}}, headers={"x-echo": KEY, "x-half": SECRET_PART[:12]}
         )
@@ -323,16 +306,16 @@ def test_serving_on_a_127_named_host_needs_a_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     served: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(octave_mcp, "_serve_http", lambda *a: served.append(a))
+    monkeypatch.setattr(octave_http, "_serve_http", lambda *a: served.append(a))
     code = run(["serve", "--transport", "http", "--host", "127.x.example", "--port", "0"])
     err = capsys.readouterr().err
     assert code == 3
     assert served == []
     assert "Refusing to serve on 127.x.example without authentication" in err
     with pytest.raises(ConfigurationError, match="Refusing to serve on 127.evil.example"):
-        octave_mcp._server_token("127.evil.example", False)
-    assert octave_mcp._server_token("127.0.0.1", False) is None
-    assert octave_mcp._server_token("::1", False) is None
+        octave_http._server_token("127.evil.example", False)
+    assert octave_http._server_token("127.0.0.1", False) is None
+    assert octave_http._server_token("::1", False) is None
 
 
 # ---------------------------------------------------------------- 11. audio URLs
@@ -454,30 +437,10 @@ def test_out_refuses_such_urls_before_any_connection(url: str, problem: str) -> 
 
 
 def test_out_refuses_a_redirect_to_a_private_https_address() -> None:
-    import http.server
-    import threading
-
-    class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", "https://10.1.2.3/latest/meta-data")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with redirecting_server("https://10.1.2.3/latest/meta-data") as base:
         settings = Settings.load(api_key="k", base_url=base + "/v1", timeout=1.0, environ={})
         with pytest.raises(UnexpectedResponseError, match="Refusing to follow a redirect") as info:
             fetch_audio(base + "/files/a.wav", settings)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "to a private, loopback or link-local address: 'https://10.1.2.3/latest/meta-data'" in (
         str(info.value)
     )
@@ -540,7 +503,6 @@ def test_an_absurd_timeout_is_a_configuration_error(
 
 def test_a_huge_voice_is_not_echoed_whole() -> None:
     catalogue = catalogue_for("hume/octave-2")
-    assert catalogue is not None
     voice = "v" * 1_600_000
     with pytest.raises(InvalidInputError) as info:
         catalogue.resolve(voice)

@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import socket
-import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -23,13 +22,22 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
+from harness import (
+    RawUpstream,
+    Script,
+    StallingAPI,
+    api_env,
+    cancel_mid_call,
+    http_server,
+    redirecting_server,
+    synthesize_on,
+    text_of,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
-from test_mcp import StallingAPI, http_server, text_of, until
 
 from octave_tools import (
     APIConnectionError,
@@ -49,62 +57,7 @@ from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import MAX_TEXT_CHARS
 
-Script = Callable[[socket.socket], None]
 GOOD = json.dumps({"audio": {"url": "https://cdn.example/a.wav"}}).encode()
-
-
-class RawUpstream:
-    """A loopback server that answers each connection with the next raw-socket script."""
-
-    def __init__(self, *scripts: Script) -> None:
-        self._scripts = list(scripts)
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            script = self._scripts[min(self.connections, len(self._scripts) - 1)]
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn, script), daemon=True).start()
-
-    def _answer(self, conn: socket.socket, script: Script) -> None:
-        with conn:
-            conn.settimeout(5)
-            try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,  # a GET
-                )
-                while len(body) < length:
-                    body += conn.recv(65536)
-                script(conn)
-            except OSError:
-                pass  # the client hung up first: that is what some tests want
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
 
 
 def cut_body(conn: socket.socket) -> None:
@@ -148,16 +101,7 @@ def upstream() -> Iterator[Callable[..., RawUpstream]]:
 
 def synthesize(kind: str, text: str = "Hello", **options: Any) -> Speech:
     """One call on a fresh sync or async client."""
-    options = {"api_key": "k-edge", "engine": "aimlapi", **options}
-    if kind == "sync":
-        with OctaveClient(**options) as client:
-            return client.synthesize(text)
-
-    async def go() -> Speech:
-        async with AsyncOctaveClient(**options) as client:
-            return await client.synthesize(text)
-
-    return asyncio.run(go())
+    return synthesize_on(kind, {"api_key": "k-edge", "engine": "aimlapi", **options}, text)
 
 
 KINDS = ["sync", "async"]
@@ -356,21 +300,11 @@ def test_out_is_left_untouched_when_the_write_fails(
 
 async def test_a_cancelled_call_over_http_stops_the_upstream_request() -> None:
     stalling = StallingAPI()
-    env = {
-        "AIMLAPI_API_KEY": "k",
-        "AIMLAPI_BASE_URL": stalling.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_TIMEOUT": "600",
-    }
+    env = api_env(stalling, OCTAVE_TOOLS_TIMEOUT="600")
     try:
         with http_server(env) as (url, server):
             async with Client(url) as client:
-                with anyio.fail_after(30):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                        await until(stalling.got_request)
-                        tg.cancel_scope.cancel()
-                    await until(stalling.hung_up)  # the server let go of the upstream call
+                await cancel_mid_call(client, stalling)  # the server let go of the upstream call
                 assert (await client.call_tool("list_voices", {})).is_error is False
             assert "Traceback" not in server.stderr
     finally:
@@ -568,34 +502,14 @@ def test_any_encoded_answer_to_the_async_client_is_speech_or_octave_error(
 
 
 def test_out_refuses_a_redirect_to_a_url_that_is_not_allowed() -> None:
-    import http.server
-    import threading
-
     from octave_tools import UnexpectedResponseError
     from octave_tools._files import fetch_audio
     from octave_tools._settings import Settings
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with redirecting_server("http://169.254.169.254/latest/meta-data") as base:
         settings = Settings.load(api_key="k", base_url=base + "/v1", environ={})
         with pytest.raises(UnexpectedResponseError, match="Refusing to follow a redirect"):
             fetch_audio(base + "/files/a.wav", settings)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def trickle_headers(conn: socket.socket) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from harness import api_options, text_of
 from langchain_core.tools import BaseTool
 from mcp import Client
-from test_mcp import text_of
 
+from octave_tools import BudgetExceededError
 from octave_tools.langchain import OctaveTTSTool, OctaveUsageTool, OctaveVoicesTool
 from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI
@@ -116,20 +117,10 @@ def test_one_model_with_a_speed_range_publishes_it() -> None:
 # ---------------------------------------------------------------- settings take effect on MCP
 
 
-def _api_settings(api: FakeAIMLAPI, **extra: Any) -> dict[str, Any]:
-    return {
-        "api_key": api.api_key,
-        "base_url": api.base_url,
-        "engine": "aimlapi",
-        "max_retries": 0,
-        **extra,
-    }
-
-
 async def test_a_cache_ttl_on_the_server_answers_a_repeat_from_the_cache(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, cache_ttl=600))
+    server = create_server(**api_options(fake_aimlapi, cache_ttl=600))
     async with Client(server) as client:
         first = await client.call_tool("text_to_speech", {"text": "Once only"})
         second = await client.call_tool("text_to_speech", {"text": "Once only"})
@@ -145,7 +136,7 @@ async def test_a_cache_ttl_on_the_server_answers_a_repeat_from_the_cache(
 async def test_a_one_credit_daily_budget_on_the_server_refuses_with_no_request(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, max_credits_per_day=1))
+    server = create_server(**api_options(fake_aimlapi, max_credits_per_day=1))
     async with Client(server) as client:
         result = await client.call_tool("text_to_speech", {"text": "Too dear"})
 
@@ -162,7 +153,7 @@ def test_an_unknown_server_option_is_refused() -> None:
 async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
-    server = create_server(**_api_settings(fake_aimlapi, models="hume/octave-2,openai/tts-1"))
+    server = create_server(**api_options(fake_aimlapi, models="hume/octave-2,openai/tts-1"))
     async with Client(server) as client:
         picked = await client.call_tool(
             "text_to_speech", {"text": "Hi", "model": "openai/tts-1", "voice": "NOVA"}
@@ -181,6 +172,21 @@ async def test_the_allow_list_lets_a_call_pick_a_model_and_refuses_others(
         "Error executing tool text_to_speech: invalid arguments: model: Input should be "
         "'hume/octave-2' or 'openai/tts-1'. Correct them and call the tool again."
     )
-    assert voices.structured_content is not None
     assert voices.structured_content["model"] == "openai/tts-1"
     assert voices.structured_content["default"] == "alloy"
+
+
+@pytest.mark.parametrize("model", ["openai/tts-1", "minimax/speech-2.6-hd", "acme/tts-9"])
+async def test_a_one_credit_budget_refuses_a_model_whose_price_is_not_documented(
+    fake_aimlapi: FakeAIMLAPI, model: str
+) -> None:
+    server = create_server(**api_options(fake_aimlapi, model=model, max_credits_per_day=1))
+    async with Client(server) as client:
+        result = await client.call_tool("text_to_speech", {"text": "Hi"})
+    tool = OctaveTTSTool(**api_options(fake_aimlapi, model=model, max_credits_per_day=1))
+
+    assert result.is_error is True
+    assert "1-credit daily budget" in text_of(result)
+    with pytest.raises(BudgetExceededError, match="1-credit daily budget"):
+        tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": {"text": "Hi"}})
+    assert fake_aimlapi.requests == []

@@ -21,14 +21,15 @@ def test_core_imports_neither_langchain_nor_mcp() -> None:
 
 def test_public_names() -> None:
     import octave_tools
+    from octave_tools import client, errors, models, voices
 
-    for name in (
-        "OctaveClient",
-        "AsyncOctaveClient",
-        "Speech",
-        "VOICES",
-        "DEFAULT_VOICE",
-        "OctaveError",
-    ):
+    for name, defined in {
+        "OctaveClient": client.OctaveClient,
+        "AsyncOctaveClient": client.AsyncOctaveClient,
+        "Speech": models.Speech,
+        "VOICES": voices.VOICES,
+        "DEFAULT_VOICE": voices.DEFAULT_VOICE,
+        "OctaveError": errors.OctaveError,
+    }.items():
         assert name in octave_tools.__all__
-        assert getattr(octave_tools, name) is not None
+        assert getattr(octave_tools, name) is defined

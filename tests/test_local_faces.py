@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -13,8 +11,12 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pytest
+from harness import cli_process, subprocess_env
+from mcp import Client
 
 from octave_tools import _local
+from octave_tools.langchain import OctaveTTSTool
+from octave_tools.mcp import create_server
 
 pytestmark = pytest.mark.skipif(
     not _local.is_available(), reason="the [local] extra is not installed"
@@ -46,12 +48,8 @@ def check_local_record(record: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ LangChain
 
 
-def tts_tool() -> Any:
-    pytest.importorskip("langchain_core")
-    face = pytest.importorskip("octave_tools.langchain")
-    if not hasattr(face, "OctaveTTSTool"):
-        pytest.skip("octave_tools.langchain has no OctaveTTSTool yet")
-    return face.OctaveTTSTool()
+def tts_tool() -> OctaveTTSTool:
+    return OctaveTTSTool()
 
 
 def tool_call(text: str) -> dict[str, Any]:
@@ -74,17 +72,8 @@ async def test_langchain_tool_async_returns_the_file_url_and_local_engine() -> N
 # ------------------------------------------------------------------ MCP
 
 
-def mcp_server() -> Any:
-    face = pytest.importorskip("octave_tools.mcp")
-    if not hasattr(face, "create_server"):
-        pytest.skip("octave_tools.mcp has no create_server yet")
-    return face.create_server()
-
-
 async def test_mcp_tool_returns_the_file_url_and_local_engine() -> None:
-    from mcp import Client
-
-    async with Client(mcp_server()) as client:
+    async with Client(create_server()) as client:
         result = await client.call_tool("text_to_speech", {"text": TEXT})
     assert not result.is_error
     check_local_record(result.structured_content)
@@ -94,9 +83,7 @@ async def test_mcp_tool_returns_the_file_url_and_local_engine() -> None:
 
 
 async def test_mcp_lists_the_local_voices() -> None:
-    from mcp import Client
-
-    async with Client(mcp_server()) as client:
+    async with Client(create_server()) as client:
         result = await client.call_tool("list_voices", {})
     assert not result.is_error
     listed = json.dumps(result.structured_content)
@@ -104,9 +91,7 @@ async def test_mcp_lists_the_local_voices() -> None:
 
 
 async def test_mcp_unknown_local_voice_is_a_tool_error_with_a_suggestion() -> None:
-    from mcp import Client
-
-    async with Client(mcp_server()) as client:
+    async with Client(create_server()) as client:
         result = await client.call_tool("text_to_speech", {"text": TEXT, "voice": "en-uss"})
     assert result.is_error
     text = " ".join(block.text for block in result.content if block.type == "text")
@@ -117,16 +102,8 @@ async def test_mcp_unknown_local_voice_is_a_tool_error_with_a_suggestion() -> No
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    pytest.importorskip("octave_tools.cli")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMLAPI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "octave_tools.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """The CLI in a child process with no key in its environment."""
+    return cli_process(*args, env=subprocess_env(), cwd=cwd, text=True)
 
 
 def test_readme_first_command_writes_an_audible_wav_with_no_key(tmp_path: Path) -> None:

@@ -4,28 +4,32 @@ subprocess and over a streamable-HTTP subprocess, with the fake AIML API behind 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import secrets
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import anyio
 import httpx
-import httpx2
 import pytest
+from harness import (
+    INITIALIZE,
+    MCP_HEADERS,
+    SERVER,
+    TOOL_ERROR,
+    ServerProcess,
+    StallingAPI,
+    api_env,
+    cancel_mid_call,
+    child_env,
+    connect,
+    http_server,
+    text_of,
+)
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
 
 from octave_tools import AsyncOctaveClient, ConfigurationError
 from octave_tools._mcp_http import ENV_SERVER_TOKEN, _transport_security
@@ -36,200 +40,10 @@ from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import DEFAULT_MODEL, DEFAULT_VOICE, VOICES, catalogue_for
 
 PEERS = ["memory", "stdio", "http"]
-SERVER = [sys.executable, "-m", "octave_tools.mcp"]
-# The console script `uvx --from "octave-tools[mcp]" octave-tools-mcp` runs; the stdio
-# peer uses it when this environment has it installed.
-SCRIPT = Path(sys.executable).with_name("octave-tools-mcp")
-TTS_ERROR = "Error executing tool text_to_speech: "
 ALL_VOICES = VoiceList(model=DEFAULT_MODEL, default=DEFAULT_VOICE, voices=list(VOICES))
 
 
 # ---------------------------------------------------------------- peers
-
-
-def api_env(api: FakeAIMLAPI, **extra: str) -> dict[str, str]:
-    """Settings a user would put in the MCP client's config for this fake API."""
-    return {
-        "AIMLAPI_API_KEY": api.api_key,
-        "AIMLAPI_BASE_URL": api.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        **extra,
-    }
-
-
-def child_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` plus what every test subprocess needs: the network guard and temp folders."""
-    keep = (
-        "PYTHONPATH",
-        "OCTAVE_TOOLS_NETGUARD_LOG",
-        "OCTAVE_TOOLS_OUTPUT_DIR",
-        "OCTAVE_TOOLS_DATA_DIR",
-    )
-    return {**{k: os.environ[k] for k in keep if k in os.environ}, **env}
-
-
-class ServerProcess:
-    """A server subprocess whose stdout and stderr are read line by line in threads."""
-
-    def __init__(self, args: list[str], env: dict[str, str], *, stdin: bool = False) -> None:
-        self.proc = subprocess.Popen(
-            SERVER + args,
-            env=get_default_environment() | child_env(env),
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-        )
-        self.stdout: queue.Queue[str] = queue.Queue()
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream: Any, is_stdout: bool) -> None:
-        for line in stream:
-            if is_stdout:
-                self.stdout_lines.append(line)
-                self.stdout.put(line)
-            else:
-                self.stderr_lines.append(line)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-
-    def response(self, request_id: int) -> dict[str, Any]:
-        """The next stdout message answering ``request_id`` (others are skipped)."""
-        while True:
-            message = json.loads(self.stdout.get(timeout=30))
-            if message.get("id") == request_id:
-                return message  # type: ignore[no-any-return]
-
-    def wait_for_stderr(self, pattern: str) -> re.Match[str]:
-        for _ in range(300):
-            found = re.search(pattern, self.stderr)
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"server never logged {pattern!r}; stderr:\n{self.stderr}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for reader in self._readers:
-            reader.join(5)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        return self.proc.returncode
-
-
-@contextmanager
-def http_server(env: dict[str, str], *args: str) -> Iterator[tuple[str, ServerProcess]]:
-    """``octave-tools-mcp --transport http`` on 127.0.0.1 and a free port; always stopped."""
-    server = ServerProcess(["--transport", "http", "--port", "0", *args], env)
-    try:
-        url = server.wait_for_stderr(r"on (http://\S+/mcp) ").group(1)
-        yield url, server
-    finally:
-        server.stop()
-
-
-@asynccontextmanager
-async def connect(
-    peer: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Client]:
-    """A connected official MCP client, with ``env`` as the server's settings."""
-    if peer == "memory":
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        async with Client(create_server()) as client:
-            yield client
-    elif peer == "stdio":
-        command = [str(SCRIPT)] if SCRIPT.exists() else SERVER
-        params = StdioServerParameters(command=command[0], args=command[1:], env=child_env(env))
-        async with Client(params) as client:
-            yield client
-    else:
-        token = secrets.token_urlsafe(32)
-        with http_server({**env, ENV_SERVER_TOKEN: token}) as (url, _):
-            headers = {"Authorization": f"Bearer {token}"}
-            async with (
-                httpx2.AsyncClient(headers=headers) as http,
-                Client(streamable_http_client(url, http_client=http)) as client,
-            ):
-                yield client
-
-
-def text_of(result: CallToolResult) -> str:
-    assert len(result.content) == 1
-    block = result.content[0]
-    assert isinstance(block, TextContent)
-    return block.text
-
-
-class StallingAPI:
-    """A loopback "API" that takes one request and never answers.
-
-    ``hung_up`` is set when the caller closes the connection, which is how a
-    cancelled call shows from the outside.
-    """
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self._stop = threading.Event()
-        self.got_request = threading.Event()
-        self.hung_up = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(0.05)
-                received = b""
-                while not self._stop.is_set():
-                    try:
-                        chunk = conn.recv(65536)
-                    except TimeoutError:
-                        continue
-                    if not chunk:
-                        self.hung_up.set()
-                        return
-                    received += chunk
-                    if b"\r\n\r\n" in received:
-                        self.got_request.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
 
 
 @pytest.fixture
@@ -252,7 +66,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     assert sorted(tools) == ["list_voices", "text_to_speech", "usage"]
     tts, voices, usage = tools["text_to_speech"], tools["list_voices"], tools["usage"]
     assert tts.title == "Text to speech"
-    assert tts.annotations is not None
     assert tts.annotations.model_dump(exclude_none=True) == {
         "title": "Text to speech",
         "read_only_hint": False,
@@ -260,7 +73,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
         "idempotent_hint": False,
         "open_world_hint": True,
     }
-    assert voices.annotations is not None
     assert voices.annotations.model_dump(exclude_none=True) == {
         "title": "List voices",
         "read_only_hint": True,
@@ -278,7 +90,6 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     assert tts.output_schema == SpeechResult.model_json_schema()
     assert voices.input_schema["properties"] == {}
     assert voices.output_schema == VoiceList.model_json_schema()
-    assert usage.annotations is not None
     assert usage.annotations.model_dump(exclude_none=True) == {
         "title": "Usage",
         "read_only_hint": True,
@@ -363,7 +174,6 @@ async def test_an_unknown_voice_is_a_tool_error_with_suggestions_and_costs_nothi
     peer: str, fake_aimlapi: FakeAIMLAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalogue = catalogue_for(DEFAULT_MODEL)
-    assert catalogue is not None
     with pytest.raises(ValueError) as expected:
         catalogue.resolve("Ava Sung")
 
@@ -372,7 +182,7 @@ async def test_an_unknown_voice_is_a_tool_error_with_suggestions_and_costs_nothi
 
     assert result.is_error is True
     assert result.structured_content is None
-    assert text_of(result) == TTS_ERROR + str(expected.value)
+    assert text_of(result) == TOOL_ERROR + str(expected.value)
     assert "Did you mean 'Ava Song'?" in text_of(result)
     assert fake_aimlapi.requests == []
 
@@ -392,7 +202,7 @@ async def test_without_a_key_the_server_starts_lists_and_explains_how_to_set_it(
     assert names == ["text_to_speech", "list_voices", "usage"]
     assert voices.is_error is False
     assert result.is_error is True
-    assert text_of(result) == TTS_ERROR + str(expected.value)
+    assert text_of(result) == TOOL_ERROR + str(expected.value)
     assert "AIMLAPI_API_KEY" in text_of(result)
 
 
@@ -424,7 +234,6 @@ async def test_the_server_instructions_tell_a_model_how_to_use_the_tools(
     async with Client(server) as client:
         instructions = client.instructions
 
-    assert instructions is not None
     assert instructions.startswith(
         "octave-tools speaks text aloud: text_to_speech turns text into audio with "
         f"{DEFAULT_MODEL} and returns a URL of the audio file."
@@ -468,7 +277,7 @@ async def test_api_failures_are_tool_errors_with_the_actionable_message_and_neve
             result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
     assert result.is_error is True
-    assert text_of(result) == TTS_ERROR + expected
+    assert text_of(result) == TOOL_ERROR + expected
     assert key not in result.model_dump_json()
 
 
@@ -482,7 +291,7 @@ async def test_an_unexpected_failure_is_a_tool_error_without_its_details() -> No
         result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
     assert result.is_error is True
-    assert text_of(result) == TTS_ERROR + (
+    assert text_of(result) == TOOL_ERROR + (
         "octave-tools failed unexpectedly (RuntimeError); the server log has the details. "
         "Retrying will probably not help."
     )
@@ -534,7 +343,6 @@ async def test_a_configured_default_voice_is_the_one_listed_described_and_used(
     assert "Vince Douglas, " in text_of(voices)
     assert "French Chef (default), " in text_of(voices)
     assert fake_aimlapi.tts_requests[0].json["voice"] == "French Chef"
-    assert spoken.structured_content is not None
     assert spoken.structured_content["voice"] == "French Chef"
 
 
@@ -560,12 +368,6 @@ def test_create_server_rejects_a_bad_setting_at_once(monkeypatch: pytest.MonkeyP
 # ---------------------------------------------------------------- cancellation
 
 
-async def until(event: threading.Event) -> None:
-    # Polled: the event is set by a plain thread, and a cancel scope must be able to stop us.
-    while not event.is_set():  # noqa: ASYNC110
-        await anyio.sleep(0.01)
-
-
 async def test_a_cancelled_call_stops_the_upstream_request_in_memory(
     stalling_api: StallingAPI,
 ) -> None:
@@ -573,34 +375,18 @@ async def test_a_cancelled_call_stops_the_upstream_request_in_memory(
         api_key="k", base_url=stalling_api.base_url, engine="aimlapi", timeout=600
     )
     async with Client(server) as client:
-        # A guard, far below the 600 s the call would otherwise wait for the API.
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                await until(stalling_api.got_request)
-                tg.cancel_scope.cancel()
-            await until(stalling_api.hung_up)
+        await cancel_mid_call(client, stalling_api)
         assert (await client.call_tool("list_voices", {})).is_error is False
 
 
 async def test_a_cancelled_call_stops_the_upstream_request_over_stdio(
     stalling_api: StallingAPI,
 ) -> None:
-    env = {
-        "AIMLAPI_API_KEY": "k",
-        "AIMLAPI_BASE_URL": stalling_api.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_TIMEOUT": "600",
-    }
+    env = api_env(stalling_api, OCTAVE_TOOLS_TIMEOUT="600")
     params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=child_env(env))
     async with Client(params) as client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "text_to_speech", {"text": "Hello"})
-                await until(stalling_api.got_request)
-                tg.cancel_scope.cancel()
-            # Checked while the server process still runs: only the cancellation closes it.
-            await until(stalling_api.hung_up)
+        # Checked while the server process still runs: only the cancellation closes it.
+        await cancel_mid_call(client, stalling_api)
         assert (await client.call_tool("list_voices", {})).is_error is False
 
 
@@ -612,18 +398,7 @@ def test_stdio_writes_only_protocol_messages_to_stdout_and_logs_to_stderr(
 ) -> None:
     server = ServerProcess(["--log-level", "DEBUG"], api_env(fake_aimlapi), stdin=True)
     try:
-        server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "raw-test", "version": "0"},
-                },
-            }
-        )
+        server.send(INITIALIZE)
         assert server.response(1)["result"]["serverInfo"]["name"] == "octave-tools"
         server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         call = {"name": "text_to_speech", "arguments": {"text": "Hello"}}
@@ -638,8 +413,7 @@ def test_stdio_writes_only_protocol_messages_to_stdout_and_logs_to_stderr(
         with_token = server.response(2)
         server.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})
         without_token = server.response(3)
-        assert server.proc.stdin is not None
-        server.proc.stdin.close()
+        server.close_stdin()
         assert server.proc.wait(20) == 0
     finally:
         server.stop()
@@ -700,19 +474,6 @@ def test_http_refuses_a_short_token() -> None:
     assert "Traceback" not in run.stderr
 
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "0"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
-
-
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789abcdef", "Basic x"])
 def test_http_answers_401_without_the_right_bearer_token(authorization: str | None) -> None:
     token = secrets.token_urlsafe(32)
@@ -754,7 +515,6 @@ async def test_http_on_loopback_needs_no_token(fake_aimlapi: FakeAIMLAPI) -> Non
             result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
     assert result.is_error is False
-    assert result.structured_content is not None
     assert result.structured_content["audio_url"] in fake_aimlapi.issued
 
 
@@ -845,6 +605,6 @@ async def test_a_spend_limit_comes_back_as_a_tool_error_before_any_request(
 
     assert first.is_error is False
     assert second.is_error is True
-    assert text_of(second).startswith(TTS_ERROR + "Spend limit reached: this call would cost")
+    assert text_of(second).startswith(TOOL_ERROR + "Spend limit reached: this call would cost")
     assert "OCTAVE_TOOLS_MAX_CREDITS" in text_of(second)
     assert len(fake_aimlapi.tts_requests) == 1

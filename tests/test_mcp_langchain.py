@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from harness import api_env, child_env
 
 from octave_tools.testing import FakeAIMLAPI
 from octave_tools.voices import DEFAULT_MODEL
@@ -116,21 +117,7 @@ def test_langchain_mcp_adapters_load_our_tools_and_a_tool_message_carries_the_ur
         server = {
             "command": sys.executable,
             "args": ["-m", "octave_tools.mcp"],
-            "env": {
-                "AIMLAPI_API_KEY": api.api_key,
-                "AIMLAPI_BASE_URL": api.base_url,
-                "OCTAVE_TOOLS_ENGINE": "aimlapi",
-                **{
-                    k: os.environ[k]
-                    for k in (
-                        "PYTHONPATH",
-                        "OCTAVE_TOOLS_NETGUARD_LOG",
-                        "OCTAVE_TOOLS_OUTPUT_DIR",
-                        "OCTAVE_TOOLS_DATA_DIR",
-                    )
-                    if k in os.environ
-                },
-            },
+            "env": child_env(api_env(api)),
         }
         run = subprocess.run(
             [str(python), str(script), json.dumps(server)],

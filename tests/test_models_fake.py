@@ -6,30 +6,28 @@ documented schema, with undocumented fields forbidden as the real API forbids th
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+from harness import Synth
 
 from octave_tools import (
     MODELS,
-    AsyncOctaveClient,
     BudgetExceededError,
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
     OctaveClient,
-    Speech,
 )
 from octave_tools import _protocol as proto
 from octave_tools._settings import Settings
@@ -132,33 +130,6 @@ def default_format(model: str) -> str:
 
 def text_field(model: str) -> str:
     return "script" if "vibevoice" in model else "text"
-
-
-Synth = Callable[..., Speech]
-
-
-@pytest.fixture(params=["sync", "async"])
-def synth(request: pytest.FixtureRequest, fake_aimlapi: FakeAIMLAPI) -> Synth:
-    """Calls synthesize on a fresh sync or async client pointed at the fake."""
-
-    def run(text: Any = TEXT, *, client: dict[str, Any] | None = None, **kw: Any) -> Speech:
-        options = {
-            "api_key": fake_aimlapi.api_key,
-            "base_url": fake_aimlapi.base_url,
-            "engine": "aimlapi",
-            **(client or {}),
-        }
-        if request.param == "sync":
-            with OctaveClient(**options) as c:
-                return c.synthesize(text, **kw)
-
-        async def go() -> Speech:
-            async with AsyncOctaveClient(**options) as c:
-                return await c.synthesize(text, **kw)
-
-        return asyncio.run(go())
-
-    return run
 
 
 @pytest.fixture

@@ -15,10 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +23,11 @@ from uuid import UUID
 
 import httpx
 import pytest
+from harness import INITIALIZE, MCP_HEADERS, api_env, cli_process, http_server, subprocess_env
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.load import dumps
 from langchain_core.messages import ToolCall
 from mcp import Client
-from test_mcp import INITIALIZE, MCP_HEADERS, http_server
 
 from octave_tools import AsyncOctaveClient, OctaveClient, OctaveError
 from octave_tools import _mcp_http as octave_http
@@ -187,18 +184,7 @@ async def test_the_key_never_leaves_the_core_langchain_or_mcp_faces(
 
 
 def _cli_env(api: FakeAIMLAPI) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))}
-    env.update(
-        AIMLAPI_API_KEY=KEY,
-        AIMLAPI_BASE_URL=api.base_url,
-        OCTAVE_TOOLS_ENGINE="aimlapi",
-        OCTAVE_TOOLS_TIMEOUT="1",
-        OCTAVE_TOOLS_MAX_RETRIES="1",
-        OCTAVE_TOOLS_NETGUARD_LOG=os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
-        OCTAVE_TOOLS_DATA_DIR=os.environ["OCTAVE_TOOLS_DATA_DIR"],
-        OCTAVE_TOOLS_OUTPUT_DIR=os.environ["OCTAVE_TOOLS_OUTPUT_DIR"],
-    )
-    return env
+    return subprocess_env(api, OCTAVE_TOOLS_TIMEOUT="1", OCTAVE_TOOLS_MAX_RETRIES="1")
 
 
 def test_the_key_never_leaves_the_cli_at_any_verbosity(
@@ -214,24 +200,12 @@ def test_the_key_never_leaves_the_cli_at_any_verbosity(
     outputs: list[str] = []
     for name, argv in runs:
         ECHOES[name](planted)
-        done = subprocess.run(
-            [sys.executable, "-m", "octave_tools.cli", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = cli_process(*argv, env=env, text=True)
         outputs += [done.stdout, done.stderr]
         assert "Traceback" not in done.stderr, (name, done.stderr)
         planted.reset()
     for argv in (["-vv", "voices", "--json"], ["-vv", "usage", "--json"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "octave_tools.cli", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = cli_process(*argv, env=env, text=True)
         assert done.returncode == 0, done.stderr
         outputs += [done.stdout, done.stderr]
 
@@ -242,13 +216,7 @@ def test_the_key_never_leaves_the_cli_at_any_verbosity(
 async def test_the_key_never_leaves_the_http_server_results_or_its_debug_log(
     planted: FakeAIMLAPI,
 ) -> None:
-    env = {
-        "AIMLAPI_API_KEY": KEY,
-        "AIMLAPI_BASE_URL": planted.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_TIMEOUT": "1",
-        "OCTAVE_TOOLS_MAX_RETRIES": "1",
-    }
+    env = api_env(planted, OCTAVE_TOOLS_TIMEOUT="1", OCTAVE_TOOLS_MAX_RETRIES="1")
     seen: list[str] = []
     with http_server(env, "--log-level", "DEBUG") as (url, server):
         async with Client(url) as client:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from harness import cli_process, subprocess_env
 
 from octave_tools import AsyncOctaveClient, BudgetExceededError, OctaveClient
+from octave_tools._spend import Spend
 from octave_tools.cli import run
 from octave_tools.testing import FakeAIMLAPI, Fault
 
@@ -86,14 +86,11 @@ def test_cache_is_shared_between_clients_and_processes(
     assert len(fake_aimlapi.tts_requests) == 1
 
 
-def test_cache_entries_expire_at_the_ttl(
-    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import octave_tools._spend as spend_mod
-
-    now = [1_000_000.0]
-    monkeypatch.setattr(spend_mod.time, "time", lambda: now[0])
+def test_cache_entries_expire_at_the_ttl(fake_aimlapi: FakeAIMLAPI, tmp_path: Path) -> None:
+    now = [time.time()]
     with client(fake_aimlapi, data_dir=str(tmp_path), cache_ttl=10) as c:
+        # The client's spend keeper, on a clock this test moves.
+        c._spend = Spend(c.settings, client_limit=c.settings.max_credits, clock=lambda: now[0])
         c.synthesize("Tick")
         now[0] += 9.99
         assert c.synthesize("Tick").cached
@@ -173,33 +170,14 @@ async def test_async_budget_and_per_client_limit(fake_aimlapi: FakeAIMLAPI, tmp_
 def test_cli_loop_matches_fake_requests_and_ledger(
     fake_aimlapi: FakeAIMLAPI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "OCTAVE_TOOLS_"))
-    } | {
-        "AIMLAPI_API_KEY": fake_aimlapi.api_key,
-        "AIMLAPI_BASE_URL": fake_aimlapi.base_url,
-        "OCTAVE_TOOLS_ENGINE": "aimlapi",
-        "OCTAVE_TOOLS_DATA_DIR": str(tmp_path),
-        "OCTAVE_TOOLS_CACHE_TTL": "300",
-        "OCTAVE_TOOLS_NETGUARD_LOG": os.environ["OCTAVE_TOOLS_NETGUARD_LOG"],
-    }
+    env = subprocess_env(
+        fake_aimlapi, OCTAVE_TOOLS_DATA_DIR=str(tmp_path), OCTAVE_TOOLS_CACHE_TTL="300"
+    )
     for text in ("one", "two", "one", "one"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "octave_tools.cli", "say", text],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = cli_process("say", text, env=env, text=True)
         assert proc.returncode == 0, proc.stderr
     assert len(fake_aimlapi.tts_requests) == 2
-    proc = subprocess.run(
-        [sys.executable, "-m", "octave_tools.cli", "usage", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = cli_process("usage", "--json", env=env, text=True)
     import json
 
     report = json.loads(proc.stdout)
