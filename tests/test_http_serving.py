@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from _services import postgres_database
-from test_mcp import MCP_HEADERS, api_env, http_server
+from harness import MCP_HEADERS, api_env, http_server
 
 from octave_tools import Speech, _local
 from octave_tools._mcp_http import _audio_ttl, _AudioShelf, _public_url

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from _services import postgres_database
-from test_mcp import MCP_HEADERS, ServerProcess, api_env, http_server
+from harness import MCP_HEADERS, ServerProcess, api_env, http_server
 
 from octave_tools import _local
 from octave_tools.testing import CREDITS_PER_CHAR, FakeAIMLAPI
