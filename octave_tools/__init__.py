@@ -4,7 +4,7 @@ The core has no LangChain or MCP imports; those faces live in
 ``octave_tools.langchain`` and ``octave_tools.mcp``.
 """
 
-from ._files import write_atomic
+from ._files import default_output_dir, write_atomic
 from ._redact import basic_config as configure_logging
 from ._settings import (
     SETTING_NAMES,
@@ -74,6 +74,7 @@ __all__ = [
     "__version__",
     "check_options",
     "configure_logging",
+    "default_output_dir",
     "is_loopback",
     "write_atomic",
 ]

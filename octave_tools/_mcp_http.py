@@ -40,8 +40,15 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import ConfigurationError, OctaveClient, OctaveError, Speech, configure_logging, is_loopback
-from ._files import default_output_dir
+from . import (
+    ConfigurationError,
+    OctaveClient,
+    OctaveError,
+    Speech,
+    configure_logging,
+    default_output_dir,
+    is_loopback,
+)
 from .mcp import create_server
 
 if TYPE_CHECKING:
