@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import httpx
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -459,3 +460,27 @@ def redirecting_server(location: str) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- raw JSON-RPC over HTTP
+
+
+def tool_call(text: str, request_id: int = 2) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "text_to_speech", "arguments": {"text": text}},
+    }
+
+
+def rpc_result(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC result of a stateless POST /mcp, answered as JSON or as SSE."""
+    assert response.status_code == 200, (response.status_code, response.text)
+    if response.headers["content-type"].startswith("application/json"):
+        message = response.json()
+    else:
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        message = json.loads(data[-1])
+    assert "result" in message, message
+    return message["result"]  # type: ignore[no-any-return]

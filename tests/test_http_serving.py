@@ -4,7 +4,6 @@ graceful SIGTERM, against real server subprocesses and the fake AIML API."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -14,12 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from _services import postgres_database
-from harness import MCP_HEADERS, api_env, http_server
+from harness import MCP_HEADERS, api_env, http_server, rpc_result, tool_call
 
 from octave_tools import Speech, _local
 from octave_tools._mcp_http import _audio_ttl, _AudioShelf, _public_url
@@ -30,27 +28,6 @@ needs_local = pytest.mark.skipif(
     not _local.is_available(), reason="the [local] extra (eSpeak NG) is not installed"
 )
 CLIP = re.compile(r"/audio/(speech-[0-9a-f]{32}\.wav)$")
-
-
-def tool_call(text: str, request_id: int = 2) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": "text_to_speech", "arguments": {"text": text}},
-    }
-
-
-def rpc_result(response: httpx.Response) -> dict[str, Any]:
-    """The JSON-RPC result of a stateless POST /mcp, answered as JSON or as SSE."""
-    assert response.status_code == 200, response.text
-    if response.headers["content-type"].startswith("application/json"):
-        message = response.json()
-    else:
-        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        message = json.loads(data[-1])
-    assert "result" in message, message
-    return message["result"]  # type: ignore[no-any-return]
 
 
 def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:

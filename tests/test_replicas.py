@@ -8,7 +8,6 @@ where a missing nginx is a failure. The budget and cache tests also need Postgre
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from _services import postgres_database
-from harness import MCP_HEADERS, ServerProcess, api_env, http_server
+from harness import MCP_HEADERS, ServerProcess, api_env, http_server, rpc_result, tool_call
 
 from octave_tools import _local
 from octave_tools.testing import CREDITS_PER_CHAR, FakeAIMLAPI
@@ -167,26 +166,6 @@ def cluster(
         upstreams = [re.sub(r"^http://|/mcp$", "", url) for url, _ in replicas]
         base = stack.enter_context(nginx(upstreams, tmp_path / "nginx", port))
         yield base, [server for _, server in replicas], token
-
-
-def tool_call(text: str, request_id: int = 2) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": "text_to_speech", "arguments": {"text": text}},
-    }
-
-
-def rpc_result(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, (response.status_code, response.text)
-    if response.headers["content-type"].startswith("application/json"):
-        message = response.json()
-    else:
-        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        message = json.loads(data[-1])
-    assert "result" in message, message
-    return message["result"]  # type: ignore[no-any-return]
 
 
 def headers(token: str) -> dict[str, str]:
