@@ -8,13 +8,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-import httpx
-
-from ._deadline import deadline_transport, hard_deadline
 from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
 from ._settings import Settings
 from .errors import (
@@ -23,6 +20,9 @@ from .errors import (
     APITimeoutError,
     UnexpectedResponseError,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "user_dir", "write_atomic"]
 
@@ -119,6 +119,10 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
             body_excerpt="",
         )
     host = parts.netloc
+    # Imported here: a local-engine process (file:// audio) never needs the HTTP stack.
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
 
     def check_hop(request: httpx.Request) -> None:
         # A CDN may redirect; every hop must pass the same check as the first URL.

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import anyio
-import httpx
 from typing_extensions import Unpack
 
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
-from ._deadline import deadline_transport, hard_deadline
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
@@ -33,9 +29,44 @@ logger = logging.getLogger("octave_tools")
 # pool cleanup quadratic, and with the async client's own queue (``_slots``) a burst
 # seldom leaves more than a few connections idle at once, so they are reused anyway.
 MAX_CONNECTIONS = 64
-_LIMITS = httpx.Limits(
-    max_connections=MAX_CONNECTIONS, max_keepalive_connections=16, keepalive_expiry=30
-)
+MAX_KEEPALIVE = 16
+
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+
+    import anyio
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
+
+    _LIMITS: httpx.Limits
+
+_net_loaded = False
+
+
+def _load_net() -> None:
+    """Import asyncio and the HTTP stack (~100 ms cold) as module globals, once.
+
+    Deferred so that a local-engine call (the CLI speaking offline) never pays for them;
+    every path that sends calls this first (a no-op after the first time).
+    """
+    global asyncio, concurrent, anyio, httpx, deadline_transport, hard_deadline, _LIMITS
+    global _net_loaded
+    import asyncio
+    import concurrent.futures
+
+    import anyio
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
+
+    _LIMITS = httpx.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_KEEPALIVE,
+        keepalive_expiry=30,
+    )
+    _net_loaded = True
 
 
 @dataclass(frozen=True)
@@ -316,6 +347,8 @@ class OctaveClient(_BaseClient):
         if hit is not None:
             self._spend.settle(hit, job.text, None)
             return hit
+        import concurrent.futures  # only calls with the cache on get here
+
         with self._inflight_lock:
             leader = self._inflight.get(key)
             if leader is None:
@@ -368,6 +401,8 @@ class OctaveClient(_BaseClient):
             return _local.synthesize(
                 job.text, voice=job.voice, format=job.format, settings=self._settings
             )
+        if not _net_loaded:
+            _load_net()
         deadline = self._deadline()
         attempt = 0
         while True:
@@ -446,6 +481,8 @@ class AsyncOctaveClient(_BaseClient):
         **options: Unpack[SettingsOptions],
     ) -> None:
         super().__init__(settings=settings, **options)
+        if not _net_loaded:
+            _load_net()
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose
