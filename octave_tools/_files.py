@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
 from ._settings import Settings
@@ -98,6 +97,8 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
     """
     parts = urlsplit(url)
     if parts.scheme == "file":
+        from urllib.request import url2pathname  # imports http.client: ~20 ms
+
         path = Path(url2pathname(unquote(parts.path)))
         try:
             if path.stat().st_size > MAX_AUDIO_BYTES:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from ._files import new_audio_path, write_atomic
 from ._protocol import MAX_AUDIO_BYTES, validate_text
@@ -279,6 +278,8 @@ def _discard(future: asyncio.Future[Speech]) -> None:
 
 
 def _file_of(speech: Speech) -> Path:
+    from urllib.request import url2pathname  # imports http.client: ~20 ms
+
     return Path(url2pathname(urlsplit(speech.audio_url).path))
 
 

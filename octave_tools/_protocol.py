@@ -18,7 +18,6 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -759,6 +758,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
     value = _number(raw)
     if value is not None:
         return float(value) if value >= 0 else None
+    from email.utils import parsedate_to_datetime  # rare (an HTTP-date): ~8 ms to import
+
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):

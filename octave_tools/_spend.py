@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
@@ -208,6 +207,8 @@ class Spend:
             return False
         if parts.query or parts.fragment:
             return False
+        from urllib.request import url2pathname  # imports http.client: ~20 ms
+
         path = Path(url2pathname(unquote(parts.path)))
         folder = self._settings.output_dir
         out_dir = (Path(folder).expanduser() if folder else default_output_dir()).absolute()
