@@ -90,6 +90,19 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
+def _url2pathname(path: str) -> str:
+    """``urllib.request.url2pathname`` without importing urllib.request.
+
+    That module pulls in http.client, email and ssl (~25 ms): too much for the CLI
+    reading a local-engine file. On POSIX it is ``unquote``; Windows has its own module.
+    """
+    if os.name == "nt":
+        from nturl2path import url2pathname
+
+        return url2pathname(path)
+    return unquote(path)
+
+
 def fetch_audio(url: str, settings: Settings) -> bytes:
     """The bytes behind an audio URL a synthesis returned (https, loopback http or file://).
 
@@ -97,9 +110,7 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
     """
     parts = urlsplit(url)
     if parts.scheme == "file":
-        from urllib.request import url2pathname  # imports http.client: ~20 ms
-
-        path = Path(url2pathname(unquote(parts.path)))
+        path = Path(_url2pathname(unquote(parts.path)))
         try:
             if path.stat().st_size > MAX_AUDIO_BYTES:
                 raise UnexpectedResponseError(
