@@ -89,6 +89,22 @@ def reused(speech: Speech) -> Speech:
     return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
 
 
+def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+    return LedgerEntry(
+        ts=ts,
+        engine=speech.engine,
+        model=speech.model,
+        voice=speech.voice,
+        format=speech.format,
+        characters=speech.characters,
+        credits=credits,
+        usd=speech.usd_spent,
+        request_id=speech.request_id,
+        text_sha256=text_digest(text),
+        cached=speech.cached,
+    )
+
+
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -345,6 +361,8 @@ class Spend:
             self._store.release(hold.reservation)
 
     def _unhold(self, hold: Hold) -> None:
+        if hold is NO_HOLD:  # nothing held (no budget): no lock to take
+            return
         with self._lock:
             self._reserved = max(0.0, self._reserved - hold.amount)
 
@@ -392,28 +410,18 @@ class Spend:
     ) -> None:
         """Record a finished call (and remember it for the cache); ends its ``hold``."""
         credits = float(speech.credits_used or 0)
-        entry = LedgerEntry(
-            ts=time.time(),
-            engine=speech.engine,
-            model=speech.model,
-            voice=speech.voice,
-            format=speech.format,
-            characters=speech.characters,
-            credits=credits,
-            usd=speech.usd_spent,
-            request_id=speech.request_id,
-            text_sha256=text_digest(text),
-            cached=speech.cached,
-        )
+        now = time.time()
         with self._lock:
             self._client_spent += credits
         store = self.store
         if store is None:
-            if self.daily_limit is not None:
+            if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
+                entry = _entry(speech, text, credits, now)
                 with self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
+        entry = _entry(speech, text, credits, now)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
         else:

@@ -441,17 +441,17 @@ class OctaveClient(_BaseClient):
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response,
         ):
+            # One pass over httpx.Headers (each lookup there decodes every header).
+            headers = dict(response.headers.items())
             try:
-                body = CappedBody(proto.body_limit(response.headers), response.headers)
+                body = CappedBody(proto.body_limit(headers), headers)
                 for chunk in response.iter_bytes():
                     body.feed(chunk)
                     if time.monotonic() > deadline:
                         raise TimeoutError
             except BodyTooLarge as exc:
                 raise proto.too_large_error(call, response.status_code, exc.limit) from None
-            return proto.RawResponse(
-                response.status_code, dict(response.headers.items()), body.result()
-            )
+            return proto.RawResponse(response.status_code, headers, body.result())
 
     def close(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
@@ -624,15 +624,14 @@ class AsyncOctaveClient(_BaseClient):
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
+                headers = dict(response.headers.items())  # one pass over httpx.Headers
                 try:
-                    body = CappedBody(proto.body_limit(response.headers), response.headers)
+                    body = CappedBody(proto.body_limit(headers), headers)
                     async for chunk in response.aiter_bytes():
                         body.feed(chunk)
                 except BodyTooLarge as exc:
                     raise proto.too_large_error(call, response.status_code, exc.limit) from None
-                return proto.RawResponse(
-                    response.status_code, dict(response.headers.items()), body.result()
-                )
+                return proto.RawResponse(response.status_code, headers, body.result())
 
     async def aclose(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
