@@ -8,13 +8,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
-import httpx
-
-from ._deadline import deadline_transport, hard_deadline
 from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
 from ._settings import Settings
 from .errors import (
@@ -23,6 +19,9 @@ from .errors import (
     APITimeoutError,
     UnexpectedResponseError,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "user_dir", "write_atomic"]
 
@@ -91,6 +90,19 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
+def _url2pathname(path: str) -> str:
+    """``urllib.request.url2pathname`` without importing urllib.request.
+
+    That module pulls in http.client, email and ssl (~25 ms): too much for the CLI
+    reading a local-engine file. On POSIX it is ``unquote``; Windows has its own module.
+    """
+    if os.name == "nt":
+        from nturl2path import url2pathname
+
+        return url2pathname(path)
+    return unquote(path)
+
+
 def fetch_audio(url: str, settings: Settings) -> bytes:
     """The bytes behind an audio URL a synthesis returned (https, loopback http or file://).
 
@@ -98,7 +110,7 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
     """
     parts = urlsplit(url)
     if parts.scheme == "file":
-        path = Path(url2pathname(unquote(parts.path)))
+        path = Path(_url2pathname(unquote(parts.path)))
         try:
             if path.stat().st_size > MAX_AUDIO_BYTES:
                 raise UnexpectedResponseError(
@@ -119,6 +131,10 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
             body_excerpt="",
         )
     host = parts.netloc
+    # Imported here: a local-engine process (file:// audio) never needs the HTTP stack.
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
 
     def check_hop(request: httpx.Request) -> None:
         # A CDN may redirect; every hop must pass the same check as the first URL.

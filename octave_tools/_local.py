@@ -11,26 +11,22 @@ not thread-safe, so there is one loaded library per process, every call into it 
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import ctypes
-import difflib
 import functools
 import importlib
 import importlib.util
 import io
 import os
 import sys
-import tempfile
 import threading
 import wave
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from ._files import new_audio_path, write_atomic
 from ._protocol import MAX_AUDIO_BYTES, validate_text
@@ -38,6 +34,10 @@ from ._settings import ENV_API_KEY, ENV_FORMAT, Settings
 from .errors import ConfigurationError, InvalidInputError, OctaveError
 from .models import Speech
 from .voices import DEFAULT_MODEL, VOICES, VoiceCatalogue, _fold, resolve_format
+
+if TYPE_CHECKING:  # imported where used: a one-shot CLI call needs neither (~40 ms)
+    import asyncio
+    import concurrent.futures
 
 __all__ = [
     "DEFAULT_VOICE",
@@ -253,6 +253,8 @@ async def asynthesize(
     If the caller is cancelled, the work is skipped when it has not started, and a
     file written anyway is deleted: no file is left that nobody was told about.
     """
+    import asyncio
+
     cancelled = threading.Event()
     job = functools.partial(_synthesize, text, voice, format, settings, cancelled)
     future = asyncio.get_running_loop().run_in_executor(_worker_pool(), job)
@@ -276,6 +278,8 @@ def _discard(future: asyncio.Future[Speech]) -> None:
 
 
 def _file_of(speech: Speech) -> Path:
+    from urllib.request import url2pathname  # imports http.client: ~20 ms
+
     return Path(url2pathname(urlsplit(speech.audio_url).path))
 
 
@@ -354,6 +358,8 @@ def _resolve_voice(voices: _Voices, voice: str | None) -> tuple[str, str]:
         return name, library_name
     found = voices.variants.get(_fold(variant))
     if found is None:
+        import difflib
+
         known = sorted(set(voices.variants.values()), key=str.casefold)
         matches = difflib.get_close_matches(_fold(variant), list(voices.variants), n=6, cutoff=0.5)
         close = list(dict.fromkeys(voices.variants[m] for m in matches))[:3]
@@ -389,6 +395,8 @@ def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _executor
     with _EXECUTOR_LOCK:
         if _executor is None:
+            import concurrent.futures
+
             _executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="octave-tools-local"
             )
@@ -468,6 +476,8 @@ def _short_path(data_path: str) -> str:
     """``data_path``, or a short symlink to it in a private temp dir when it is too long."""
     if len(os.fsencode(data_path)) <= _MAX_DATA_PATH:
         return data_path
+    import tempfile
+
     link_dir = tempfile.mkdtemp(prefix="octave-tools-")
     link = os.path.join(link_dir, "data")
     os.symlink(data_path, link, target_is_directory=True)

@@ -11,14 +11,13 @@ import ipaddress
 import itertools
 import json
 import logging
+import os
 import random
 import re
 import threading
 import unicodedata
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -201,17 +200,18 @@ def prepare(
         text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
         payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
     key = settings.require_key()
-    client_request_id = f"octave-tools-{uuid.uuid4().hex}"
+    # 128 random bits, as uuid4 has, at a quarter of its cost.
+    client_request_id = f"octave-tools-{os.urandom(16).hex()}"
     return Call(
         url=settings.tts_url(),
         headers={
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            "User-Agent": f"octave-tools/{__version__}",
+            "User-Agent": _USER_AGENT,
             "X-Client-Request-Id": client_request_id,
         },
-        body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+        body=_JSON.encode(payload).encode("utf-8"),
         text_chars=len(text),
         model=model_id,
         voice=sent_voice,
@@ -220,6 +220,12 @@ def prepare(
         secret=key,
         speed=speed,
     )
+
+
+_USER_AGENT = f"octave-tools/{__version__}"
+# The same output as json.dumps(..., ensure_ascii=False), without building an encoder
+# per call; no circular check, as the payload is built here (~2 us of ~5 a call).
+_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 def _model_id(model: str | None, settings: Settings) -> str:
@@ -454,23 +460,29 @@ def clean_request_id(value: object, secret: str) -> str | None:
 
 
 def _request_id(headers: Mapping[str, str], data: Any, secret: str) -> str | None:
-    for candidate in (
-        headers.get("x-inference-id"),
-        _dig(data, "meta", "request_id"),
-        _dig(data, "metadata", "request_id"),
-        _dig(data, "requestId"),
-    ):
-        cleaned = clean_request_id(candidate, secret)
-        if cleaned is not None:
-            return cleaned
-    return None
+    # In order, each looked up only when the ones before gave nothing usable (hot path).
+    header = headers.get("x-inference-id")
+    if header is not None and (cleaned := clean_request_id(header, secret)) is not None:
+        return cleaned
+    if not isinstance(data, dict):
+        return None
+    for place in ("meta", "metadata"):
+        inner = data.get(place)
+        if isinstance(inner, dict) and "request_id" in inner:
+            cleaned = clean_request_id(inner["request_id"], secret)
+            if cleaned is not None:
+                return cleaned
+    return clean_request_id(data.get("requestId"), secret)
 
 
 def _usage(headers: Mapping[str, str], data: Any) -> tuple[int | float | None, float | None]:
-    credits = _number(_dig(data, "meta", "usage", "credits_used"))
+    usage = _dig(data, "meta", "usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    credits = _number(usage.get("credits_used"))
     if credits is None:
         credits = _number(headers.get("x-aimlapi-credits-used"))
-    usd = _number(_dig(data, "meta", "usage", "usd_spent"))
+    usd = _number(usage.get("usd_spent"))
     if usd is None:
         usd = _number(headers.get("x-aimlapi-usd-spent"))
     return credits, (float(usd) if usd is not None else None)
@@ -759,6 +771,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
     value = _number(raw)
     if value is not None:
         return float(value) if value >= 0 else None
+    from email.utils import parsedate_to_datetime  # rare (an HTTP-date): ~8 ms to import
+
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):

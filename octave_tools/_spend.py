@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
@@ -89,6 +88,22 @@ def parse_since(value: str | float | None, *, now: float | None = None) -> float
 def reused(speech: Speech) -> Speech:
     """``speech`` handed out again: marked cached, and free this time."""
     return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
+
+
+def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+    return LedgerEntry(
+        ts=ts,
+        engine=speech.engine,
+        model=speech.model,
+        voice=speech.voice,
+        format=speech.format,
+        characters=speech.characters,
+        credits=credits,
+        usd=speech.usd_spent,
+        request_id=speech.request_id,
+        text_sha256=text_digest(text),
+        cached=speech.cached,
+    )
 
 
 def text_digest(text: str) -> str:
@@ -216,6 +231,8 @@ class Spend:
             return False
         if parts.query or parts.fragment:
             return False
+        from urllib.request import url2pathname  # imports http.client: ~20 ms
+
         path = Path(url2pathname(unquote(parts.path)))
         folder = self._settings.output_dir
         out_dir = (Path(folder).expanduser() if folder else default_output_dir()).absolute()
@@ -352,6 +369,8 @@ class Spend:
             self._store.release(hold.reservation)
 
     def _unhold(self, hold: Hold) -> None:
+        if hold is NO_HOLD:  # nothing held (no budget): no lock to take
+            return
         with self._lock:
             self._reserved = max(0.0, self._reserved - hold.amount)
 
@@ -399,28 +418,18 @@ class Spend:
     ) -> None:
         """Record a finished call (and remember it for the cache); ends its ``hold``."""
         credits = float(speech.credits_used or 0)
-        entry = LedgerEntry(
-            ts=self._clock(),
-            engine=speech.engine,
-            model=speech.model,
-            voice=speech.voice,
-            format=speech.format,
-            characters=speech.characters,
-            credits=credits,
-            usd=speech.usd_spent,
-            request_id=speech.request_id,
-            text_sha256=text_digest(text),
-            cached=speech.cached,
-        )
+        now = self._clock()
         with self._lock:
             self._client_spent += credits
         store = self.store
         if store is None:
-            if self.daily_limit is not None:
+            if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
+                entry = _entry(speech, text, credits, now)
                 with self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
+        entry = _entry(speech, text, credits, now)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
         else:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import anyio
-import httpx
 from typing_extensions import Unpack
 
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
-from ._deadline import deadline_transport, hard_deadline
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
@@ -32,10 +28,47 @@ logger = logging.getLogger("octave_tools")
 # At most 64 connections; 16 kept idle. More idle ones make httpcore's per-response
 # pool cleanup quadratic, and with the async client's own queue (``_slots``) a burst
 # seldom leaves more than a few connections idle at once, so they are reused anyway.
+# Re-measured (bench/floors.py async --quick, 200 concurrent, runs back to back): 16 kept
+# idle 437-455 calls/s; all 64 kept idle 92-95 calls/s (httpcore's idle scans dominate).
 MAX_CONNECTIONS = 64
-_LIMITS = httpx.Limits(
-    max_connections=MAX_CONNECTIONS, max_keepalive_connections=16, keepalive_expiry=30
-)
+MAX_KEEPALIVE = 16
+
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+
+    import anyio
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
+
+    _LIMITS: httpx.Limits
+
+_net_loaded = False
+
+
+def _load_net() -> None:
+    """Import asyncio and the HTTP stack (~100 ms cold) as module globals, once.
+
+    Deferred so that a local-engine call (the CLI speaking offline) never pays for them;
+    every path that sends calls this first (a no-op after the first time).
+    """
+    global asyncio, concurrent, anyio, httpx, deadline_transport, hard_deadline, _LIMITS
+    global _net_loaded
+    import asyncio
+    import concurrent.futures
+
+    import anyio
+    import httpx
+
+    from ._deadline import deadline_transport, hard_deadline
+
+    _LIMITS = httpx.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_KEEPALIVE,
+        keepalive_expiry=30,
+    )
+    _net_loaded = True
 
 
 @dataclass(frozen=True)
@@ -330,6 +363,8 @@ class OctaveClient(_BaseClient):
         if hit is not None:
             self._spend.settle(hit, job.text, None)
             return hit
+        import concurrent.futures  # only calls with the cache on get here
+
         with self._inflight_lock:
             leader = self._inflight.get(key)
             if leader is None:
@@ -382,6 +417,8 @@ class OctaveClient(_BaseClient):
             return _local.synthesize(
                 job.text, voice=job.voice, format=job.format, settings=self._settings
             )
+        if not _net_loaded:
+            _load_net()
         deadline = self._deadline()
         attempt = 0
         while True:
@@ -420,17 +457,17 @@ class OctaveClient(_BaseClient):
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response,
         ):
+            # One pass over httpx.Headers (each lookup there decodes every header).
+            headers = dict(response.headers.items())
             try:
-                body = CappedBody(proto.body_limit(response.headers), response.headers)
+                body = CappedBody(proto.body_limit(headers), headers)
                 for chunk in response.iter_bytes():
                     body.feed(chunk)
                     if time.monotonic() > deadline:
                         raise TimeoutError
             except BodyTooLarge as exc:
                 raise proto.too_large_error(call, response.status_code, exc.limit) from None
-            return proto.RawResponse(
-                response.status_code, dict(response.headers.items()), body.result()
-            )
+            return proto.RawResponse(response.status_code, headers, body.result())
 
     def close(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""
@@ -460,6 +497,8 @@ class AsyncOctaveClient(_BaseClient):
         **options: Unpack[SettingsOptions],
     ) -> None:
         super().__init__(settings=settings, **options)
+        if not _net_loaded:
+            _load_net()
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose
@@ -601,15 +640,14 @@ class AsyncOctaveClient(_BaseClient):
             async with self._http.stream(
                 "POST", call.url, content=call.body, headers=call.headers, timeout=remaining
             ) as response:
+                headers = dict(response.headers.items())  # one pass over httpx.Headers
                 try:
-                    body = CappedBody(proto.body_limit(response.headers), response.headers)
+                    body = CappedBody(proto.body_limit(headers), headers)
                     async for chunk in response.aiter_bytes():
                         body.feed(chunk)
                 except BodyTooLarge as exc:
                     raise proto.too_large_error(call, response.status_code, exc.limit) from None
-                return proto.RawResponse(
-                    response.status_code, dict(response.headers.items()), body.result()
-                )
+                return proto.RawResponse(response.status_code, headers, body.result())
 
     async def aclose(self) -> None:
         """Close the HTTP connections this client opened (not an injected client)."""

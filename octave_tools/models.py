@@ -14,7 +14,7 @@ Engine = Literal["aimlapi", "local"]
 class Speech(BaseModel):
     """Where the generated audio is, and what the call was and cost."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     audio_url: str = Field(description="URL of the generated audio (https, or file:// for local).")
     format: str = Field(
@@ -49,7 +49,7 @@ class Speech(BaseModel):
 class UsageGroup(BaseModel):
     """Spend for one day, model, voice or engine."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     key: str = Field(description="The day (YYYY-MM-DD, UTC), model, voice or engine.")
     calls: int = Field(description="Calls recorded, cached ones included.")
@@ -62,7 +62,7 @@ class UsageGroup(BaseModel):
 class UsageReport(BaseModel):
     """What the ledger says was spent since a moment, grouped one way."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
     by: str = Field(description="How the groups are formed: day, model, voice or engine.")
@@ -93,7 +93,7 @@ class UsageReport(BaseModel):
 class VoiceList(BaseModel):
     """The voices ``text_to_speech`` accepts under the current settings."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     model: str = Field(description="The model (or local engine) the voices belong to.")
     default: str | None = Field(
