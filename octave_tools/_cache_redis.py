@@ -123,6 +123,8 @@ class RedisCache:
             got = self._redis.set(
                 self.prefix + "lead:" + key, token, nx=True, px=max(1, int(ttl * 1000))
             )
+            if got:  # an earlier leader's result must not answer this lead's followers
+                self._redis.delete(self.prefix + "done:" + key)
         except redis.RedisError as exc:
             self._failed("taking a lead lock", exc)
             return token

@@ -143,9 +143,15 @@ def run_server(
     # folder; no I/O until used, and it shares the server's store (one per URL/file).
     probe = OctaveClient()
     settings = probe.settings
-    folder = Path(settings.output_dir).expanduser() if settings.output_dir else default_output_dir()
+    # The sweep deletes expired clips: by default in a folder of the server's own, never
+    # among the clips the CLI or other tools left in the shared cache folder.
+    folder = (
+        Path(settings.output_dir).expanduser()
+        if settings.output_dir
+        else default_output_dir() / "served"
+    )
     shelf = _AudioShelf(folder, audio_ttl, public_url)
-    server = create_server(publish=shelf.publish)
+    server = create_server(output_dir=str(folder), publish=shelf.publish)
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
     extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
     _serve_http(server, host, port, token, security, level, limits, extras)

@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 __all__ = ["MASK", "RedactingFilter", "basic_config", "redact", "register_secret", "shown"]
 
@@ -105,33 +105,46 @@ def basic_config(**kwargs: Any) -> None:
             handler.addFilter(RedactingFilter())
 
 
+_CONNINFO_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)([^&#]*)")
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme://, user[:password], @rest) split at the last ``@``, or None.
+
+    Not ``urlsplit``: a ``#`` or ``?`` inside a password ends its host part early, and
+    the password would then be shown as if it were part of the path.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return None
+    return scheme + sep, rest[:at], rest[at:]
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (also in a ``password=`` query)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "(unparseable URL)"
+    """``url`` with any password replaced by ``***`` (in the userinfo, a ``password=``
+    query, or a ``key=value`` connection string)."""
+    parts = _userinfo(url)
+    if parts is not None:
+        head, userinfo, rest = parts
+        user, colon, _ = userinfo.partition(":")
+        url = head + user + (":***" if colon else "") + rest
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    return _CONNINFO_PASSWORD.sub(r"\1***", url)
 
 
 def url_secrets(url: str) -> list[str]:
     """The password(s) in ``url``, to scrub from any text before it is shown."""
     found: list[str] = []
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return found
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    found += [unquote(m) for m in re.findall(r"(?i)password=([^&]+)", parts.query)]
-    return [s for s in found if s]
+    parts = _userinfo(url)
+    if parts is not None:
+        _, colon, password = parts[1].partition(":")
+        if colon and password:
+            found += [password, unquote(password)]
+    found += [unquote(m[1]) for m in _QUERY_PASSWORD.findall(url)]
+    found += [m[1].strip("'") for m in _CONNINFO_PASSWORD.findall(url)]
+    return [s for s in dict.fromkeys(found) if s]
 
 
 def scrub(text: str, url: str) -> str:

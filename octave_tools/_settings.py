@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from typing_extensions import Unpack
 
-from ._redact import register_secret, shown
+from ._redact import register_secret, shown, url_secrets
 from .catalogue import ALL_FORMATS
 from .errors import ConfigurationError
 from .voices import DEFAULT_MODEL, normalise_format
@@ -256,8 +256,7 @@ def _parse_url(raw: str | None, source: str) -> str | None:
         return None
     url = raw.strip()
     # A password in the URL is as secret as the API key: scrubbed from every log line.
-    password = urlsplit(url).password if "://" in url else None
-    if password:
+    for password in url_secrets(url):
         register_secret(password)
     return url
 

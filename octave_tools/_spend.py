@@ -126,6 +126,9 @@ class Spend:
         self.daily_limit = settings.max_credits_per_day
         self.cache_ttl = settings.cache_ttl
         self._lock = threading.Lock()
+        # Held across "read the day's spend, check, hold" and "record, unhold", so a call
+        # settling in between can never drop out of both counts (daily budget only).
+        self._budget_lock = threading.Lock()
         self._client_spent = 0.0
         self._reserved = 0.0
         self._local_entries: list[LedgerEntry] = []  # when the ledger is off
@@ -135,7 +138,7 @@ class Spend:
         # A shared store (PostgreSQL) holds the daily budget itself, atomically across
         # replicas; the local SQLite default keeps today's in-process reservations.
         url = settings.store_url or ""
-        self.shared = bool(url) and not url.lower().startswith("sqlite:")
+        self.shared = settings.ledger and bool(url) and not url.lower().startswith("sqlite:")
         self._rates: dict[str, float] = {}
         self._rates_read = -math.inf
 
@@ -259,17 +262,23 @@ class Spend:
         coalescer = getattr(self.store, "coalescer", None)
         if coalescer is None:
             return None, None
-        wait = self._settings.timeout + LEASE_MARGIN
-        token: str | None = coalescer.lead(key, wait)
+        timeout = self._settings.timeout
+        token: str | None = coalescer.lead(key, timeout + LEASE_MARGIN)
         if token is not None:
             return token, None
-        value = coalescer.follow(key, wait)
+        # Waiting is bounded by the call's own time limit, not by the leader's lock.
+        value = coalescer.follow(key, timeout)
         if value is None:
             return None, None
         try:
-            return None, reused(Speech.model_validate_json(value))
+            earlier = Speech.model_validate_json(value)
         except ValueError:
             return None, None
+        # Redis is shared: its value is vetted like a cache entry, and one that fails
+        # (or a file only another replica has) means this process makes the call itself.
+        if not self._safe_cached_url(earlier.audio_url):
+            return None, None
+        return None, reused(earlier)
 
     def finish_lead(self, key: str, token: str | None, speech: Speech | None) -> None:
         """Hand the leader's result (None: it failed) to the replicas waiting for it."""
@@ -328,9 +337,10 @@ class Spend:
                 return Hold(estimate)
             if self.shared:
                 return self._reserve_shared(estimate, now)
-            day_spent, oldest = self._spent_in_window(now)
-            with self._lock:
-                spent = day_spent + self._reserved - estimate
+            with self._budget_lock:
+                day_spent, oldest = self._spent_in_window(now)
+                with self._lock:
+                    spent = day_spent + self._reserved - estimate
                 if spent + estimate > self.daily_limit or spent >= self.daily_limit:
                     frees_at = oldest + DAY if oldest is not None else None
                     raise BudgetExceededError(
@@ -425,16 +435,21 @@ class Spend:
         if store is None:
             if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
                 entry = _entry(speech, text, credits, now)
-                with self._lock:
+                with self._budget_lock, self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
         entry = _entry(speech, text, credits, now)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
+            self._unhold(hold)
+        elif self.daily_limit is not None and hold is not NO_HOLD:
+            with self._budget_lock:  # the entry counts before the hold goes (see reserve)
+                store.add(entry)
+                self._unhold(hold)
         else:
             store.add(entry)
-        self._unhold(hold)  # after the entry counts, so the spend is never out of view
+            self._unhold(hold)
         if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
             store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
 

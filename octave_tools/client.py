@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from typing_extensions import Unpack
 
@@ -156,6 +157,8 @@ class _BaseClient:
         """``model`` or the configured one; refused when the ``models`` setting excludes it."""
         if model is None:
             return self._settings.model
+        if isinstance(model, str):
+            model = model.strip()  # as the request builder reads it
         allowed = self.allowed_models()
         if self._settings.models and model not in allowed:
             raise InvalidInputError(
@@ -486,6 +489,28 @@ class OctaveClient(_BaseClient):
         self.close()
 
 
+_T = TypeVar("_T")
+
+
+async def _in_thread(work: Callable[[], _T], *, undo: Callable[[_T], object]) -> _T:
+    """``work()`` in a worker thread; if the caller is cancelled meanwhile, ``undo`` its result.
+
+    A thread cannot be stopped: a reservation or a lead it takes after the caller gave
+    up would otherwise be held until its lease runs out.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def cleanup(done: asyncio.Future[_T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                threading.Thread(target=undo, args=(done.result(),), daemon=True).start()
+
+        future.add_done_callback(cleanup)
+        raise
+
+
 class AsyncOctaveClient(_BaseClient):
     """The asyncio twin of OctaveClient: same arguments, same results, same errors."""
 
@@ -555,7 +580,10 @@ class AsyncOctaveClient(_BaseClient):
         """Make the call, unless another replica is making the same one right now."""
         spend = self._spend
         if spend.coalesces_across_processes:
-            token, earlier = await asyncio.to_thread(spend.follow_or_lead, key)
+            token, earlier = await _in_thread(
+                lambda: spend.follow_or_lead(key),
+                undo=lambda got: spend.finish_lead(key, got[0], None),
+            )
         else:
             token, earlier = None, None
         if earlier is not None:
@@ -575,7 +603,9 @@ class AsyncOctaveClient(_BaseClient):
         if not spend.needs_budget_check:
             held = NO_HOLD
         elif spend.reserve_needs_io():
-            held = await asyncio.to_thread(spend.reserve, job.model, job.characters)
+            held = await _in_thread(
+                lambda: spend.reserve(job.model, job.characters), undo=spend.release
+            )
         else:
             held = spend.reserve(job.model, job.characters)
         try:

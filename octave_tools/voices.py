@@ -109,6 +109,10 @@ def register_catalogue(catalogue: VoiceCatalogue) -> None:
     _CATALOGUES[catalogue.model] = catalogue
 
 
+# A voice id no list can check (ByteDance Seed, an uncatalogued model) is still bounded.
+MAX_PASSTHROUGH_VOICE_CHARS = 256
+
+
 def resolve_voice(voice: str | None, model: str) -> str | None:
     """Canonical voice for ``model``; the default when ``voice`` is None.
 
@@ -124,7 +128,16 @@ def resolve_voice(voice: str | None, model: str) -> str | None:
                 "or pass one of the names from list_voices.",
                 field="voice",
             )
-        return catalogue.resolve(voice) if catalogue else voice.strip()
+        if catalogue is not None:
+            return catalogue.resolve(voice)
+        if len(voice.strip()) > MAX_PASSTHROUGH_VOICE_CHARS:
+            # Passed through unchecked, but not unbounded: it is echoed in every result.
+            raise InvalidInputError(
+                f"voice {shown(voice)} is {len(voice.strip()):,} characters; a voice id for "
+                f"{model} is at most {MAX_PASSTHROUGH_VOICE_CHARS}.",
+                field="voice",
+            )
+        return voice.strip()
     return catalogue.default if catalogue else None
 
 
