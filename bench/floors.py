@@ -352,7 +352,10 @@ def hello(name: str) -> str:
     \"\"\"Say hello.\"\"\"
     return f"Hello, {name}!"
 app = server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True)
-sock = socket.create_server(("127.0.0.1", 0))
+# As uvicorn binds a host/port itself: a TCP socket, so asyncio turns Nagle off.
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+sock.listen(128)
 print(f"hello on http://127.0.0.1:{sock.getsockname()[1]}/mcp", file=sys.stderr, flush=True)
 config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                         server_header=False, lifespan="on")
