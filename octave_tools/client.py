@@ -157,10 +157,10 @@ class _BaseClient:
         """``model`` or the configured one; refused when the ``models`` setting excludes it."""
         if model is None:
             return self._settings.model
-        if isinstance(model, str):
-            model = model.strip()  # as the request builder reads it
         allowed = self.allowed_models()
-        if self._settings.models and model not in allowed:
+        # Compared as the request builder will read it (stripped); passed on as given.
+        wanted = model.strip() if isinstance(model, str) else model
+        if self._settings.models and wanted not in allowed:
             raise InvalidInputError(
                 f"Model {shown(model)} is not offered here. Use one of: {', '.join(allowed)} "
                 f"(or leave model out for {allowed[0]}).",
