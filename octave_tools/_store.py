@@ -299,6 +299,15 @@ class SQLiteStore:
         self._db = self._connect()
         return self._db
 
+    def _locked_or_disable(self, exc: BaseException) -> None:
+        """A budget read that failed: a lock fails the budget closed; anything else sets
+        the ledger aside (until it is tried again)."""
+        if _is_lock(exc):
+            raise LedgerLockedError(
+                f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
+            ) from None
+        self._disable(exc)
+
     def _disable(self, exc: BaseException) -> None:
         with self._lock:
             self._broken_at = self._monotonic()
@@ -557,11 +566,7 @@ class SQLiteStore:
                     self._unread_oldest = min((e.ts for e in paid), default=None)
                     self._window = (now, since, float(row[0]), row[1])
         except (sqlite3.Error, OSError, _LedgerRefused) as exc:
-            if _is_lock(exc):
-                raise LedgerLockedError(
-                    f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
-                ) from None
-            self._disable(exc)
+            self._locked_or_disable(exc)
             return 0.0, None
         return float(row[0]), row[1]
 
@@ -742,11 +747,7 @@ class SQLiteStore:
                         self._rollback(db)
                 return answer
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
-                if _is_lock(exc):
-                    raise LedgerLockedError(
-                        f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
-                    ) from None
-                self._disable(exc)
+                self._locked_or_disable(exc)
         return self._reserve_in_memory(budget, amount, limit, window, lease, now)
 
     def _reserve_in_memory(
