@@ -19,8 +19,8 @@ from typing_extensions import Unpack
 
 from ._redact import register_secret, shown, url_secrets
 from .catalogue import ALL_FORMATS
-from .errors import ConfigurationError
-from .voices import DEFAULT_MODEL, normalise_format
+from .errors import ConfigurationError, InvalidInputError
+from .voices import DEFAULT_MODEL, normalise_format, resolve_voice
 
 EngineChoice = Literal["auto", "aimlapi", "local"]
 ENGINE_CHOICES: tuple[EngineChoice, ...] = ("auto", "aimlapi", "local")
@@ -42,6 +42,8 @@ ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 ENV_MODELS = ("OCTAVE_TOOLS_MODELS",)
 ENV_STORE_URL = ("OCTAVE_TOOLS_STORE_URL",)
 ENV_CACHE_URL = ("OCTAVE_TOOLS_CACHE_URL",)
+ENV_FALLBACK = ("OCTAVE_TOOLS_FALLBACK",)
+ENV_FALLBACK_COOLDOWN = ("OCTAVE_TOOLS_FALLBACK_COOLDOWN",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -50,6 +52,8 @@ DEFAULT_TIMEOUT = 60.0
 # Past about 1e9 s the socket layer overflows; no call is worth waiting a day for.
 MAX_TIMEOUT = 86_400.0
 DEFAULT_MAX_RETRIES = 2
+DEFAULT_FALLBACK_COOLDOWN = 60.0
+LOCAL_FALLBACK = "local"
 MAX_RETRIES_LIMIT = 10
 
 
@@ -105,6 +109,8 @@ class SettingsOptions(TypedDict, total=False):
     models: str | Sequence[str] | None
     store_url: str | None
     cache_url: str | None
+    fallback: str | Sequence[str] | None
+    fallback_cooldown: float | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,11 @@ class Settings:
     """Where the ledger, budget and cache live (None: SQLite in ``data_dir``)."""
     cache_url: str | None = field(default=None, repr=False)
     """A Redis URL for the cache and the coalescing of identical calls (None: the store)."""
+    fallback: tuple[tuple[str, str | None], ...] = ()
+    """Models tried in order when a call fails for a reason another model could fix:
+    (model id or ``"local"``, the voice to use there or None for its default)."""
+    fallback_cooldown: float = DEFAULT_FALLBACK_COOLDOWN
+    """Seconds a model that failed twice in a row is skipped for (0: never skipped)."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -249,6 +260,55 @@ def _parse_models(raw: str | None, source: str) -> tuple[str, ...]:
                 f"or all; got {shown(model)}."
             )
     return ids
+
+
+def _parse_fallback(raw: str | None, source: str) -> tuple[tuple[str, str | None], ...]:
+    """``model[=voice],...`` (``local`` allowed, last): every model must be catalogued."""
+    if raw is None or not raw.strip():
+        return ()
+    from .catalogue import MODELS
+
+    chain: list[tuple[str, str | None]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        model, sep, voice = (x.strip() for x in item.partition("="))
+        if model.lower() == LOCAL_FALLBACK:
+            model = LOCAL_FALLBACK
+        elif model not in MODELS:
+            close = difflib.get_close_matches(model, list(MODELS), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"{source} names an unknown model {shown(model)}.{hint} Use model ids from "
+                "`octave-tools models` (or local), separated by commas, e.g. "
+                "openai/tts-1=nova,local."
+            )
+        if sep and not voice:
+            raise ConfigurationError(
+                f"{source}: {model}= needs a voice after '=' (or leave '=' out for the "
+                "model's default voice)."
+            )
+        if model == LOCAL_FALLBACK and voice:
+            raise ConfigurationError(
+                f"{source}: the local engine takes no voice here; write just local."
+            )
+        canonical: str | None = None
+        if voice:
+            try:
+                canonical = resolve_voice(voice, model)
+            except InvalidInputError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        if any(m == model for m, _ in chain):
+            raise ConfigurationError(f"{source} names {model} twice; name each model once.")
+        chain.append((model, canonical))
+    if any(m == LOCAL_FALLBACK for m, _ in chain[:-1]):
+        raise ConfigurationError(f"{source}: local can only be the last resort; put it last.")
+    return tuple(chain)
+
+
+def _parse_cooldown(raw: str | None, source: str) -> float:
+    value = _parse_amount(raw, source, allow_zero=True)
+    return DEFAULT_FALLBACK_COOLDOWN if value is None else value
 
 
 def _parse_url(raw: str | None, source: str) -> str | None:
@@ -423,6 +483,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_url", ENV_CACHE_URL, "the store",
             "`redis://...`: the cache and the coalescing of identical calls in Redis.",
             _parse_url),
+    Setting("fallback", ENV_FALLBACK, "none",
+            "Models tried in order when a call fails for a reason another model could fix "
+            "(5xx, timeout, 404, 429 after retries): `model[=voice],...`, `local` last "
+            "allowed.", _parse_fallback),
+    Setting("fallback_cooldown", ENV_FALLBACK_COOLDOWN, f"`{DEFAULT_FALLBACK_COOLDOWN:g}`",
+            "Seconds a model that failed twice in a row is skipped in favour of the fallback "
+            "(`0`: never skipped).", _parse_cooldown),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

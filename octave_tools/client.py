@@ -14,12 +14,14 @@ from typing_extensions import Unpack
 
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
+from ._fallback import Cooldowns, fallback_reason
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
-from ._settings import Settings, SettingsOptions, check_options
+from ._settings import LOCAL_FALLBACK, Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
-from .errors import ConfigurationError, InvalidInputError
-from .models import Speech, UsageReport, VoiceList
+from .catalogue import MODELS
+from .errors import ConfigurationError, InvalidInputError, OctaveError
+from .models import FallbackStep, Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -73,6 +75,16 @@ def _load_net() -> None:
 
 
 @dataclass(frozen=True)
+class _Route:
+    """One model of a fallback chain and how to call it."""
+
+    model: str
+    voice: str | None
+    first: bool = False
+    local: bool = False
+
+
+@dataclass(frozen=True)
 class _Job:
     """One validated call: the request for the API (None for local) and its cache key."""
 
@@ -112,6 +124,7 @@ class _BaseClient:
             raise TypeError("Pass settings= or individual settings, not both.")
         self._settings = settings or Settings.load(**options)
         self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
+        self._cooldowns = Cooldowns(lambda: self._spend.store, self._settings.fallback_cooldown)
 
     @property
     def settings(self) -> Settings:
@@ -248,14 +261,21 @@ class _BaseClient:
         fmt: str | None,
         model: str | None = None,
         speed: float | None = None,
+        *,
+        route: _Route | None = None,
     ) -> _Job:
-        """Validate and route one call; raises before anything is spent."""
-        if model is not None:
+        """Validate and route one call; raises before anything is spent.
+
+        ``route`` is set for a fallback attempt: its model is the operator's choice (not
+        checked against ``models``), and ``local`` sends it to the offline engine.
+        """
+        if route is None and model is not None:
             model = self._check_model(model)
-        if self._engine() == "local":
+        if (route is not None and route.local) or self._engine() == "local":
             from . import _local
 
-            _refuse_for_local(model, speed, self._settings.model)
+            if route is None:
+                _refuse_for_local(model, speed, self._settings.model)
             text = proto.validate_text(text)
             call = None
             model_key, voice_key, fmt_key, chars = _local.MODEL, voice, fmt or "wav", len(text)
@@ -272,6 +292,60 @@ class _BaseClient:
 
     def _deadline(self) -> float:
         return time.monotonic() + self._settings.timeout
+
+    def _fallback_chain(self, model: str | None) -> list[_Route]:
+        """The asked model, then the ``fallback`` models not already in the chain."""
+        first = self._check_model(model)
+        chain = [_Route(first, None, first=True)]
+        for name, voice in self._settings.fallback:
+            if name != first.strip():
+                chain.append(_Route(name, voice, local=name == LOCAL_FALLBACK))
+        return chain
+
+    @staticmethod
+    def _attempt_args(
+        route: _Route, voice: str | None, fmt: str | None, speed: float | None
+    ) -> tuple[str | None, str | None, str | None, float | None]:
+        """(voice, format, model, speed) for one attempt of the chain.
+
+        The first is the call as asked. A fallback speaks with its configured voice or its
+        own default, keeps the format and speed where it can give them, else its defaults.
+        """
+        if route.first:
+            return voice, fmt, route.model, speed
+        if route.local:
+            return None, fmt if fmt == "wav" else None, None, None
+        spec = MODELS.get(route.model)
+        keep_fmt = fmt if spec is not None and fmt is not None and fmt in spec.formats else None
+        keep_speed = speed if spec is not None and spec.speed is not None else None
+        return route.voice, keep_fmt, route.model, keep_speed
+
+    def _fallback_step(
+        self, route: _Route, exc: OctaveError, steps: list[FallbackStep], last: bool
+    ) -> None:
+        """Note why ``route`` did not speak, or re-raise when no other model could help."""
+        reason = fallback_reason(exc)
+        if reason is not None:
+            self._cooldowns.failed(route.model)
+        elif not route.first and isinstance(exc, InvalidInputError):
+            reason = f"cannot take this call ({exc.message})"
+        if reason is None or last:
+            if steps:
+                tried = "; ".join(f"{s.model}: {s.reason}" for s in steps)
+                exc.message = f"{exc.message} (Fallback: tried {tried} first.)"
+                exc.args = (exc.message,)
+            raise exc
+        logger.warning(
+            "octave-tools: %s did not speak (%s); trying the next model", route.model, reason
+        )
+        steps.append(FallbackStep(model=route.model, reason=reason))
+
+    def _skip_cooling(self, route: _Route, steps: list[FallbackStep]) -> bool:
+        left = self._cooldowns.cooling(route.model)
+        if left is None:
+            return False
+        steps.append(FallbackStep(model=route.model, reason=f"failing; skipped for {left:.0f} s"))
+        return True
 
     def _next_step(
         self, call: proto.Call, raw: proto.RawResponse, attempt: int, deadline: float
@@ -356,9 +430,39 @@ class OctaveClient(_BaseClient):
         configured one); ``voice``, ``format`` and ``speed`` (1.0 = normal) are checked
         against that model and mapped into its own fields. Raises InvalidInputError
         before any request for bad arguments, BudgetExceededError when a spend limit
-        would be passed, and another OctaveError subclass when the call fails.
+        would be passed, and another OctaveError subclass when the call fails. With the
+        ``fallback`` setting, a failure another model could fix moves on to the next model
+        (``Speech.fallback_from`` says which were tried and why).
         """
-        job = self._plan(text, voice, format, model, speed)
+        if self._settings.fallback:
+            return self._with_fallback(text, voice, format, model, speed)
+        return self._synthesize(self._plan(text, voice, format, model, speed))
+
+    def _with_fallback(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None,
+        speed: float | None,
+    ) -> Speech:
+        chain = self._fallback_chain(model)
+        steps: list[FallbackStep] = []
+        for index, route in enumerate(chain):
+            last = index == len(chain) - 1
+            if not last and self._skip_cooling(route, steps):
+                continue
+            try:
+                args = self._attempt_args(route, voice, fmt, speed)
+                speech = self._synthesize(self._plan(text, *args, route=route))
+            except OctaveError as exc:
+                self._fallback_step(route, exc, steps, last)
+                continue
+            self._cooldowns.succeeded(route.model)
+            return speech.model_copy(update={"fallback_from": tuple(steps)}) if steps else speech
+        raise AssertionError("unreachable: the last model raises or returns")
+
+    def _synthesize(self, job: _Job) -> Speech:
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
@@ -541,7 +645,36 @@ class AsyncOctaveClient(_BaseClient):
         speed: float | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
-        job = self._plan(text, voice, format, model, speed)
+        if self._settings.fallback:
+            return await self._with_fallback(text, voice, format, model, speed)
+        return await self._synthesize(self._plan(text, voice, format, model, speed))
+
+    async def _with_fallback(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None,
+        speed: float | None,
+    ) -> Speech:
+        chain = self._fallback_chain(model)
+        steps: list[FallbackStep] = []
+        for index, route in enumerate(chain):
+            last = index == len(chain) - 1
+            # The failure record may live in the store: read and written off the loop.
+            if not last and await asyncio.to_thread(self._skip_cooling, route, steps):
+                continue
+            try:
+                args = self._attempt_args(route, voice, fmt, speed)
+                speech = await self._synthesize(self._plan(text, *args, route=route))
+            except OctaveError as exc:
+                await asyncio.to_thread(self._fallback_step, route, exc, steps, last)
+                continue
+            await asyncio.to_thread(self._cooldowns.succeeded, route.model)
+            return speech.model_copy(update={"fallback_from": tuple(steps)}) if steps else speech
+        raise AssertionError("unreachable: the last model raises or returns")
+
+    async def _synthesize(self, job: _Job) -> Speech:
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)

@@ -6,9 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
+__all__ = ["Engine", "FallbackStep", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
 
 Engine = Literal["aimlapi", "local"]
+
+
+class FallbackStep(BaseModel):
+    """A model that did not speak for a call, and why another one did."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    model: str = Field(description="The model that was tried or skipped.")
+    reason: str = Field(description="Why it did not speak (e.g. '503 from the API').")
 
 
 class Speech(BaseModel):
@@ -32,6 +41,11 @@ class Speech(BaseModel):
     )
     engine: Engine = Field(default="aimlapi", description="Which engine produced the audio.")
     cached: bool = Field(default=False, description="True when served from the local cache.")
+    fallback_from: tuple[FallbackStep, ...] | None = Field(
+        default=None,
+        description="Models tried before the one that spoke, and why each did not "
+        "(None when the first choice spoke).",
+    )
 
     def summary(self) -> str:
         """One short sentence with the URL, for an LLM or a person to read."""
@@ -40,6 +54,9 @@ class Speech(BaseModel):
             details.append(f"{self.credits_used:,} credits")
         if self.cached:
             details.append("from cache, no charge")
+        if self.fallback_from:
+            tried = "; ".join(f"{step.model}: {step.reason}" for step in self.fallback_from)
+            details.append(f"fallback after {tried}")
         where = (
             "offline with the local engine (not Octave)" if self.engine == "local" else self.model
         )
