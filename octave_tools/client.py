@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -72,6 +72,32 @@ def _load_net() -> None:
         keepalive_expiry=30,
     )
     _net_loaded = True
+
+
+@dataclass
+class _Tried:
+    """What a fallback chain has been through: each model that did not speak and why,
+    and the first error (raised, with the rest, if no model speaks)."""
+
+    steps: list[FallbackStep] = field(default_factory=list)
+    error: OctaveError | None = None
+
+    def fail(self, exc: OctaveError) -> OctaveError:
+        """The error to raise: the first one, saying what the models after it did."""
+        error = self.error or exc
+        after = self.steps[1:] if self.error is not None else self.steps
+        if after:
+            tried = "; ".join(f"{s.model}: {s.reason}" for s in after)
+            error.message = f"{error.message} Fallback did not help: {tried}."
+            error.args = (error.message,)
+        return error
+
+
+def _spoken(speech: Speech, tried: _Tried) -> Speech:
+    """The Speech of the model that spoke, saying which did not first and why."""
+    return (
+        speech.model_copy(update={"fallback_from": tuple(tried.steps)}) if tried.steps else speech
+    )
 
 
 @dataclass(frozen=True)
@@ -320,31 +346,35 @@ class _BaseClient:
         keep_speed = speed if spec is not None and spec.speed is not None else None
         return route.voice, keep_fmt, route.model, keep_speed
 
-    def _fallback_step(
-        self, route: _Route, exc: OctaveError, steps: list[FallbackStep], last: bool
-    ) -> None:
-        """Note why ``route`` did not speak, or re-raise when no other model could help."""
+    def _fallback_step(self, route: _Route, exc: OctaveError, tried: _Tried, last: bool) -> None:
+        """Note why ``route`` did not speak; raise when the chain ends here.
+
+        Invalid input, auth and budget errors of the asked model end the call as they
+        are. When no model spoke, the first model's error is raised, saying what the
+        fallbacks did.
+        """
         reason = fallback_reason(exc)
         if reason is not None:
             self._cooldowns.failed(route.model)
-        elif not route.first and isinstance(exc, InvalidInputError):
-            reason = f"cannot take this call ({exc.message})"
-        if reason is None or last:
-            if steps:
-                tried = "; ".join(f"{s.model}: {s.reason}" for s in steps)
-                exc.message = f"{exc.message} (Fallback: tried {tried} first.)"
-                exc.args = (exc.message,)
+        elif route.first:
             raise exc
-        logger.warning(
-            "octave-tools: %s did not speak (%s); trying the next model", route.model, reason
-        )
-        steps.append(FallbackStep(model=route.model, reason=reason))
+        elif isinstance(exc, (InvalidInputError, ConfigurationError)):
+            reason = f"cannot take this call ({exc.message.rstrip('.')})"
+        else:  # auth or budget on a fallback model: that is the answer
+            raise exc
+        logger.warning("octave-tools: %s did not speak (%s)", route.model, reason)
+        if tried.error is None and not tried.steps:
+            tried.error = exc
+        tried.steps.append(FallbackStep(model=route.model, reason=reason))
+        if last:
+            raise tried.fail(exc)
 
-    def _skip_cooling(self, route: _Route, steps: list[FallbackStep]) -> bool:
+    def _skip_cooling(self, route: _Route, tried: _Tried) -> bool:
         left = self._cooldowns.cooling(route.model)
         if left is None:
             return False
-        steps.append(FallbackStep(model=route.model, reason=f"failing; skipped for {left:.0f} s"))
+        reason = f"failing; skipped for {left:.0f} s"
+        tried.steps.append(FallbackStep(model=route.model, reason=reason))
         return True
 
     def _next_step(
@@ -447,19 +477,19 @@ class OctaveClient(_BaseClient):
         speed: float | None,
     ) -> Speech:
         chain = self._fallback_chain(model)
-        steps: list[FallbackStep] = []
+        tried = _Tried()
         for index, route in enumerate(chain):
             last = index == len(chain) - 1
-            if not last and self._skip_cooling(route, steps):
+            if not last and self._skip_cooling(route, tried):
                 continue
             try:
                 args = self._attempt_args(route, voice, fmt, speed)
                 speech = self._synthesize(self._plan(text, *args, route=route))
             except OctaveError as exc:
-                self._fallback_step(route, exc, steps, last)
+                self._fallback_step(route, exc, tried, last)
                 continue
             self._cooldowns.succeeded(route.model)
-            return speech.model_copy(update={"fallback_from": tuple(steps)}) if steps else speech
+            return _spoken(speech, tried)
         raise AssertionError("unreachable: the last model raises or returns")
 
     def _synthesize(self, job: _Job) -> Speech:
@@ -658,20 +688,20 @@ class AsyncOctaveClient(_BaseClient):
         speed: float | None,
     ) -> Speech:
         chain = self._fallback_chain(model)
-        steps: list[FallbackStep] = []
+        tried = _Tried()
         for index, route in enumerate(chain):
             last = index == len(chain) - 1
             # The failure record may live in the store: read and written off the loop.
-            if not last and await asyncio.to_thread(self._skip_cooling, route, steps):
+            if not last and await asyncio.to_thread(self._skip_cooling, route, tried):
                 continue
             try:
                 args = self._attempt_args(route, voice, fmt, speed)
                 speech = await self._synthesize(self._plan(text, *args, route=route))
             except OctaveError as exc:
-                await asyncio.to_thread(self._fallback_step, route, exc, steps, last)
+                await asyncio.to_thread(self._fallback_step, route, exc, tried, last)
                 continue
             await asyncio.to_thread(self._cooldowns.succeeded, route.model)
-            return speech.model_copy(update={"fallback_from": tuple(steps)}) if steps else speech
+            return _spoken(speech, tried)
         raise AssertionError("unreachable: the last model raises or returns")
 
     async def _synthesize(self, job: _Job) -> Speech:

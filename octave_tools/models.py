@@ -11,6 +11,12 @@ __all__ = ["Engine", "FallbackStep", "Speech", "UsageGroup", "UsageReport", "Voi
 Engine = Literal["aimlapi", "local"]
 
 
+def _unset(value: object) -> bool:
+    """Fields that only some calls have are left out of the record when unset, so a plain
+    call's record (and every face's result) is what it always was."""
+    return value is None
+
+
 class FallbackStep(BaseModel):
     """A model that did not speak for a call, and why another one did."""
 
@@ -43,6 +49,7 @@ class Speech(BaseModel):
     cached: bool = Field(default=False, description="True when served from the local cache.")
     fallback_from: tuple[FallbackStep, ...] | None = Field(
         default=None,
+        exclude_if=_unset,
         description="Models tried before the one that spoke, and why each did not "
         "(None when the first choice spoke).",
     )
