@@ -24,7 +24,7 @@ from octave_tools import (
     ServerError,
     Settings,
 )
-from octave_tools.models import FallbackStep, Speech
+from octave_tools.models import FallbackStep
 from octave_tools.testing import FakeAIMLAPI
 
 OCTAVE = "hume/octave-2"
@@ -110,9 +110,11 @@ def test_the_configured_voice_format_and_speed_carry_over_where_the_model_has_th
 
 
 def test_a_retired_model_404_falls_back() -> None:
-    with FakeAIMLAPI(models=tuple(m for m in MODELS if m != OCTAVE)) as api:
-        with OctaveClient(**api_options(api, fallback=OPENAI)) as client:
-            speech = client.synthesize("Hi.")
+    with (
+        FakeAIMLAPI(models=tuple(m for m in MODELS if m != OCTAVE)) as api,
+        OctaveClient(**api_options(api, fallback=OPENAI)) as client,
+    ):
+        speech = client.synthesize("Hi.")
     assert speech.model == OPENAI
     assert speech.fallback_from == (
         FallbackStep(model=OCTAVE, reason="404 from the API (model unknown or retired)"),
@@ -152,9 +154,11 @@ def test_a_dropped_connection_falls_back(fake_aimlapi: FakeAIMLAPI) -> None:
 
 
 def test_invalid_input_never_falls_back_and_sends_nothing(fake_aimlapi: FakeAIMLAPI) -> None:
-    with OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client:
-        with pytest.raises(InvalidInputError, match="Ava Sung"):
-            client.synthesize("Hi.", voice="Ava Sung")
+    with (
+        OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client,
+        pytest.raises(InvalidInputError, match="Ava Sung"),
+    ):
+        client.synthesize("Hi.", voice="Ava Sung")
     assert fake_aimlapi.tts_requests == []
 
 
@@ -166,17 +170,21 @@ def test_a_rejected_body_or_key_never_falls_back(
     fake_aimlapi: FakeAIMLAPI, status: int, error: type[Exception]
 ) -> None:
     fake_aimlapi.fail(status)
-    with OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client:
-        with pytest.raises(error) as caught:
-            client.synthesize("Hi.")
+    with (
+        OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client,
+        pytest.raises(error) as caught,
+    ):
+        client.synthesize("Hi.")
     assert models_asked(fake_aimlapi) == [OCTAVE]
     assert "Fallback" not in str(caught.value)
 
 
 def test_a_budget_refusal_never_falls_back(fake_aimlapi: FakeAIMLAPI) -> None:
-    with OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI, max_credits=1)) as client:
-        with pytest.raises(BudgetExceededError):
-            client.synthesize("Hi.")
+    with (
+        OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI, max_credits=1)) as client,
+        pytest.raises(BudgetExceededError),
+    ):
+        client.synthesize("Hi.")
     assert fake_aimlapi.tts_requests == []
 
 
@@ -186,9 +194,8 @@ def test_when_no_model_speaks_the_first_error_says_what_the_others_did(
     fake_aimlapi.outage(OCTAVE, 502).outage(OPENAI, 503)
     options = api_options(fake_aimlapi, fallback=f"{OPENAI},{DEEPGRAM}")
     fake_aimlapi.outage(DEEPGRAM, 500)
-    with OctaveClient(**options) as client:
-        with pytest.raises(ServerError) as caught:
-            client.synthesize("Hi.")
+    with OctaveClient(**options) as client, pytest.raises(ServerError) as caught:
+        client.synthesize("Hi.")
     assert caught.value.status_code == 502
     assert str(caught.value).endswith(
         f" Fallback did not help: {OPENAI}: {SERVER_DOWN}; "
@@ -200,9 +207,11 @@ def test_when_no_model_speaks_the_first_error_says_what_the_others_did(
 def test_a_fallback_that_cannot_take_the_text_is_passed_over(fake_aimlapi: FakeAIMLAPI) -> None:
     fake_aimlapi.outage(OCTAVE)
     text = "word " * 1_000  # 5,000 characters: over OpenAI's 4,096, within Octave's limit
-    with OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client:
-        with pytest.raises(ServerError) as caught:
-            client.synthesize(text)
+    with (
+        OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI)) as client,
+        pytest.raises(ServerError) as caught,
+    ):
+        client.synthesize(text)
     assert models_asked(fake_aimlapi) == [OCTAVE]
     assert f"Fallback did not help: {OPENAI}: cannot take this call (" in str(caught.value)
 
@@ -381,7 +390,9 @@ def test_the_timeout_error_type_is_kept_when_every_model_times_out(
     fake_aimlapi: FakeAIMLAPI,
 ) -> None:
     fake_aimlapi.delay(3, times=2)
-    with OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI, timeout=0.3)) as client:
-        with pytest.raises(APITimeoutError) as caught:
-            client.synthesize("Hi.")
+    with (
+        OctaveClient(**api_options(fake_aimlapi, fallback=OPENAI, timeout=0.3)) as client,
+        pytest.raises(APITimeoutError) as caught,
+    ):
+        client.synthesize("Hi.")
     assert str(caught.value).endswith(f"Fallback did not help: {OPENAI}: no answer within 0.3 s.")
