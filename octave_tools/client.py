@@ -349,19 +349,18 @@ class _BaseClient:
     def _fallback_step(self, route: _Route, exc: OctaveError, tried: _Tried, last: bool) -> None:
         """Note why ``route`` did not speak; raise when the chain ends here.
 
-        Invalid input, auth and budget errors of the asked model end the call as they
-        are. When no model spoke, the first model's error is raised, saying what the
-        fallbacks did.
+        The asked model's invalid input, auth and budget errors end the call as they are:
+        no other model is tried. A fallback model that cannot take the call (its limits,
+        its budget, no local engine) is passed over. When no model spoke, the first
+        model's error is raised, saying what the others did.
         """
         reason = fallback_reason(exc)
         if reason is not None:
             self._cooldowns.failed(route.model)
         elif route.first:
             raise exc
-        elif isinstance(exc, (InvalidInputError, ConfigurationError)):
+        else:
             reason = f"cannot take this call ({exc.message.rstrip('.')})"
-        else:  # auth or budget on a fallback model: that is the answer
-            raise exc
         logger.warning("octave-tools: %s did not speak (%s)", route.model, reason)
         if tried.error is None and not tried.steps:
             tried.error = exc
