@@ -389,22 +389,31 @@ def _skip_tag(reader: _Reader) -> bool:
 
 
 def _next_mp3_frame(reader: _Reader, anchor: _Mp3Frame | None) -> _Mp3Frame | None:
-    """Move to the next audio frame (skipping tags and junk); None at the end."""
+    """Move to the next audio frame (skipping tags and junk); None at the end.
+
+    A frame like the one before (``anchor``) is trusted; any other header must be
+    confirmed by the one after it (or the end, or a tag), so that junk which happens
+    to look like a header is skipped rather than taken for a frame.
+    """
     while reader.ensure(4):
         frame = _mp3_frame(reader.peek(4))
-        if frame is not None and (anchor is None or frame.key() == anchor.key()):
-            if anchor is not None:
-                return frame  # within a stream of frames: trust the header
-            # The first frame of a part: confirm it with the one after (or the end).
-            following = reader.peek(frame.length + 4)[frame.length :]
-            after = _mp3_frame(following)
-            if len(following) < 4 or (after is not None and after.key() == frame.key()):
-                return frame
-        if frame is not None and anchor is not None:
-            return frame  # a real frame that disagrees: the caller reports it
+        if frame is not None and (
+            (anchor is not None and frame.key() == anchor.key()) or _confirmed(reader, frame)
+        ):
+            return frame
         if not _skip_tag(reader):
             reader.skip(1)  # junk between frames: look for the next sync
     return None
+
+
+def _confirmed(reader: _Reader, frame: _Mp3Frame) -> bool:
+    following = reader.peek(frame.length + 4)[frame.length :]
+    if len(following) < 4:
+        return True  # the end of the file
+    after = _mp3_frame(following)
+    if after is not None:
+        return after.key() == frame.key()
+    return following[:3] in (b"TAG", b"ID3") or following[:4] in (b"APET", b"LYRI")
 
 
 def _silent_mp3_frame(first: _Mp3Frame) -> bytes:

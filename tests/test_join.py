@@ -190,6 +190,14 @@ def test_junk_and_trailing_ape_tags_between_mp3_frames_are_dropped(tmp_path: Pat
     assert joined.path.read_bytes() == frame * 4
 
 
+def test_a_part_of_one_mp3_frame_and_a_tag_keeps_its_frame(tmp_path: Path) -> None:
+    frame = b"\xff\xf3\x44\xc0" + bytes(92)
+    (tmp_path / "a.mp3").write_bytes(frame + b"TAG" + bytes(125))
+    (tmp_path / "b.mp3").write_bytes(b"\xff\xf3" + frame + b"\xff")  # a false sync, a cut frame
+    joined = join_files([tmp_path / "a.mp3", tmp_path / "b.mp3"], "mp3", tmp_path / "o.mp3")
+    assert joined.path.read_bytes() == frame * 2
+
+
 def test_mp3_parts_at_another_rate_are_refused(tmp_path: Path) -> None:
     (tmp_path / "a.mp3").write_bytes(make_audio("mp3", 3))
     other = b"\xff\xfb\x90\xc4" + bytes(413)  # MPEG-1 layer III, 128 kbit/s, 44.1 kHz
