@@ -18,6 +18,7 @@ and no reader sees a half-written file.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -332,8 +333,13 @@ class _Mp3Frame:
         return body[at : at + 4] in (b"Xing", b"Info") or body[36:40] == b"VBRI"
 
 
+@functools.lru_cache(maxsize=512)
 def _mp3_frame(header: bytes) -> _Mp3Frame | None:
-    """The frame a 4-byte header starts, or None if these bytes are not a frame header."""
+    """The frame a 4-byte header starts, or None if these bytes are not a frame header.
+
+    Cached: a file has a handful of distinct headers, so frames of one stream share one
+    object and comparing them is an identity check.
+    """
     if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
         return None
     version = (header[1] >> 3) & 3
@@ -398,7 +404,9 @@ def _next_mp3_frame(reader: _Reader, anchor: _Mp3Frame | None) -> _Mp3Frame | No
     while reader.ensure(4):
         frame = _mp3_frame(reader.peek(4))
         if frame is not None and (
-            (anchor is not None and frame.key() == anchor.key()) or _confirmed(reader, frame)
+            frame is anchor
+            or (anchor is not None and frame.key() == anchor.key())
+            or _confirmed(reader, frame)
         ):
             return frame
         if not _skip_tag(reader):
@@ -410,7 +418,7 @@ def _confirmed(reader: _Reader, frame: _Mp3Frame) -> bool:
     following = reader.peek(frame.length + 4)[frame.length :]
     if len(following) < 4:
         return True  # the end of the file
-    after = _mp3_frame(following)
+    after = _mp3_frame(bytes(following[:4]))
     if after is not None:
         return after.key() == frame.key()
     return following[:3] in (b"TAG", b"ID3") or following[:4] in (b"APET", b"LYRI")
@@ -440,7 +448,7 @@ def _join_mp3(parts: Sequence[Path], out: IO[bytes], pause_ms: int, _: int) -> f
             reader = _Reader(fh)
             anchor: _Mp3Frame | None = None
             while (frame := _next_mp3_frame(reader, anchor)) is not None:
-                if first is not None and frame.key() != first.key():
+                if first is not None and frame is not first and frame.key() != first.key():
                     raise _bad_part(
                         index, f"is {frame.describe()}, but part 1's is {first.describe()}"
                     )
