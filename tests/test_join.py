@@ -489,5 +489,5 @@ def test_the_fake_waits_its_latency_on_every_request_in_parallel() -> None:
         httpx.post(api.base_url + "/tts", json=body, headers=headers)
         quick = time.perf_counter() - started
     assert [a.status_code for a in answers] == [201] * 4
-    assert 0.2 <= elapsed < 0.6
-    assert quick < 0.15
+    assert 0.2 <= elapsed < 0.75  # in parallel: one in turn would take 0.8 s
+    assert quick < 0.2
