@@ -5,6 +5,10 @@ for a key becomes its leader (``SET NX PX``: a lock with a TTL, so a leader that
 dies frees it); the others ``follow`` — they poll, bounded by a timeout, for the
 result the leader ``finish``-es with. A follower that gets nothing (the leader
 failed or died) makes the call itself.
+
+Time: each command waits at most OP_TIMEOUT on its socket and is not retried (the
+client's default retries a timed-out command three times, with back-off); none is
+sent once the call's deadline has passed, and a follower waits only until it.
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ import time
 import uuid
 from typing import cast
 
+from ._calltime import remaining
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError:  # pragma: no cover - exercised without the extra
     redis = None  # type: ignore[assignment]
 
 __all__ = ["RedisCache", "open_redis_cache"]
 
 logger = logging.getLogger("octave_tools")
+
+# Longest wait for one command's answer (and for a connection). Redis answers in
+# milliseconds; one that does not is a cache miss, not a call held up.
+OP_TIMEOUT = 1.0
 
 # Delete the lock only if it is still ours (its TTL may have passed and a new leader
 # taken it).
@@ -46,7 +57,7 @@ class RedisCache:
         *,
         prefix: str = "octave-tools:",
         setting: str = "OCTAVE_TOOLS_CACHE_URL",
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
     ) -> None:
         if redis is None:
             raise ConfigurationError(
@@ -60,8 +71,9 @@ class RedisCache:
         try:
             self._redis = redis.Redis.from_url(
                 url,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=connect_timeout,
+                socket_connect_timeout=min(connect_timeout, max(0.1, remaining(connect_timeout))),
+                socket_timeout=OP_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
                 decode_responses=True,
             )
             self._redis.ping()
@@ -92,6 +104,8 @@ class RedisCache:
 
     def cache_get(self, key: str, now: float) -> str | None:
         """The value for ``key`` (Redis drops it at its expiry); a failure is a miss."""
+        if _late():
+            return None
         try:
             value = self._redis.get(self.prefix + "cache:" + key)
         except redis.RedisError as exc:
@@ -102,7 +116,7 @@ class RedisCache:
     def cache_put(self, key: str, value: str, expires_at: float) -> None:
         """Keep ``value`` until ``expires_at`` (epoch seconds)."""
         ttl_ms = int((expires_at - time.time()) * 1000)
-        if ttl_ms <= 0:
+        if ttl_ms <= 0 or _late():
             return
         try:
             self._redis.set(self.prefix + "cache:" + key, value, px=ttl_ms)
@@ -119,6 +133,8 @@ class RedisCache:
         leads: coalescing is a saving, never a reason to fail a call.
         """
         token = uuid.uuid4().hex
+        if _late():
+            return token
         try:
             got = self._redis.set(
                 self.prefix + "lead:" + key, token, nx=True, px=max(1, int(ttl * 1000))
@@ -162,6 +178,11 @@ class RedisCache:
                 return None
             time.sleep(min(poll, left))
             poll = min(poll * 1.5, 0.2)
+
+
+def _late() -> bool:
+    """Whether the call's deadline has passed (then Redis is not asked)."""
+    return remaining(OP_TIMEOUT) <= 0
 
 
 _CACHES: dict[str, RedisCache] = {}
