@@ -341,7 +341,7 @@ class SQLiteStore:
         the ledger aside (until it is tried again)."""
         if _is_lock(exc):
             call = current()
-            if call is not None and call.left() <= 0:
+            if call is not None and call.left() < BUSY_TIMEOUT:  # the wait was cut short
                 raise LedgerLockedError(
                     "another program held it locked for longer than this call's time "
                     f"limit ({call.limit:g} s) allows"
