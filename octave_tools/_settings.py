@@ -257,7 +257,7 @@ def _parse_url(raw: str | None, source: str) -> str | None:
     url = raw.strip()
     # A password in the URL is as secret as the API key: scrubbed from every log line.
     for password in url_secrets(url):
-        register_secret(password)
+        register_secret(password, min_chars=1)  # a short one too (as a whole token)
     return url
 
 
