@@ -505,13 +505,14 @@ def test_health_checks_while_the_store_is_black_holed_share_one_probe(
     client.health()
     proxy.frozen.set()
     probes: list[float] = []
-    original = client._check_store
+    spend = client._spend
+    original = spend.usage
 
-    def counted() -> None:
+    def counted(*args: Any) -> Any:
         probes.append(time.monotonic())
-        original()
+        return original(*args)
 
-    client._check_store = counted  # type: ignore[method-assign]
+    spend.usage = counted  # type: ignore[method-assign]
     results: list[tuple[float, BaseException | None]] = []
 
     def check() -> None:
