@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import pytest
 from _services import postgres_database, redis_prefix
 from harness import api_env, cli_process, connect, subprocess_env, text_of
@@ -339,7 +340,7 @@ async def test_an_mcp_call_ends_at_its_timeout_while_the_store_is_black_holed(
         proxy.frozen.set()
 
         start = time.monotonic()
-        with anyio_fail_after(20):
+        with anyio.fail_after(20):
             result = await mcp.call_tool("text_to_speech", {"text": "After the freeze"})
         elapsed = time.monotonic() - start
 
@@ -347,12 +348,6 @@ async def test_an_mcp_call_ends_at_its_timeout_while_the_store_is_black_holed(
     assert "did not answer within the call's time limit (3 s)" in text_of(result)
     assert 2.9 <= elapsed <= 3 + MARGIN
     assert len(fake_aimlapi.tts_requests) == 1
-
-
-def anyio_fail_after(seconds: float) -> Any:
-    import anyio
-
-    return anyio.fail_after(seconds)
 
 
 # ---------------------------------------------------------------- item 4: SQLite and Redis
