@@ -421,27 +421,46 @@ class _AudioShelf:
         if not _CLIP_NAME.fullmatch(name):
             await _not_found(scope, receive, send)
             return
-        try:
-            fd = os.open(
-                self.folder / name,
-                os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-            )
-        except OSError:  # absent, a link, unreadable: the same answer for all
+        # Off the event loop, like every read: a slow or stuck file system must not
+        # freeze the server for everyone.
+        opened = await anyio.to_thread.run_sync(self._open, name)
+        if opened is None:  # absent, a link, not a regular file, unreadable: one answer
             await _not_found(scope, receive, send)
             return
+        fd, info = opened
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                await _not_found(scope, receive, send)
-                return
             if self.expired(info.st_mtime, time.time()):
-                with contextlib.suppress(OSError):
-                    (self.folder / name).unlink()
+                await anyio.to_thread.run_sync(self._unlink, name)
                 await _not_found(scope, receive, send, 410)
                 return
             await self._send_file(fd, info.st_size, name, scope, send)
         finally:
             os.close(fd)
+
+    def _open(self, name: str) -> tuple[int, os.stat_result] | None:
+        """``name`` opened for reading when it is a regular file (not through a link), else
+        None. ``O_NONBLOCK``: opening a FIFO named like a clip waits for no writer (a
+        plain open would block until one came), and it is then refused by its type."""
+        flags = os.O_RDONLY
+        for extra in ("O_NONBLOCK", "O_NOFOLLOW", "O_CLOEXEC"):  # not all exist on Windows
+            flags |= getattr(os, extra, 0)
+        try:
+            fd = os.open(self.folder / name, flags)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return None
+        return fd, info
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / name).unlink()
 
     async def _send_file(self, fd: int, size: int, name: str, scope: Scope, send: Send) -> None:
         kind = _CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
