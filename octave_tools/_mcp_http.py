@@ -34,8 +34,13 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import anyio
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -342,6 +347,24 @@ class _NoStandaloneStream:
             )
             await response(scope, receive, send)
             return
+        await self._app(scope, receive, send)
+
+
+class _HostCheck:
+    """ASGI middleware: the SDK's DNS-rebinding check (``Host``, then ``Origin``) for the
+    routes it does not guard itself, ``/audio/...`` and ``/healthz``: a foreign ``Host``
+    gets 421 and a foreign ``Origin`` 403, exactly as on ``/mcp``."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self._app = app
+        self._check = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = await self._check.validate_request(Request(scope), is_post=False)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         await self._app(scope, receive, send)
 
 
@@ -765,7 +788,8 @@ def _http_app(
     extras: _Extras | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/healthz`` open to all; then the gate and the request cap in front
-    of ``/audio/...`` and the SDK's streamable-HTTP app (no GET stream)."""
+    of ``/audio/...`` and the SDK's streamable-HTTP app (no GET stream). Every route
+    checks ``Host`` and ``Origin`` (the SDK on ``/mcp``, ``_HostCheck`` on the others)."""
     # Stateless: no session lives in this process, so replicas can share a load balancer.
     mcp_app: Starlette = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -778,12 +802,13 @@ def _http_app(
     mcp_app.router.redirect_slashes = False
     app: ASGIApp = _NoStandaloneStream(mcp_app)
     if extras is not None:
-        app = _Route(_is_audio, extras.shelf, app)
+        app = _Route(_is_audio, _HostCheck(extras.shelf, security), app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token)
     if extras is not None:
-        app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
+        health = _HostCheck(_Health(extras.health), security)
+        app = _Route(lambda path: path == HEALTH_PATH, health, app)
     return app
 
 

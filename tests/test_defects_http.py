@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
 
 import httpx
-from harness import http_server
+from harness import MCP_HEADERS, http_server
+
+from octave_tools._mcp_http import ENV_SERVER_TOKEN
 
 FIFO_NAME = f"speech-{'f' * 32}.wav"
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
 def _served_env(tmp_path: Path) -> dict[str, str]:
@@ -59,3 +63,45 @@ def test_a_fifo_named_like_a_clip_is_404_at_once_and_freezes_nothing(tmp_path: P
     assert answers["fifo"][1] < 2
     assert answers["health"][1] < 2
     assert fifo.exists()  # refused, not deleted
+
+
+# ---------------------------------------------------------------- item 8: Host/Origin
+
+
+def test_audio_and_healthz_check_host_and_origin_as_mcp_does(tmp_path: Path) -> None:
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    name = f"speech-{'a' * 32}.wav"
+    (folder / name).write_bytes(b"RIFF....")
+    token = secrets.token_urlsafe(32)
+    auth = {"Authorization": f"Bearer {token}"}
+    env = {**_served_env(tmp_path), ENV_SERVER_TOKEN: token}
+    with http_server(env) as (url, server):
+        base = url.removesuffix("/mcp")
+        answers = {
+            (path, label): httpx.get(f"{base}{path}", headers={**auth, **headers}).status_code
+            for path in ("/healthz", f"/audio/{name}")
+            for label, headers in {
+                "own host": {},
+                "localhost": {"Host": "localhost:1234"},
+                "foreign host": {"Host": "evil.example"},
+                "rebound host": {"Host": "evil.example:80"},
+                "foreign origin": {"Origin": "http://evil.example"},
+                "own origin": {"Origin": "http://127.0.0.1:9"},
+            }.items()
+        }
+        anonymous_foreign = httpx.get(f"{base}/audio/{name}", headers={"Host": "evil.example"})
+        mcp_foreign = httpx.post(
+            url, json=TOOLS_LIST, headers={**auth, **MCP_HEADERS, "Host": "evil.example"}
+        )
+
+    for path in ("/healthz", f"/audio/{name}"):
+        assert answers[path, "own host"] == 200
+        assert answers[path, "localhost"] == 200
+        assert answers[path, "own origin"] == 200
+        assert answers[path, "foreign host"] == 421
+        assert answers[path, "rebound host"] == 421
+        assert answers[path, "foreign origin"] == 403
+    assert mcp_foreign.status_code == 421
+    assert anonymous_foreign.status_code == 401  # the token first, as on /mcp
+    assert "WARNING" not in server.stderr
