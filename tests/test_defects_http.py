@@ -13,11 +13,17 @@ import time
 from pathlib import Path
 
 import httpx
-from harness import MCP_HEADERS, http_server
+import pytest
+from harness import MCP_HEADERS, http_server, redirecting_server
 
+from octave_tools import Settings, UnexpectedResponseError
+from octave_tools import _protocol as proto
+from octave_tools._files import fetch_audio
 from octave_tools._mcp_http import ENV_SERVER_TOKEN
+from octave_tools._spend import Spend
 
 FIFO_NAME = f"speech-{'f' * 32}.wav"
+BASE = "https://api.aimlapi.com/v1"
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
@@ -105,3 +111,60 @@ def test_audio_and_healthz_check_host_and_origin_as_mcp_does(tmp_path: Path) -> 
     assert mcp_foreign.status_code == 421
     assert anonymous_foreign.status_code == 401  # the token first, as on /mcp
     assert "WARNING" not in server.stderr
+
+
+# ---------------------------------------------------------------- item 8: non-global IPv6
+
+NON_GLOBAL_HOSTS = [
+    "[fec0::1]",  # site-local (deprecated, but routed inside old networks)
+    "[feff:ffff::1]",  # site-local, its last address
+    "[fc00::1]",  # unique local
+    "[fdff:ffff::1]",
+    "[fe80::1]",  # link-local
+    "[febf::1]",
+    "[ff0e::1]",  # global-scope multicast
+    "[100::1]",  # discard-only
+    "[3fff::1]",  # documentation (RFC 9637)
+    "[2001:db8::1]",  # documentation
+    "[2001:2::1]",  # benchmarking
+    "[2001:10::1]",  # ORCHID
+    "[2001:0:4136:e378:8000:63bf:f7f7:f7f7]",  # Teredo
+    "[2002:c0a8:101::1]",  # 6to4 carrying 192.168.1.1
+    "[2002:6440:1::1]",  # 6to4 carrying 100.64.0.1 (shared address space)
+    "[64:ff9b::808:808]",  # NAT64 well-known prefix
+    "[64:ff9b:1::a00:1]",  # NAT64 local-use prefix carrying 10.0.0.1
+    "[::ffff:8.8.8.8]",  # IPv4-mapped
+    "[::808:808]",  # IPv4-compatible (deprecated)
+    "[5f00::1]",  # segment routing
+    "[4000::1]",  # unassigned, outside global unicast
+    "[e000::1]",
+    "192.0.0.8",  # IETF protocol assignments
+    "192.88.99.1",  # 6to4 relay anycast (deprecated)
+    "198.18.0.1",  # benchmarking
+    "255.255.255.255",
+]
+
+
+@pytest.mark.parametrize("host", NON_GLOBAL_HOSTS)
+def test_non_global_addresses_are_refused_as_audio_hosts(host: str) -> None:
+    url = f"https://{host}/a.wav"
+    assert proto.audio_url_problem(url, BASE) == "to a private, loopback or link-local address"
+    spend = Spend(Settings.load(cache_ttl=60, environ={}))
+    assert not spend._safe_cached_url(url)  # a cached entry is vetted by the same rule
+
+
+@pytest.mark.parametrize(
+    "host", ["[2606:4700::1111]", "[2a00:1450:4001::1]", "[2002:808:808::1]", "8.8.8.8"]
+)
+def test_global_unicast_addresses_are_still_audio_hosts(host: str) -> None:
+    assert proto.audio_url_problem(f"https://{host}/a.wav", BASE) is None
+
+
+def test_a_redirect_to_a_site_local_address_is_not_followed() -> None:
+    with redirecting_server("https://[fec0::1]/a.wav") as base:
+        settings = Settings.load(api_key="k", base_url=base + "/v1", timeout=1.0, environ={})
+        with pytest.raises(UnexpectedResponseError, match="Refusing to follow a redirect") as info:
+            fetch_audio(base + "/files/a.wav", settings)
+    assert "to a private, loopback or link-local address: 'https://[fec0::1]/a.wav'" in str(
+        info.value
+    )
