@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import math
@@ -34,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import anyio
+import uvicorn
 from mcp.server.transport_security import (
     DEFAULT_MAX_REQUEST_BODY_SIZE,
     TransportSecurityMiddleware,
@@ -97,11 +99,15 @@ class HttpLimits:
     or idle one is closed. ``max_requests``: requests handled at once; more get 503 at
     once. ``max_body_bytes``: a bigger body gets 413 before it is read whole (the SDK's
     4 MiB holds the longest text, 500,000 characters, even \\u-escaped).
+    ``max_connections``: connections open at once (fewer when the descriptor limit is
+    lower); a new one then takes the place of the one that has waited longest for a
+    request, and when every one has a request in flight the listener stops accepting.
     """
 
     request_timeout: float = 30.0
     max_requests: int = 64
     max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_SIZE
+    max_connections: int = 512
 
 
 def run_server(
@@ -125,10 +131,16 @@ def run_server(
     if transport not in ("stdio", "http"):
         raise ConfigurationError(f"transport must be stdio or http; got {transport!r}.")
     limits = limits or HttpLimits()
-    if limits.request_timeout <= 0 or limits.max_requests < 1 or limits.max_body_bytes < 1:
+    if (
+        not limits.request_timeout > 0
+        or limits.max_requests < 1
+        or limits.max_body_bytes < 1
+        or limits.max_connections < 1
+    ):
         raise ConfigurationError(
-            "The request timeout, the request cap and the body cap must be positive; got "
-            f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
+            "The request timeout, the request cap, the body cap and the connection cap must "
+            f"be positive; got {limits.request_timeout}, {limits.max_requests}, "
+            f"{limits.max_body_bytes} and {limits.max_connections}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
     public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
@@ -637,14 +649,19 @@ class _DeadlineProtocol(H11Protocol):
     """
 
     request_timeout: float = HttpLimits.request_timeout
+    pool: _Pool | None = None  # the server's connection bookkeeping (None in unit tests)
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.pool is not None:
+            self.pool.opened()
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.pool is not None:
+            self.pool.closed(self)
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
@@ -661,22 +678,276 @@ class _DeadlineProtocol(H11Protocol):
         self._disarm()
         if not self.transport.is_closing():
             self._deadline = self.loop.call_later(self.request_timeout, self._expire)
+            if self.pool is not None:
+                self.pool.waiting(self)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+            if self.pool is not None:
+                self.pool.busy(self)
 
     def _expire(self) -> None:
         self._deadline = None
+        if self.pool is not None:
+            self.pool.busy(self)
         if not self.transport.is_closing():
             self.logger.debug("Closing a connection that sent no whole request in time")
             self.transport.close()
 
+    def evict(self) -> None:
+        """Close this connection, which waits for a request, to make room for a new one."""
+        self._disarm()
+        if not self.transport.is_closing():
+            self.logger.debug("Closing the connection that waited longest, to take a new one")
+            self.transport.close()
 
-def _protocol_for(limits: HttpLimits) -> type[_DeadlineProtocol]:
-    timeout = {"request_timeout": limits.request_timeout}
-    return type("DeadlineProtocol", (_DeadlineProtocol,), timeout)
+
+def _protocol_for(limits: HttpLimits, pool: _Pool | None = None) -> type[_DeadlineProtocol]:
+    attributes = {"request_timeout": limits.request_timeout, "pool": pool}
+    return type("DeadlineProtocol", (_DeadlineProtocol,), attributes)
+
+
+class _Pool:
+    """The connections of one server: how many are open, and which wait for a request
+    (a new one, or the next on a kept-alive connection), oldest first."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._waiting: dict[_DeadlineProtocol, None] = {}  # insertion order: oldest first
+        self.on_change: Callable[[], None] | None = None  # the listener, to resume
+
+    def opened(self) -> None:
+        self.open += 1
+
+    def closed(self, connection: _DeadlineProtocol) -> None:
+        self.open -= 1
+        self._waiting.pop(connection, None)
+        self._changed()
+
+    def waiting(self, connection: _DeadlineProtocol) -> None:
+        self._waiting.pop(connection, None)
+        self._waiting[connection] = None
+        self._changed()
+
+    def busy(self, connection: _DeadlineProtocol) -> None:
+        self._waiting.pop(connection, None)
+
+    def evict_oldest(self) -> bool:
+        """Close the connection that has waited longest for a request; False if none waits."""
+        for connection in self._waiting:
+            del self._waiting[connection]
+            connection.evict()
+            return True
+        return False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+# Errors of accept() that mean "no resources now", not "this connection failed".
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH = 32  # connections taken per readiness event, as asyncio does (it takes 100)
+_RETRY_AFTER_ERROR = 0.5  # seconds the listener rests after accept() ran out of resources
+_RECHECK = 1.0  # seconds between checks while paused at the cap with no one to evict
+
+
+def descriptor_budget(limits: HttpLimits) -> tuple[int, int | None]:
+    """How many connections may be open at once, and the descriptor number at which the
+    listener stops accepting (None where there is no such limit).
+
+    A reserve stays free for what the server itself opens (upstream connections, audio
+    files, the store): a quarter of the soft ``RLIMIT_NOFILE``, at most 128.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return limits.max_connections, None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return limits.max_connections, None
+    reserve = min(128, soft // 4)
+    ceiling = soft - reserve
+    in_use = _descriptors_in_use()
+    return max(1, min(limits.max_connections, ceiling - in_use)), ceiling
+
+
+def _descriptors_in_use() -> int:
+    """How many descriptors this process has open (a lower bound where /proc is missing)."""
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
+    probe = os.dup(0) if os.name != "nt" else 3
+    with contextlib.suppress(OSError):
+        os.close(probe)
+    return probe  # descriptors are numbered lowest free first
+
+
+class _Listener:
+    """Accepts connections on one listening socket, within the cap and the descriptors.
+
+    asyncio's own accept loop, when ``accept()`` fails for want of descriptors, logs a
+    traceback for every try (up to its backlog, 2,048 under uvicorn) and schedules as
+    many retries: 300 half-sent connections against a low descriptor limit wrote 50 MB
+    of log in 10 s and starved real clients. Here: at most ``limit`` connections are
+    open; at the cap, or when an accepted descriptor reaches ``ceiling`` (the reserve
+    kept free for the server's own files and upstream connections), the connection that
+    has waited longest for a request is closed to make room; with none to close, the
+    listener stops accepting (clients wait in the kernel's backlog) until one closes.
+    Accept errors rest the listener and are logged once a minute, counted.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        pool: _Pool,
+        limit: int,
+        ceiling: int | None,
+        log: _LogOnce,
+    ) -> None:
+        self._sock = sock
+        self._factory = factory
+        self._pool = pool
+        self._limit = limit
+        self._ceiling = ceiling
+        self._log = log
+        self._pending = 0  # accepted, not yet connected to a protocol
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sock.setblocking(False)
+        self._pool.on_change = self._resume
+        self._resume()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.on_change = None
+        self._pause()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._sock.close()
+
+    def _pause(self, retry: float | None = None) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+        if retry is not None and self._loop is not None and self._timer is None:
+            self._timer = self._loop.call_later(retry, self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._reading and not self._closed and self._timer is None:
+            assert self._loop is not None
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._reading = True
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            if self._pool.open + self._pending >= self._limit:
+                self._full()
+                if not self._pool.evict_oldest():
+                    self._pause(_RECHECK)
+                return  # the evicted connection closes before the listener runs again
+            try:
+                conn, _address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            if self._ceiling is not None and conn.fileno() >= self._ceiling:
+                self._full()
+                if not self._pool.evict_oldest():
+                    conn.close()  # refused now rather than starve the server's own files
+                    self._pause(_RECHECK)
+                    return
+            self._take(conn)
+
+    def _full(self) -> None:
+        self._log.warning(
+            "full",
+            f"octave-tools: {self._pool.open + self._pending} connections are open, the most this server "
+            "takes (--max-connections, or fewer under ulimit -n); each new one replaces the "
+            "one that has waited longest for a request.",
+        )
+
+    def _accept_failed(self, exc: OSError) -> None:
+        out = exc.errno in _OUT_OF_RESOURCES
+        self._log.warning(
+            f"accept {exc.errno}",
+            f"octave-tools: cannot accept connections: {exc.strerror or exc}"
+            + (
+                "; raise the descriptor limit (ulimit -n) or lower --max-connections."
+                if out
+                else "."
+            ),
+        )
+        self._pool.evict_oldest()
+        self._pause(_RETRY_AFTER_ERROR)
+
+    def _take(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        conn.setblocking(False)
+        self._pending += 1
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn)
+        except OSError:  # the client left already
+            conn.close()
+        finally:
+            self._pending -= 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with ``_Listener`` accepting connections instead of asyncio."""
+
+    def __init__(self, config: uvicorn.Config, pool: _Pool, limit: int, ceiling: int | None):
+        super().__init__(config)
+        self._pool = pool
+        self._limit = limit
+        self._ceiling = ceiling
+        self._listeners: list[_Listener] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan and the state, no listening
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def factory() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+
+        log = _LogOnce(logging.getLogger("octave_tools.mcp"))
+        for sock in sockets or []:
+            listener = _Listener(sock, factory, self._pool, self._limit, self._ceiling, log)
+            listener.start(loop)
+            self._listeners.append(listener)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in self._listeners:
+            listener.close()
+        await super().shutdown(sockets=sockets)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -727,6 +998,56 @@ _NOISE: dict[str, tuple[str, ...]] = {
 }
 
 
+class _LogOnce:
+    """At most one line per kind of event every ``period`` seconds, then a count of the
+    ones held back: a flood of failing connections writes a line a minute, not a line
+    each. ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        period: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._period = period
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str) -> bool:
+        """Log ``message`` unless a line of this ``kind`` went out within the period."""
+        now = self._clock()
+        last, held = self._seen.get(kind, (-math.inf, 0))
+        if now - last < self._period:
+            self._seen[kind] = (last, held + 1)
+            return False
+        if len(self._seen) > 64:  # kinds are few (errno values); never let them grow
+            self._seen.clear()
+        more = f" ({held} more like it in the last {now - last:.0f} s)" if held else ""
+        self._logger.warning("%s%s", message, more)
+        self._seen[kind] = (now, 0)
+        return True
+
+
+class _QuietAccept(logging.Filter):
+    """On the ``asyncio`` logger: its "socket.accept() out of system resource" records
+    (a traceback each, possibly thousands a second) become a counted line a minute.
+    The server accepts with ``_Listener``, so these come only from another listener."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, log: _LogOnce) -> None:
+        super().__init__()
+        self._log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.MESSAGE):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        self._log.warning("asyncio accept", f"octave-tools: asyncio: {self.MESSAGE}: {error}")
+        return False
+
+
 class _Demote(logging.Filter):
     """Turns client-caused warnings into DEBUG lines without a traceback."""
 
@@ -774,6 +1095,10 @@ def _quiet_client_noise(level: LogLevel) -> None:
         for old in [f for f in logger.filters if isinstance(f, _Demote)]:
             logger.removeFilter(old)
         logger.addFilter(_Demote(prefixes, threshold))
+    aio = logging.getLogger("asyncio")
+    for old_filter in [f for f in aio.filters if isinstance(f, _QuietAccept)]:
+        aio.removeFilter(old_filter)
+    aio.addFilter(_QuietAccept(_LogOnce(logging.getLogger("octave_tools.mcp"))))
 
 
 # ---------------------------------------------------------------- serving
@@ -822,14 +1147,20 @@ def _serve_http(
     limits: HttpLimits,
     extras: _Extras | None = None,
 ) -> None:
-    import uvicorn
-
     app = _http_app(server, host, token, security, limits, extras)
     # Bound here so a busy port is a clear error, and port 0 reports the port it got.
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     auth = "bearer token required" if token else "no authentication"
+    limit, ceiling = descriptor_budget(limits)
+    if limit < limits.max_connections:
+        print(
+            f"At most {limit} connections at once, not {limits.max_connections}: the "
+            "descriptor limit is low (raise it with ulimit -n).",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"octave-tools MCP server on http://{shown}:{bound_port}{MCP_PATH} "
         f"(streamable HTTP, {auth}); Ctrl+C stops it.",
@@ -848,9 +1179,10 @@ def _serve_http(
         extras.shelf.base = f"http://{shown}:{bound_port}"
     _quiet_client_noise(level)
     grace = math.ceil(extras.grace) if extras is not None else None
+    pool = _Pool()
     config = uvicorn.Config(
         app,
-        http=_protocol_for(limits),
+        http=_protocol_for(limits, pool),
         log_config=None,
         log_level=level.lower(),
         access_log=level == "DEBUG",
@@ -866,7 +1198,7 @@ def _serve_http(
         sweeper.start()
     try:
         with _sigterm_is_an_exit():
-            uvicorn.Server(config).run(sockets=[sock])
+            _Server(config, pool, limit, ceiling).run(sockets=[sock])
     finally:
         if sweeper is not None:
             sweeper.stop()

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
+import select
+import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,10 @@ from octave_tools._spend import Spend
 FIFO_NAME = f"speech-{'f' * 32}.wav"
 BASE = "https://api.aimlapi.com/v1"
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def _served_env(tmp_path: Path) -> dict[str, str]:
@@ -168,3 +175,69 @@ def test_a_redirect_to_a_site_local_address_is_not_followed() -> None:
     assert "to a private, loopback or link-local address: 'https://[fec0::1]/a.wav'" in str(
         info.value
     )
+
+
+# ---------------------------------------------------------------- item 5: connection floods
+
+FD_LIMIT = 128
+FLOOD = 300
+HALF_SENT = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applic"
+
+
+def _low_descriptor_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def _flood(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections to ``port`` that each send half a request and then wait;
+    connecting without blocking, since a server that stops accepting fills its backlog."""
+    flood = []
+    for _ in range(count):
+        half = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        half.setblocking(False)
+        half.connect_ex(("127.0.0.1", port))
+        flood.append(half)
+    _, writable, _ = select.select([], flood, [], 2.0)
+    for half in writable:
+        with contextlib.suppress(OSError):
+            half.send(HALF_SENT)
+    return flood
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts descriptors in /proc")
+def test_half_sent_connections_neither_starve_a_client_nor_flood_the_log(
+    tmp_path: Path,
+) -> None:
+    token = secrets.token_urlsafe(32)
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    env = {**_served_env(tmp_path), ENV_SERVER_TOKEN: token}
+    with http_server(env, preexec_fn=_low_descriptor_limit) as (url, server):
+        before = len(server.stderr.encode())
+        flood = _flood(_port(url), FLOOD)
+        try:
+            time.sleep(0.5)
+            held = _descriptors(server.proc.pid)
+            started = time.monotonic()
+            try:
+                during = httpx.post(url, json=TOOLS_LIST, headers=headers, timeout=5).status_code
+            except httpx.HTTPError:
+                during = 0
+            took = time.monotonic() - started
+            time.sleep(1.5)  # asyncio retried its accept loop every second
+            log = server.stderr.encode()[before:]
+        finally:
+            for half in flood:
+                half.close()
+        after = httpx.post(url, json=TOOLS_LIST, headers=headers, timeout=5).status_code
+
+    assert during == 200
+    assert took < 2
+    assert after == 200
+    assert held < FD_LIMIT
+    assert b"Traceback" not in log
+    assert len(log) < 1000, log[:2000]
+    assert log.count(b"\n") <= 2
