@@ -714,15 +714,26 @@ class _Pool:
     (a new one, or the next on a kept-alive connection), oldest first."""
 
     def __init__(self) -> None:
-        self.open = 0
+        self._open = 0
+        self._closing: set[_DeadlineProtocol] = set()  # evicted, not yet gone
         self._waiting: dict[_DeadlineProtocol, None] = {}  # insertion order: oldest first
         self.on_change: Callable[[], None] | None = None  # the listener, to resume
 
+    @property
+    def open(self) -> int:
+        """Connections open and not on their way out."""
+        return self._open - len(self._closing)
+
+    @property
+    def any_waiting(self) -> bool:
+        return bool(self._waiting)
+
     def opened(self) -> None:
-        self.open += 1
+        self._open += 1
 
     def closed(self, connection: _DeadlineProtocol) -> None:
-        self.open -= 1
+        self._open -= 1
+        self._closing.discard(connection)
         self._waiting.pop(connection, None)
         self._changed()
 
@@ -738,6 +749,7 @@ class _Pool:
         """Close the connection that has waited longest for a request; False if none waits."""
         for connection in self._waiting:
             del self._waiting[connection]
+            self._closing.add(connection)
             connection.evict()
             return True
         return False
@@ -793,8 +805,9 @@ class _Listener:
     of log in 10 s and starved real clients. Here: at most ``limit`` connections are
     open; at the cap, or when an accepted descriptor reaches ``ceiling`` (the reserve
     kept free for the server's own files and upstream connections), the connection that
-    has waited longest for a request is closed to make room; with none to close, the
-    listener stops accepting (clients wait in the kernel's backlog) until one closes.
+    has waited longest for a request is closed to make room; when every connection has
+    a request in flight, the listener stops accepting (clients wait in the kernel's
+    backlog) until one is free.
     Accept errors rest the listener and are logged once a minute, counted.
     """
 
@@ -816,6 +829,7 @@ class _Listener:
         self._pending = 0  # accepted, not yet connected to a protocol
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
+        self._resting = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -832,32 +846,46 @@ class _Listener:
         self._pause()
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._sock.close()
 
-    def _pause(self, retry: float | None = None) -> None:
+    def _pause(self, *, rest: float | None = None) -> None:
+        """Stop accepting: for ``rest`` seconds after an accept error, else until a
+        connection closes or waits for a request (``_RECHECK`` at the latest)."""
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
-        if retry is not None and self._loop is not None and self._timer is None:
-            self._timer = self._loop.call_later(retry, self._retry)
+        if self._closed or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._resting = rest is not None
+        self._timer = self._loop.call_later(_RECHECK if rest is None else rest, self._retry)
 
     def _retry(self) -> None:
         self._timer = None
+        self._resting = False
         self._resume()
 
     def _resume(self) -> None:
-        if not self._reading and not self._closed and self._timer is None:
+        if not self._reading and not self._closed and not self._resting and self._room():
             assert self._loop is not None
             self._loop.add_reader(self._sock.fileno(), self._accept)
             self._reading = True
 
+    def _count(self) -> int:
+        return self._pool.open + self._pending
+
+    def _room(self) -> bool:
+        """Whether a connection can be taken: below the cap, or one waits to be replaced."""
+        return self._count() < self._limit or self._pool.any_waiting
+
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
-            if self._pool.open + self._pending >= self._limit:
+            if not self._room():  # every connection has a request in flight
                 self._full()
-                if not self._pool.evict_oldest():
-                    self._pause(_RECHECK)
-                return  # the evicted connection closes before the listener runs again
+                self._pause()
+                return
             try:
                 conn, _address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -867,35 +895,34 @@ class _Listener:
             except OSError as exc:
                 self._accept_failed(exc)
                 return
-            if self._ceiling is not None and conn.fileno() >= self._ceiling:
+            if self._count() >= self._limit or (
+                self._ceiling is not None and conn.fileno() >= self._ceiling
+            ):
                 self._full()
                 if not self._pool.evict_oldest():
                     conn.close()  # refused now rather than starve the server's own files
-                    self._pause(_RECHECK)
+                    self._pause()
                     return
             self._take(conn)
 
     def _full(self) -> None:
         self._log.warning(
             "full",
-            f"octave-tools: {self._pool.open + self._pending} connections are open, the most this server "
+            f"octave-tools: {self._count()} connections are open, the most this server "
             "takes (--max-connections, or fewer under ulimit -n); each new one replaces the "
             "one that has waited longest for a request.",
         )
 
     def _accept_failed(self, exc: OSError) -> None:
-        out = exc.errno in _OUT_OF_RESOURCES
+        hint = "."
+        if exc.errno in _OUT_OF_RESOURCES:  # an idle connection gives back a descriptor
+            hint = "; raise the descriptor limit (ulimit -n) or lower --max-connections."
+            self._pool.evict_oldest()
+        reason = exc.strerror or str(exc)
         self._log.warning(
-            f"accept {exc.errno}",
-            f"octave-tools: cannot accept connections: {exc.strerror or exc}"
-            + (
-                "; raise the descriptor limit (ulimit -n) or lower --max-connections."
-                if out
-                else "."
-            ),
+            f"accept {exc.errno}", f"octave-tools: cannot accept connections: {reason}{hint}"
         )
-        self._pool.evict_oldest()
-        self._pause(_RETRY_AFTER_ERROR)
+        self._pause(rest=_RETRY_AFTER_ERROR)
 
     def _take(self, conn: socket.socket) -> None:
         assert self._loop is not None
@@ -941,7 +968,12 @@ class _Server(uvicorn.Server):
         log = _LogOnce(logging.getLogger("octave_tools.mcp"))
         for sock in sockets or []:
             listener = _Listener(sock, factory, self._pool, self._limit, self._ceiling, log)
-            listener.start(loop)
+            try:
+                listener.start(loop)
+            except NotImplementedError:  # pragma: no cover - Windows' proactor loop
+                server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
+                self.servers.append(server)
+                continue
             self._listeners.append(listener)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

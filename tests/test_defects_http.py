@@ -17,13 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import MCP_HEADERS, http_server, redirecting_server
+from harness import MCP_HEADERS, api_env, http_server, redirecting_server
 
 from octave_tools import Settings, UnexpectedResponseError
 from octave_tools import _protocol as proto
 from octave_tools._files import fetch_audio
 from octave_tools._mcp_http import ENV_SERVER_TOKEN
 from octave_tools._spend import Spend
+from octave_tools.testing import FakeAIMLAPI
 
 FIFO_NAME = f"speech-{'f' * 32}.wav"
 BASE = "https://api.aimlapi.com/v1"
@@ -241,3 +242,75 @@ def test_half_sent_connections_neither_starve_a_client_nor_flood_the_log(
     assert b"Traceback" not in log
     assert len(log) < 1000, log[:2000]
     assert log.count(b"\n") <= 2
+
+
+def _closed(sock: socket.socket, within: float) -> bool:
+    """True when the server closed ``sock`` within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(4096) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_at_the_cap_a_new_connection_replaces_the_one_that_waited_longest() -> None:
+    with http_server({}, "--max-connections", "2") as (url, server):
+        port = _port(url)
+        oldest = socket.create_connection(("127.0.0.1", port))
+        oldest.sendall(HALF_SENT)
+        time.sleep(0.2)
+        younger = socket.create_connection(("127.0.0.1", port))
+        younger.sendall(HALF_SENT)
+        time.sleep(0.2)
+        try:
+            started = time.monotonic()
+            answer = httpx.post(url, json=TOOLS_LIST, headers=MCP_HEADERS, timeout=5)
+            took = time.monotonic() - started
+            oldest_closed = _closed(oldest, 2)
+            younger_closed = _closed(younger, 0.2)
+        finally:
+            oldest.close()
+            younger.close()
+        time.sleep(0.2)
+
+    assert answer.status_code == 200
+    assert took < 2
+    assert (oldest_closed, younger_closed) == (True, False)
+    warnings = [line for line in server.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(
+        "octave-tools: 2 connections are open, the most this server takes (--max-connections, "
+        "or fewer under ulimit -n); each new one replaces the one that has waited longest for "
+        "a request."
+    )
+
+
+def test_at_the_cap_with_every_connection_busy_new_ones_wait_their_turn(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    fake_aimlapi.delay(1.0)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "text_to_speech", "arguments": {"text": "Hello"}},
+    }
+    results: dict[str, tuple[int, float]] = {}
+
+    def post(key: str, body: dict[str, object]) -> None:
+        started = time.monotonic()
+        status = httpx.post(url, json=body, headers=MCP_HEADERS, timeout=10).status_code
+        results[key] = (status, time.monotonic() - started)
+
+    with http_server(api_env(fake_aimlapi), "--max-connections", "1") as (url, _):
+        slow = threading.Thread(target=post, args=("slow", call))
+        slow.start()
+        time.sleep(0.3)  # the call is in flight: its connection cannot make room
+        post("next", TOOLS_LIST)
+        slow.join(10)
+
+    assert results["slow"][0] == 200
+    assert results["next"][0] == 200
+    assert 0.4 < results["next"][1] < 3  # accepted once the call's connection was free
