@@ -5,7 +5,10 @@ connection floods with a low descriptor limit (item 5), a FIFO in the served fol
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
+import logging
 import os
 import resource
 import secrets
@@ -22,7 +25,13 @@ from harness import MCP_HEADERS, api_env, http_server, redirecting_server
 from octave_tools import Settings, UnexpectedResponseError
 from octave_tools import _protocol as proto
 from octave_tools._files import fetch_audio
-from octave_tools._mcp_http import ENV_SERVER_TOKEN
+from octave_tools._mcp_http import (
+    ENV_SERVER_TOKEN,
+    _Listener,
+    _LogOnce,
+    _Pool,
+    _quiet_client_noise,
+)
 from octave_tools._spend import Spend
 from octave_tools.testing import FakeAIMLAPI
 
@@ -314,3 +323,82 @@ def test_at_the_cap_with_every_connection_busy_new_ones_wait_their_turn(
     assert results["slow"][0] == 200
     assert results["next"][0] == 200
     assert 0.4 < results["next"][1] < 3  # accepted once the call's connection was free
+
+
+def test_log_once_writes_a_line_a_period_per_kind_with_the_count_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = _LogOnce(logging.getLogger("octave_tools.test"), period=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="octave_tools.test"):
+        sent = [log.warning("emfile", "cannot accept") for _ in range(1000)]
+        log.warning("other", "another kind")
+        now[0] = 61.0
+        log.warning("emfile", "cannot accept")
+        log.warning("emfile", "cannot accept")
+    assert sent.count(True) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot accept",
+        "another kind",
+        "cannot accept (999 more like it in the last 61 s)",
+    ]
+
+
+class _OutOfDescriptors(socket.socket):
+    """A listening socket whose accept() always fails as with no descriptor left."""
+
+    tries = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        type(self).tries += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_accept_errors_rest_the_listener_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> None:
+        listening = _OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        waiting = socket.create_connection(listening.getsockname())  # always readable
+        log = _LogOnce(logging.getLogger("octave_tools.mcp"))
+        listener = _Listener(listening, asyncio.Protocol, _Pool(), 10, None, log)
+        listener.start(asyncio.get_running_loop())
+        await asyncio.sleep(1.2)
+        listener.close()
+        waiting.close()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    # asyncio's own loop tried up to its backlog at once, then again every second.
+    assert 2 <= _OutOfDescriptors.tries <= 4
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "octave_tools.mcp",
+            "WARNING",
+            "octave-tools: cannot accept connections: Too many open files; raise the "
+            "descriptor limit (ulimit -n) or lower --max-connections.",
+        )
+    ]
+
+
+def test_asyncio_s_accept_tracebacks_become_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _quiet_client_noise("WARNING")
+    error = OSError(errno.EMFILE, "Too many open files")
+    aio = logging.getLogger("asyncio")
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(2048):
+            aio.error("socket.accept() out of system resource", exc_info=error)
+        aio.error("something else")
+    assert [(r.name, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (
+            "octave_tools.mcp",
+            "octave-tools: asyncio: socket.accept() out of system resource: [Errno 24] Too "
+            "many open files",
+            None,
+        ),
+        ("asyncio", "something else", None),
+    ]
