@@ -33,6 +33,7 @@ from octave_tools._mcp_http import (
     _quiet_client_noise,
 )
 from octave_tools._spend import Spend
+from octave_tools.cli import run
 from octave_tools.testing import FakeAIMLAPI
 
 FIFO_NAME = f"speech-{'f' * 32}.wav"
@@ -402,3 +403,15 @@ def test_asyncio_s_accept_tracebacks_become_one_line_a_minute(
         ),
         ("asyncio", "something else", None),
     ]
+
+
+@pytest.mark.parametrize(
+    "option", [("--max-connections", "0"), ("--max-requests", "0"), ("--request-timeout", "nan")]
+)
+def test_limits_that_are_not_positive_are_refused(
+    option: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run(["serve", "--transport", "http", "--port", "0", *option])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "the request cap, the body cap and the connection cap must be positive" in err
