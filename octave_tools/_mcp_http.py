@@ -715,6 +715,7 @@ class _Pool:
 
     def __init__(self) -> None:
         self._open = 0
+        self.closures = 0  # connections closed so far
         self._closing: set[_DeadlineProtocol] = set()  # evicted, not yet gone
         self._waiting: dict[_DeadlineProtocol, None] = {}  # insertion order: oldest first
         self.on_change: Callable[[], None] | None = None  # the listener, to resume
@@ -733,6 +734,7 @@ class _Pool:
 
     def closed(self, connection: _DeadlineProtocol) -> None:
         self._open -= 1
+        self.closures += 1
         self._closing.discard(connection)
         self._waiting.pop(connection, None)
         self._changed()
@@ -830,6 +832,7 @@ class _Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._resting = False
+        self._short_since: int | None = None  # closures seen when descriptors ran short
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -877,8 +880,12 @@ class _Listener:
         return self._pool.open + self._pending
 
     def _room(self) -> bool:
-        """Whether a connection can be taken: below the cap, or one waits to be replaced."""
-        return self._count() < self._limit or self._pool.any_waiting
+        """Whether a connection can be taken: one waits to be replaced, or the server is
+        below the cap and, if descriptors ran short, a connection has closed since."""
+        if self._pool.any_waiting:
+            return True
+        short = self._short_since is not None and self._short_since == self._pool.closures
+        return self._count() < self._limit and not short
 
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -895,14 +902,15 @@ class _Listener:
             except OSError as exc:
                 self._accept_failed(exc)
                 return
-            if self._count() >= self._limit or (
-                self._ceiling is not None and conn.fileno() >= self._ceiling
-            ):
+            over_cap = self._count() >= self._limit
+            if over_cap or (self._ceiling is not None and conn.fileno() >= self._ceiling):
                 self._full()
-                if not self._pool.evict_oldest():
-                    conn.close()  # refused now rather than starve the server's own files
+                evicted = self._pool.evict_oldest()  # always, over the cap (see _room)
+                self._take(conn)  # one past the ceiling at most: that is what the reserve is for
+                if not evicted:  # descriptors are short and no connection can give one back
+                    self._short_since = self._pool.closures
                     self._pause()
-                    return
+                return  # the evicted connection closes before the listener runs again
             self._take(conn)
 
     def _full(self) -> None:

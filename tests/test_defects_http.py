@@ -208,10 +208,13 @@ def _flood(port: int, count: int) -> list[socket.socket]:
         half.setblocking(False)
         half.connect_ex(("127.0.0.1", port))
         flood.append(half)
-    _, writable, _ = select.select([], flood, [], 2.0)
-    for half in writable:
+    poll = select.poll()
+    by_fd = {half.fileno(): half for half in flood}
+    for fd in by_fd:
+        poll.register(fd, select.POLLOUT)
+    for fd, _event in poll.poll(2000):
         with contextlib.suppress(OSError):
-            half.send(HALF_SENT)
+            by_fd[fd].send(HALF_SENT)
     return flood
 
 
