@@ -650,10 +650,12 @@ class _DeadlineProtocol(H11Protocol):
 
     request_timeout: float = HttpLimits.request_timeout
     pool: _Pool | None = None  # the server's connection bookkeeping (None in unit tests)
+    opened = False
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.opened = True
         if self.pool is not None:
             self.pool.opened()
         self._arm()
@@ -715,6 +717,7 @@ class _Pool:
 
     def __init__(self) -> None:
         self._open = 0
+        self.pending = 0  # accepted, not yet connected to their protocol
         self.closures = 0  # connections closed so far
         self._closing: set[_DeadlineProtocol] = set()  # evicted, not yet gone
         self._waiting: dict[_DeadlineProtocol, None] = {}  # insertion order: oldest first
@@ -729,7 +732,14 @@ class _Pool:
     def any_waiting(self) -> bool:
         return bool(self._waiting)
 
+    def accepted(self) -> None:
+        self.pending += 1
+
+    def abandoned(self) -> None:
+        self.pending -= 1
+
     def opened(self) -> None:
+        self.pending = max(0, self.pending - 1)
         self._open += 1
 
     def closed(self, connection: _DeadlineProtocol) -> None:
@@ -828,7 +838,6 @@ class _Listener:
         self._limit = limit
         self._ceiling = ceiling
         self._log = log
-        self._pending = 0  # accepted, not yet connected to a protocol
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._resting = False
@@ -877,7 +886,7 @@ class _Listener:
             self._reading = True
 
     def _count(self) -> int:
-        return self._pool.open + self._pending
+        return self._pool.open + self._pool.pending
 
     def _room(self) -> bool:
         """Whether a connection can be taken: one waits to be replaced, or the server is
@@ -935,19 +944,25 @@ class _Listener:
     def _take(self, conn: socket.socket) -> None:
         assert self._loop is not None
         conn.setblocking(False)
-        self._pending += 1
+        self._pool.accepted()
         task = self._loop.create_task(self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
         assert self._loop is not None
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            made.append(self._factory())
+            return made[0]
+
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(factory, conn)
         except OSError:  # the client left already
             conn.close()
-        finally:
-            self._pending -= 1
+            if not any(getattr(protocol, "opened", False) for protocol in made):
+                self._pool.abandoned()
 
 
 class _Server(uvicorn.Server):

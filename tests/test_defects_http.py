@@ -251,7 +251,7 @@ def test_half_sent_connections_neither_starve_a_client_nor_flood_the_log(
     assert during == 200
     assert took < 2
     assert after == 200
-    assert held < FD_LIMIT
+    assert held <= FD_LIMIT - 16  # a reserve stays free for the server's own files
     assert b"Traceback" not in log
     assert len(log) < 1000, log[:2000]
     assert log.count(b"\n") <= 2
