@@ -778,7 +778,7 @@ _RETRY_AFTER_ERROR = 0.5  # seconds the listener rests after accept() ran out of
 _RECHECK = 1.0  # seconds between checks while paused at the cap with no one to evict
 
 
-def descriptor_budget(limits: HttpLimits) -> tuple[int, int | None]:
+def _descriptor_budget(limits: HttpLimits) -> tuple[int, int | None]:
     """How many connections may be open at once, and the descriptor number at which the
     listener stops accepting (None where there is no such limit).
 
@@ -1208,7 +1208,7 @@ def _serve_http(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     auth = "bearer token required" if token else "no authentication"
-    limit, ceiling = descriptor_budget(limits)
+    limit, ceiling = _descriptor_budget(limits)
     if limit < limits.max_connections:
         print(
             f"At most {limit} connections at once, not {limits.max_connections}: the "
