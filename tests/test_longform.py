@@ -32,7 +32,7 @@ from octave_tools import (
 )
 from octave_tools._protocol import prepare
 from octave_tools._settings import Settings
-from octave_tools.testing import Fault, FakeAIMLAPI, RecordedRequest
+from octave_tools.testing import FakeAIMLAPI, Fault, RecordedRequest
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank today. "
 
@@ -324,7 +324,9 @@ def test_a_cancelled_task_stops_the_remaining_requests(api: LatencyFake) -> None
             **options(api, max_concurrency=1, max_credits=10_000_000)
         ) as client:
             task = asyncio.ensure_future(client.synthesize(text))
-            while not api.tts_requests:
+            for _ in range(500):  # until the first part is in flight
+                if api.tts_requests:
+                    break
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
