@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import _protocol as proto
 from ._files import _url2pathname, fetch_audio, new_audio_path
-from ._join_standin import check_joinable, join_files  # until h-join's _join lands
+from ._join import check_joinable, join_files
 from ._settings import ENV_MAX_TEXT_CHARS, MAX_PAUSE_MS
 from ._spend import NO_HOLD, Hold
 from ._split import split_text

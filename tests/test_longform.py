@@ -38,24 +38,19 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank toda
 
 
 class LatencyFake(FakeAIMLAPI):
-    """The fake with a fixed latency per /tts request and a count of requests in flight."""
+    """The fake (with its per-request latency) counting the /tts requests in flight."""
 
     def __init__(self, latency: float = 0.05, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.latency = latency
+        super().__init__(latency=latency, **kw)
         self.in_flight = 0
         self.max_in_flight = 0
 
     def _next_fault(self) -> Fault:
         fault = super()._next_fault()
         with self._lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        if fault.kind == "ok" and not fault.delay:
-            return Fault(delay=self.latency)
-        if fault.kind != "ok":
-            with self._lock:
-                self.in_flight -= 1  # answered at once, without _answer
+            if fault.kind == "ok":  # answered by _answer after the latency
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
         return fault
 
     def _answer(self, path: str, req: RecordedRequest) -> tuple[int, bytes, str, dict[str, str]]:
@@ -163,14 +158,13 @@ def test_long_text_is_split_at_sentences_sent_in_parallel_and_joined_in_order(
     # One file in the output folder; it decodes and its length is the sum of the parts'.
     joined = path_of(speech.audio_url)
     assert joined.name.startswith("speech-") and joined.suffix == ".wav"
-    part_frames = frames_of_fake_wav()
-    assert frames(joined) == (3 * part_frames, 22_050)
+    assert frames(joined) == (sum(part_frames(api, p.audio_url) for p in speech.parts), 24_000)
 
 
-def frames_of_fake_wav() -> int:
-    from octave_tools.testing import _WAV
-
-    with wave.open(io.BytesIO(_WAV), "rb") as w:
+def part_frames(api: FakeAIMLAPI, url: str) -> int:
+    """Frames of the WAV the fake serves at ``url``."""
+    data = api._files[urlsplit(url).path]
+    with wave.open(io.BytesIO(data), "rb") as w:
         return w.getnframes()
 
 
@@ -384,16 +378,7 @@ def test_bad_voice_is_refused_before_any_request_on_the_long_path(api: LatencyFa
     assert api.requests == []
 
 
-def test_stitching_sends_neighbours_text_where_the_model_documents_it(
-    api: LatencyFake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from octave_tools import _longform
-
-    # Bodies only: joining mp3 is h-join's; here the parts are just listed.
-    monkeypatch.setattr(_longform, "check_joinable", lambda fmt: None)
-    monkeypatch.setattr(
-        _longform, "join_files", lambda parts, fmt, target, **kw: target.write_bytes(b"x")
-    )
+def test_stitching_sends_neighbours_text_where_the_model_documents_it(api: LatencyFake) -> None:
     text = text_of(10_000)
     speech = call(
         "sync",
@@ -411,6 +396,7 @@ def test_stitching_sends_neighbours_text_where_the_model_documents_it(
     assert bodies[1]["previous_text"].endswith(pieces[0][-100:])
     assert len(bodies[1]["previous_text"]) <= 500 and len(bodies[1]["next_text"]) <= 500
     assert "next_text" not in bodies[2] and pieces[1].endswith(bodies[2]["previous_text"])
+    assert speech.format == "mp3" and path_of(speech.audio_url).suffix == ".mp3"
     # A model without stitching gets no such field.
     api.reset()
     call("sync", options(api), "synthesize", text)
