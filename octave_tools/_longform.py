@@ -21,9 +21,9 @@ split -> plan -> reserve -> synthesize parts -> fetch -> join -> one ``Speech``.
 - *Deadline*: the whole call gets ``timeout x ceil(parts to send / max_concurrency)``
   seconds; each part also keeps its own ``timeout``.
 - *Fetch and join*: each part's audio goes to a temp folder (the vetted
-  ``_files.fetch_audio``), then ``_join.join_files`` streams them into one new file in
-  the output folder, written atomically: a file:// URL, which the HTTP server publishes
-  at ``/audio/<name>`` like the local engine's clips.
+  ``_files.AudioFetcher``, one HTTP client for the job), then ``_join.join_files``
+  streams them into one new file in the output folder, written atomically: a file://
+  URL, which the HTTP server publishes at ``/audio/<name>`` like the local engine's clips.
 - *Failure*: a part that fails for good stops the parts not yet sent; the error (same
   class as the part's) says which parts were paid, and as those are remembered the
   same call again pays only for the rest. Cancellation (a task cancel, Ctrl-C) stops
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from . import _protocol as proto
-from ._files import _url2pathname, fetch_audio, new_audio_path
+from ._files import AudioFetcher, _url2pathname, new_audio_path
 from ._join import check_joinable, join_files
 from ._settings import ENV_MAX_TEXT_CHARS, MAX_PAUSE_MS
 from ._spend import NO_HOLD, Hold
@@ -60,6 +60,8 @@ from .errors import APIError, APITimeoutError, InvalidInputError, OctaveError
 from .models import DialogueLine, Speech, SpeechPart
 
 if TYPE_CHECKING:
+    import anyio
+
     from .client import AsyncOctaveClient, OctaveClient, ProgressCallback, _BaseClient, _Job
 
 __all__ = ["asynthesize_dialogue", "asynthesize_text", "synthesize_dialogue", "synthesize_text"]
@@ -105,6 +107,7 @@ class _Plan:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     tmp: Path | None = None
+    fetcher: AudioFetcher | None = None
     released: bool = False
 
 
@@ -358,29 +361,41 @@ def _reserve(client: _BaseClient, plan: _Plan) -> None:
 
 def _release_rest(client: _BaseClient, plan: _Plan) -> None:
     """Give back the shares of parts never started, and the shared reservation (once)."""
-    spend = client._spend
+    for part in plan.parts:
+        _skip(client, plan, part)
     with plan.lock:
-        never = [p for p in plan.parts if p.state == "pending"]
-        for part in never:
-            part.state = "skipped"
         release_whole = not plan.released
         plan.released = True
-    for part in never:
-        spend.release(part.hold)
     if release_whole and plan.hold.reservation is not None:
-        spend.release(Hold(0.0, plan.hold.reservation))
+        client._spend.release(Hold(0.0, plan.hold.reservation))
 
 
-def _start(plan: _Plan, part: _Part) -> bool:
-    """Mark ``part`` running, unless the job stopped; a skipped part gives its share back."""
+def _skip(client: _BaseClient, plan: _Plan, part: _Part) -> None:
+    """A part not yet started will not be: its share of the reservation goes back (once)."""
     with plan.lock:
         if part.state != "pending":
-            return False
-        if plan.stop.is_set():
-            part.state = "skipped"
-            return False
-        part.state = "running"
-        return True
+            return
+        part.state = "skipped"
+        hold, part.hold = part.hold, NO_HOLD
+    client._spend.release(hold)
+
+
+def _start(client: _BaseClient, plan: _Plan, part: _Part) -> bool:
+    """Mark ``part`` running, unless the job stopped (then it is skipped)."""
+    with plan.lock:
+        if part.state == "pending" and not plan.stop.is_set():
+            part.state = "running"
+            return True
+    _skip(client, plan, part)
+    return False
+
+
+def _reuse_failed(client: _BaseClient, part: _Part) -> None:
+    """A remembered part whose audio is gone (an expired URL): it is made again."""
+    spend = client._spend
+    part.remembered = None
+    part.estimate = spend.estimate(part.job.model, part.job.characters)
+    part.hold = spend.reserve_estimate(part.estimate)
 
 
 def _part_deadline(client: _BaseClient, plan: _Plan) -> float:
@@ -408,8 +423,8 @@ def _fetch(client: _BaseClient, plan: _Plan, part: _Part, speech: Speech) -> Pat
         if not local.is_file():
             raise APIError(f"The audio file of part {part.index + 1} is gone ({local}).")
         return local
-    data = fetch_audio(speech.audio_url, client.settings)
-    assert plan.tmp is not None
+    assert plan.tmp is not None and plan.fetcher is not None
+    data = plan.fetcher.fetch(speech.audio_url)
     path = plan.tmp / f"part-{part.index:05d}.{plan.fmt}"
     path.write_bytes(data)
     return path
@@ -422,32 +437,41 @@ def _settled_part(client: _BaseClient, part: _Part, speech: Speech) -> None:
         spend.remember_part(part.key, speech)
 
 
+def _clean_up(plan: _Plan) -> None:
+    if plan.fetcher is not None:
+        plan.fetcher.close()
+    if plan.tmp is not None:
+        shutil.rmtree(plan.tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the sync path
 
 
-def _work(client: OctaveClient, plan: _Plan, part: _Part) -> None:
-    if not _start(plan, part):
-        client._spend.release(part.hold)
-        return
+def _work(client: OctaveClient, plan: _Plan, part: _Part, slots: threading.Semaphore) -> None:
+    """One part: at most ``max_concurrency`` requests in flight (``slots``); its download
+    happens outside them, so the next part's request need not wait for it."""
     spend = client._spend
     try:
         if part.remembered is not None:
+            if plan.stop.is_set():
+                return
             try:
                 part.path = _fetch(client, plan, part, part.remembered)
-            except APIError:  # its audio is gone (an expired URL): make the part again
-                part.remembered = None
-                part.estimate = spend.estimate(part.job.model, part.job.characters)
-                part.hold = spend.reserve_estimate(part.estimate)
+            except APIError:
+                _reuse_failed(client, part)
             else:
                 part.speech = part.remembered
                 spend.settle(part.remembered, part.text, None)
                 part.state = "done"
                 return
-        try:
-            speech = client._run(part.job, _part_deadline(client, plan))
-        except BaseException:
-            spend.release(part.hold)
-            raise
+        with slots:
+            if not _start(client, plan, part):
+                return
+            try:
+                speech = client._run(part.job, _part_deadline(client, plan))
+            except BaseException:
+                spend.release(part.hold)
+                raise
         spend.settle(speech, part.text, part.job.cache_key, part.hold)
         part.speech = speech
         _settled_part(client, part, speech)
@@ -465,15 +489,20 @@ def _execute(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | 
 
     total = len(plan.parts)
     plan.tmp = Path(tempfile.mkdtemp(prefix="octave-tools-parts-"))
-    workers = min(client.settings.max_concurrency, total)
+    plan.fetcher = AudioFetcher(client.settings)
+    if plan.engine != "local":  # its TLS setup overlaps the first requests
+        threading.Thread(target=plan.fetcher.warm, daemon=True).start()
+    # Twice the requests in flight: a part downloading its audio leaves its slot free.
+    slots = threading.Semaphore(client.settings.max_concurrency)
+    workers = min(2 * client.settings.max_concurrency, total)
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="octave-tools-part")
     try:
         if on_progress is not None:
             on_progress(0, total)
-        futures = [pool.submit(_work, client, plan, part) for part in plan.parts]
+        futures = {pool.submit(_work, client, plan, part, slots): part for part in plan.parts}
         done = 0
         for future in concurrent.futures.as_completed(futures):
-            if future.exception() is None:
+            if futures[future].state == "done":
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
@@ -484,6 +513,7 @@ def _execute(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | 
         shutil.rmtree(plan.tmp, ignore_errors=True)
         raise
     pool.shutdown()
+    plan.fetcher.close()
     _release_rest(client, plan)
     try:
         return _finish(client, plan)
@@ -537,27 +567,33 @@ def _run_sync(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback |
 # ---------------------------------------------------------------- the async path
 
 
-async def _awork(client: AsyncOctaveClient, plan: _Plan, part: _Part) -> None:
+async def _awork(
+    client: AsyncOctaveClient, plan: _Plan, part: _Part, slots: anyio.Semaphore
+) -> None:
+    """``_work`` for the async client."""
     import anyio
 
     spend = client._spend
     if part.remembered is not None:
+        if plan.stop.is_set():
+            return
         try:
             part.path = await anyio.to_thread.run_sync(_fetch, client, plan, part, part.remembered)
         except APIError:
-            part.remembered = None
-            part.estimate = spend.estimate(part.job.model, part.job.characters)
-            part.hold = await anyio.to_thread.run_sync(spend.reserve_estimate, part.estimate)
+            await anyio.to_thread.run_sync(_reuse_failed, client, part)
         else:
             part.speech = part.remembered
             await client._settle(part.remembered, part.text, None)
             part.state = "done"
             return
-    try:
-        speech = await client._run(part.job, _part_deadline(client, plan))
-    except BaseException:
-        spend.release(part.hold)  # no shared reservation of its own: in memory only
-        raise
+    async with slots:
+        if not _start(client, plan, part):
+            return
+        try:
+            speech = await client._run(part.job, _part_deadline(client, plan))
+        except BaseException:
+            spend.release(part.hold)  # no shared reservation of its own: in memory only
+            raise
     await client._settle(speech, part.text, part.job.cache_key, part.hold)
     part.speech = speech
     await anyio.to_thread.run_sync(_settled_part, client, part, speech)
@@ -571,7 +607,7 @@ async def _aexecute(
     import anyio
 
     total = len(plan.parts)
-    limiter = anyio.Semaphore(client.settings.max_concurrency)
+    slots = anyio.Semaphore(client.settings.max_concurrency)
     done = 0
 
     async def progress(count: int) -> None:
@@ -583,29 +619,24 @@ async def _aexecute(
     async def one(part: _Part) -> None:
         nonlocal done
         try:
-            async with limiter:
-                if not _start(plan, part):
-                    return
-                await _awork(client, plan, part)
+            await _awork(client, plan, part, slots)
         except Exception as exc:
             part.state, part.error = "failed", exc
             plan.stop.set()
             return
         finally:
-            if part.state in ("pending", "skipped"):  # never sent: its share goes back
-                part.state = "skipped"
-                spend_release(part)
-        done += 1
-        await progress(done)
-
-    def spend_release(part: _Part) -> None:
-        client._spend.release(part.hold)
-        part.hold = NO_HOLD
+            _skip(client, plan, part)  # cancelled before it was sent: its share goes back
+        if part.state == "done":
+            done += 1
+            await progress(done)
 
     plan.tmp = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "octave-tools-parts-"))
+    plan.fetcher = AudioFetcher(client.settings)
     try:
         await progress(0)
         async with anyio.create_task_group() as tg:
+            if plan.engine != "local":  # its TLS setup overlaps the first requests
+                tg.start_soon(functools.partial(anyio.to_thread.run_sync, plan.fetcher.warm))
             for part in plan.parts:
                 tg.start_soon(one, part)
         with anyio.CancelScope(shield=True):
@@ -614,9 +645,7 @@ async def _aexecute(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_release_rest, client, plan)
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, plan.tmp, ignore_errors=True)
-            )
+            await anyio.to_thread.run_sync(_clean_up, plan)
 
 
 async def asynthesize_text(
