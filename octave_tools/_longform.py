@@ -461,7 +461,7 @@ def _work(client: OctaveClient, plan: _Plan, part: _Part, slots: threading.Semap
                 _reuse_failed(client, part)
             else:
                 part.speech = part.remembered
-                spend.settle(part.remembered, part.text, None)
+                spend.settle(part.remembered, part.text, None, job_id=plan.job_id)
                 part.state = "done"
                 return
         with slots:
@@ -472,7 +472,7 @@ def _work(client: OctaveClient, plan: _Plan, part: _Part, slots: threading.Semap
             except BaseException:
                 spend.release(part.hold)
                 raise
-        spend.settle(speech, part.text, part.job.cache_key, part.hold)
+        spend.settle(speech, part.text, part.job.cache_key, part.hold, plan.job_id)
         part.speech = speech
         _settled_part(client, part, speech)
         part.path = _fetch(client, plan, part, speech)
@@ -583,7 +583,7 @@ async def _awork(
             await anyio.to_thread.run_sync(_reuse_failed, client, part)
         else:
             part.speech = part.remembered
-            await client._settle(part.remembered, part.text, None)
+            await _asettle(client, plan, part.remembered, part.text, None, NO_HOLD)
             part.state = "done"
             return
     async with slots:
@@ -594,11 +594,29 @@ async def _awork(
         except BaseException:
             spend.release(part.hold)  # no shared reservation of its own: in memory only
             raise
-    await client._settle(speech, part.text, part.job.cache_key, part.hold)
+    await _asettle(client, plan, speech, part.text, part.job.cache_key, part.hold)
     part.speech = speech
     await anyio.to_thread.run_sync(_settled_part, client, part, speech)
     part.path = await anyio.to_thread.run_sync(_fetch, client, plan, part, speech)
     part.state = "done"
+
+
+async def _asettle(
+    client: AsyncOctaveClient,
+    plan: _Plan,
+    speech: Speech,
+    text: str,
+    cache_key: str | None,
+    hold: Hold,
+) -> None:
+    """``spend.settle`` with the job id, off the event loop when it does I/O."""
+    import anyio
+
+    spend = client._spend
+    if spend.settle_is_cheap(hold, cache_key):
+        spend.settle(speech, text, cache_key, hold, plan.job_id)
+    else:
+        await anyio.to_thread.run_sync(spend.settle, speech, text, cache_key, hold, plan.job_id)
 
 
 async def _aexecute(

@@ -429,13 +429,44 @@ def test_local_engine_splits_long_text_offline(tmp_path: Path) -> None:
     assert rate == 22_050 and n > 0
 
 
-def test_ledger_rows_one_per_part(api: LatencyFake, tmp_path: Path) -> None:
-    with OctaveClient(**options(api)) as client:
-        speech = client.synthesize(text_of(9000))
-        report = client.usage("1h", by="model")
-    assert speech.parts is not None
-    assert report.total_calls == 3
-    assert report.total_credits == speech.credits_used
+@KINDS
+def test_every_part_is_a_ledger_row_with_the_job_id_and_usage_by_job_counts_calls(
+    kind: str, api: LatencyFake, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    opts = options(api, data_dir=str(tmp_path / "ledger"))
+    speech = call(kind, opts, "synthesize", text_of(9000))
+    call(kind, opts, "synthesize", "A short one.")
+    assert speech.parts is not None and len(speech.parts) == 3
+    with OctaveClient(**opts) as client:
+        by_model = client.usage("1h", by="model")
+        by_job = client.usage("1h", by="job")
+        store = client._spend.store
+        assert store is not None
+        store.flush()
+    assert by_model.total_calls == 4  # rows: three parts and one single request
+    groups = {g.key: g for g in by_job.groups}
+    assert set(groups) == {speech.job_id, "(single requests)"}
+    job = groups[speech.job_id]
+    assert (job.calls, job.cached_calls) == (1, 0)
+    assert job.credits == speech.credits_used and job.characters == speech.characters
+    assert by_job.total_calls == 2
+    db = sqlite3.connect(tmp_path / "ledger" / "ledger.sqlite3")
+    rows = db.execute("SELECT job_id, request_id FROM calls ORDER BY ts").fetchall()
+    db.close()
+    assert sorted(r for r in rows if r[0]) == sorted(
+        (speech.job_id, p.request_id) for p in speech.parts
+    )
+    assert [r for r in rows if not r[0]] and len(rows) == 4
+
+
+def test_usage_by_job_on_the_cli(api: LatencyFake, tmp_path: Path, capsys: Any) -> None:
+    from harness import cli
+
+    speech = call("sync", options(api), "synthesize", text_of(9000))  # the env's data dir
+    code, out, _ = cli(capsys, "usage", "--by", "job", "--since", "1h")
+    assert code == 0 and (speech.job_id or "")[:34] in out
 
 
 def test_paid_parts_memory_survives_a_json_roundtrip_of_the_speech(api: LatencyFake) -> None:
