@@ -235,6 +235,23 @@ def stitches(model: str) -> bool:
     return "previous_text" in properties and "next_text" in properties
 
 
+def pcm_rate(model: str) -> int:
+    """Samples a second of ``model``'s raw PCM as we ask for it: its documented default
+    ``sample_rate`` (MiniMax: 32,000), else 24,000 (OpenAI, ElevenLabs ``pcm_24000``)."""
+    entry = _schemas().get(model) or {}
+    pending = [entry.get("request_schema", {})]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            rate = node.get("properties", {}).get("sample_rate")
+            if isinstance(rate, dict) and str(rate.get("default", "")).isdigit():
+                return int(rate["default"])
+            pending += [v for v in node.values() if isinstance(v, (dict, list))]
+        elif isinstance(node, list):
+            pending += node
+    return 24_000
+
+
 def _bounded(text: str, *, tail: bool) -> str:
     """At most STITCH_CHARS of ``text`` (its end, or its start), cut at a space."""
     if len(text) <= STITCH_CHARS:
@@ -804,7 +821,8 @@ def _finish(client: _BaseClient, plan: _Plan) -> Speech:
     assert len(paths) == len(plan.parts)
     target = new_audio_path(client.settings.output_dir, plan.fmt)
     try:
-        join_files(paths, plan.fmt, target, pause_ms=plan.pause_ms)
+        rate = pcm_rate(plan.parts[0].job.model)
+        join_files(paths, plan.fmt, target, pause_ms=plan.pause_ms, pcm_rate=rate)
     except OctaveError as exc:
         note, paid = _paid_note(client, plan)
         raise _with_message(

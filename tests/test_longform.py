@@ -22,6 +22,7 @@ from urllib.request import url2pathname
 import pytest
 
 from octave_tools import (
+    APITimeoutError,
     AsyncOctaveClient,
     BadRequestError,
     BudgetExceededError,
@@ -473,3 +474,31 @@ def test_paid_parts_memory_survives_a_json_roundtrip_of_the_speech(api: LatencyF
     speech = call("sync", options(api), "synthesize", text_of(9000))
     again = Speech.model_validate_json(speech.model_dump_json())
     assert again == speech and json.loads(speech.model_dump_json())["parts"][0]["index"] == 0
+
+
+@KINDS
+def test_the_whole_call_may_take_the_timeout_once_per_round_of_parts(
+    kind: str, api: LatencyFake
+) -> None:
+    api.latency = 0.3
+    # 8 or 9 parts at 4 at a time: 2 or 3 rounds of 0.3 s, longer than one timeout of 0.5 s.
+    opts = options(api, chunk_chars=500, timeout=0.5)
+    speech = call(kind, opts, "synthesize", text_of(3900))
+    assert speech.parts is not None and len(speech.parts) > 4
+    # A part still has one timeout of its own.
+    api.latency = 0.8
+    with pytest.raises(APITimeoutError, match=r"^Part \d of \d failed: .* No part was paid"):
+        call(kind, opts, "synthesize", text_of(3900).replace("Sentence", "Line"))
+
+
+def test_pcm_parts_join_with_the_models_rate_for_the_pause(api: LatencyFake) -> None:
+    speech = call(
+        "sync",
+        options(api, model="minimax/speech-2.8-turbo", format="pcm", chunk_chars=300, pause_ms=100),
+        "synthesize",
+        text_of(700),
+    )
+    assert speech.parts is not None and len(speech.parts) == 3
+    parts = sum(len(api._files[urlsplit(p.audio_url).path]) for p in speech.parts)
+    # Two pauses of 100 ms at MiniMax's 32 kHz, 16-bit mono.
+    assert path_of(speech.audio_url).stat().st_size == parts + 2 * 3200 * 2
