@@ -644,6 +644,7 @@ async def _aexecute(
     total = len(plan.parts)
     slots = anyio.Semaphore(client.settings.max_concurrency)
     done = 0
+    progress_errors: list[Exception] = []
 
     async def progress(count: int) -> None:
         if on_progress is not None:
@@ -661,9 +662,13 @@ async def _aexecute(
             return
         finally:
             _skip(client, plan, part)  # cancelled before it was sent: its share goes back
-        if part.state == "done":
+        if part.state == "done" and not progress_errors:
             done += 1
-            await progress(done)
+            try:
+                await progress(done)
+            except Exception as exc:  # the caller's callback: it ends the call, as in sync
+                progress_errors.append(exc)
+                plan.stop.set()
 
     plan.tmp = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "octave-tools-parts-"))
     plan.fetcher = AudioFetcher(client.settings)
@@ -674,6 +679,8 @@ async def _aexecute(
                 tg.start_soon(functools.partial(anyio.to_thread.run_sync, plan.fetcher.warm))
             for part in plan.parts:
                 tg.start_soon(one, part)
+        if progress_errors:
+            raise progress_errors[0]
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_release_rest, client, plan)
         return await anyio.to_thread.run_sync(_finish, client, plan)

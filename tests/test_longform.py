@@ -502,3 +502,25 @@ def test_pcm_parts_join_with_the_models_rate_for_the_pause(api: LatencyFake) -> 
     parts = sum(len(api._files[urlsplit(p.audio_url).path]) for p in speech.parts)
     # Two pauses of 100 ms at MiniMax's 32 kHz, 16-bit mono.
     assert path_of(speech.audio_url).stat().st_size == parts + 2 * 3200 * 2
+
+
+def test_an_async_progress_callback_is_awaited_and_its_error_ends_the_call(
+    api: LatencyFake,
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def note(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 2:
+            raise RuntimeError("the client went away")
+
+    async def go() -> None:
+        opts = options(api, max_concurrency=1, max_credits=10_000_000)
+        async with AsyncOctaveClient(**opts) as client:
+            with pytest.raises(RuntimeError, match="went away"):
+                await client.synthesize(text_of(20_000), on_progress=note)
+            assert client._spend._reserved == 0
+
+    asyncio.run(go())
+    assert seen == [(0, 5), (1, 5), (2, 5)]
+    assert len(api.tts_requests) <= 3  # the parts after the error were not sent
