@@ -43,11 +43,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from . import _protocol as proto
@@ -62,7 +62,42 @@ from .models import DialogueLine, Speech, SpeechPart
 if TYPE_CHECKING:
     import anyio
 
-    from .client import AsyncOctaveClient, OctaveClient, ProgressCallback, _BaseClient, _Job
+    from ._settings import Settings
+    from ._spend import Spend
+    from .voices import VoiceCatalogue
+
+# The clients are typed here by what the pipeline uses of them, not imported: the client
+# imports this module (lazily) and the package keeps no import cycle.
+ProgressCallback = Callable[[int, int], object]
+_Job = Any  # client._Job: text, voice, format, call, model, characters, cache_key
+
+
+class _BaseClient(Protocol):
+    _spend: Spend
+
+    @property
+    def settings(self) -> Settings: ...
+    def _split_limit(self, model: str | None) -> int: ...
+    def _engine(self, *, strict: bool = True) -> str: ...
+    def _check_model(self, model: str | None) -> str: ...
+    def voice_catalogue(self, model: str | None = None) -> VoiceCatalogue | None: ...
+    def _plan(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None = None,
+        speed: float | None = None,
+    ) -> _Job: ...
+
+
+class OctaveClient(_BaseClient, Protocol):
+    def _run(self, job: _Job, deadline: float | None = None) -> Speech: ...
+
+
+class AsyncOctaveClient(_BaseClient, Protocol):
+    async def _run(self, job: _Job, deadline: float | None = None) -> Speech: ...
+
 
 __all__ = ["asynthesize_dialogue", "asynthesize_text", "synthesize_dialogue", "synthesize_text"]
 
@@ -283,8 +318,8 @@ def _build_call(
 def _memory_key(client: _BaseClient, job: _Job) -> str | None:
     """The key a paid part is remembered under (as the cache's), None for a local part."""
     if job.cache_key is not None:
-        return job.cache_key
-    call = job.call
+        return str(job.cache_key)
+    call: proto.Call | None = job.call
     if call is None:
         return None  # the local engine is free: nothing to remember
     fmt_key = call.format if call.speed is None else f"{call.format};speed={float(call.speed)!r}"
@@ -729,16 +764,16 @@ async def _run_async(
 ) -> Speech:
     import anyio
 
-    from .client import _in_thread
-
     await anyio.to_thread.run_sync(_look_up, client, plan)
-
-    def reserve() -> _Plan:
-        _reserve(client, plan)
-        return plan
-
-    await _in_thread(reserve, undo=lambda p: _release_rest(client, p))
-    return await _aexecute(client, plan, on_progress)
+    try:
+        # Shielded (a short store write): a cancel now lands after it, and the finally
+        # below gives the reservation back.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_reserve, client, plan)
+        return await _aexecute(client, plan, on_progress)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_release_rest, client, plan)
 
 
 # ---------------------------------------------------------------- the result
