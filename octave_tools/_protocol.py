@@ -11,6 +11,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -488,6 +489,48 @@ def _usage(headers: Mapping[str, str], data: Any) -> tuple[int | float | None, f
     return credits, (float(usd) if usd is not None else None)
 
 
+# An upstream figure above this many credits a character is not believed: 100 times the
+# highest documented rate (hume/octave-2, ~125). A real model billed several times a
+# guessed estimate stays under it (and is charged as billed); an absurd figure does not.
+MAX_PLAUSIBLE_CREDITS_PER_CHAR = 100 * max(
+    (s.credits_per_char for s in MODELS.values() if s.credits_per_char), default=125.0
+)
+# USD: the same bound, at a credit's documented price or a dollar a character if higher.
+MAX_PLAUSIBLE_USD_PER_CHAR = 1.0
+
+
+def plausible_cost(
+    credits: int | float | None, usd: float | None, characters: int, model: str
+) -> tuple[int | float | None, float | None]:
+    """The upstream cost figures, or None for each that cannot be believed.
+
+    Negative, non-finite or implausibly large figures are treated as unknown (the
+    budget then charges the estimate) and logged once per call, the value bounded.
+    """
+    chars = max(1, characters)
+    if credits is not None and not (
+        math.isfinite(credits) and 0 <= credits <= MAX_PLAUSIBLE_CREDITS_PER_CHAR * chars
+    ):
+        logger.warning(
+            "octave-tools: the API reported %s credits for %d characters of %s; that figure "
+            "is not believed and the call is charged at its estimate.",
+            _bounded_figure(credits),
+            characters,
+            model[:64],
+        )
+        credits = None
+    if usd is not None and not (
+        math.isfinite(usd) and 0 <= usd <= MAX_PLAUSIBLE_USD_PER_CHAR * chars
+    ):
+        usd = None
+    return credits, usd
+
+
+def _bounded_figure(value: float) -> str:
+    """A number for a log line: a few significant digits whatever its size."""
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
 def _audio_url(data: Any) -> str | None:
     audio = _dig(data, "audio")
     if isinstance(audio, dict):
@@ -637,7 +680,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
     if call.secret and call.secret in url:
         # Passed on, the URL would show the key to the model, the user and every log.
         raise _unexpected(call, raw, "an audio URL that contains the API key", request_id)
-    credits, usd = _usage(raw.headers, data)
+    credits, usd = plausible_cost(*_usage(raw.headers, data), call.text_chars, call.model)
     return Speech(
         audio_url=url,
         format=call.format,
@@ -653,14 +696,17 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
 
 def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech:
     """The Speech for raw audio that was saved to ``file_url``."""
+    credits, usd = plausible_cost(
+        payload.credits_used, payload.usd_spent, call.text_chars, call.model
+    )
     return Speech(
         audio_url=file_url,
         format=payload.extension if payload.extension in ("wav", "mp3") else call.format,
         voice=call.voice,
         model=call.model,
         characters=call.text_chars,
-        credits_used=payload.credits_used,
-        usd_spent=payload.usd_spent,
+        credits_used=credits,
+        usd_spent=usd,
         request_id=payload.request_id,
         engine="aimlapi",
     )

@@ -90,7 +90,9 @@ def reused(speech: Speech) -> Speech:
     return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
 
 
-def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+def _entry(
+    speech: Speech, text: str, credits: float, ts: float, estimated: bool = False
+) -> LedgerEntry:
     return LedgerEntry(
         ts=ts,
         engine=speech.engine,
@@ -103,6 +105,7 @@ def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
         request_id=speech.request_id,
         text_sha256=text_digest(text),
         cached=speech.cached,
+        estimated=estimated,
     )
 
 
@@ -288,7 +291,7 @@ class Spend:
 
     # ------------------------------------------------------------ budget
 
-    def estimate(self, model: str, characters: int) -> float:
+    def estimate(self, model: str, characters: int, *, refresh: bool = True) -> float:
         """Credits a call is expected to cost, before it is made.
 
         The documented rate where there is one; else what the ledger has seen the model
@@ -296,7 +299,8 @@ class Spend:
         """
         rate = CREDITS_PER_CHAR_ESTIMATE.get(model)
         if rate is None:
-            rate = self._learned_rates().get(model, DEFAULT_CREDITS_PER_CHAR)
+            rates = self._learned_rates() if refresh else self._rates  # refresh: may read
+            rate = rates.get(model, DEFAULT_CREDITS_PER_CHAR)
         return rate * characters
 
     def _rate_is_stale(self) -> bool:
@@ -426,20 +430,25 @@ class Spend:
     def settle(
         self, speech: Speech, text: str, cache_key: str | None, hold: Hold = NO_HOLD
     ) -> None:
-        """Record a finished call (and remember it for the cache); ends its ``hold``."""
-        credits = float(speech.credits_used or 0)
+        """Record a finished call (and remember it for the cache); ends its ``hold``.
+
+        A call whose cost the API did not report (or reported as a negative, non-finite
+        or absurd figure, which _protocol turns into None) is charged its estimate and
+        marked estimated: never 0, never the figure.
+        """
+        credits, estimated = self._charge(speech, hold)
         now = self._clock()
         with self._lock:
             self._client_spent += credits
         store = self.store
         if store is None:
             if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
-                entry = _entry(speech, text, credits, now)
+                entry = _entry(speech, text, credits, now, estimated)
                 with self._budget_lock, self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
-        entry = _entry(speech, text, credits, now)
+        entry = _entry(speech, text, credits, now, estimated)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
             self._unhold(hold)
@@ -452,6 +461,18 @@ class Spend:
             self._unhold(hold)
         if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
             store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
+
+    def _charge(self, speech: Speech, hold: Hold) -> tuple[float, bool]:
+        """Credits to record for a finished call, and whether they are our estimate."""
+        reported = speech.credits_used
+        if speech.cached or speech.engine != "aimlapi":
+            return max(0.0, float(reported or 0)), False  # reused, or the offline engine
+        if reported is not None and math.isfinite(reported) and reported >= 0:
+            return float(reported), False
+        if hold.amount > 0:
+            return hold.amount, True  # what the budget held for it (documented or learned)
+        # No hold (no budget): the rates known now, without a read (settle may be on a loop).
+        return self.estimate(speech.model, speech.characters, refresh=False), True
 
     def usage(self, since: str | float | None = None, by: str = "day") -> UsageReport:
         """What the ledger holds since ``since`` (``"7d"``, ``"24h"``, epoch seconds)."""
@@ -470,6 +491,8 @@ class Spend:
                 characters=r.characters,
                 credits=r.credits,
                 usd=round(r.usd, 6),
+                billed_credits=r.credits - r.estimated_credits,
+                estimated_credits=r.estimated_credits,
             )
             for r in rows
         ]
@@ -480,6 +503,8 @@ class Spend:
             total_calls=sum(g.calls for g in groups),
             total_credits=sum(g.credits for g in groups),
             total_usd=round(sum(g.usd for g in groups), 6),
+            total_billed_credits=sum(g.billed_credits for g in groups),
+            total_estimated_credits=sum(g.estimated_credits for g in groups),
             ledger=self.ledger_name if store is not None else "ledger off",
         )
 
