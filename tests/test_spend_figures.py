@@ -13,6 +13,7 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from _services import postgres_database, with_database
 
 from octave_tools import BudgetExceededError, OctaveClient
+from octave_tools._store import Probe, SQLiteStore
 from octave_tools.cli import run
 from octave_tools.testing import CREDITS_PER_CHAR, FakeAIMLAPI
 
@@ -31,17 +33,21 @@ def pg_db() -> Iterator[str]:
     yield from postgres_database()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'shared' / 'ledger.sqlite3'}"
+def fresh_schema(base: str) -> str:
+    """A URL on ``base`` whose search_path is a new, empty schema."""
     import psycopg
 
-    base = request.getfixturevalue("pg_db")
     schema = f"t_{secrets.token_hex(5)}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     return with_database(base, urlsplit(base).path.lstrip("/"), search_path=schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'shared' / 'ledger.sqlite3'}"
+    return fresh_schema(request.getfixturevalue("pg_db"))
 
 
 def client(api: FakeAIMLAPI, tmp_path: Path, name: str = "c", **kw: Any) -> OctaveClient:
@@ -214,3 +220,179 @@ def test_concurrent_calls_without_a_cost_stay_within_the_budget(
     for c in clients:
         c.close()
     assert len(admitted) == len(fake_aimlapi.tts_requests) == 3
+
+
+# ---------------------------------------------------------------- item 3
+
+DAY = 86_400.0
+UNPRICED = "openai/tts-1"  # no documented price: estimated at 125 a character until learned
+
+
+def burst(clients: list[OctaveClient], count: int, text: str = "Hello") -> list[str]:
+    """``count`` calls at once, spread over ``clients``: "ok" or the refusal, each."""
+    start = threading.Barrier(count)
+    results: list[str] = []
+
+    def one(c: OctaveClient) -> None:
+        start.wait()
+        try:
+            c.synthesize(text, model=UNPRICED)
+            results.append("ok")
+        except BudgetExceededError as exc:
+            results.append(str(exc))
+
+    threads = [
+        threading.Thread(target=one, args=(clients[i % len(clients)],)) for i in range(count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_an_unpriced_model_billed_far_above_its_estimate_overshoots_by_one_call_at_most(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, store_url: str
+) -> None:
+    # Billed 1,000 a character, estimated 125: "Hello" holds 625 and costs 5,000.
+    fake_aimlapi.billing(credits_per_char=8 * CREDITS_PER_CHAR)
+    fake_aimlapi.delay(0.2, times=10)
+    budget = 10 * 625
+    shared = not store_url.startswith("sqlite")
+    clients = [
+        client(fake_aimlapi, tmp_path, f"r{i}", store_url=store_url, max_credits_per_day=budget)
+        for i in range(3 if shared else 1)
+    ]
+    try:
+        results = burst(clients, 10)
+    finally:
+        for c in clients:
+            c.close()
+    # Was: 10 of 10 admitted, 50,000 spent. Now the first call is the model's only one in
+    # flight; once it is billed the rate is known and the next estimate (5,000) does not fit.
+    assert results.count("ok") == 1
+    assert fake_aimlapi.charged == [5000.0]
+    assert sum(fake_aimlapi.charged) <= budget + (5000 - 625)  # the documented bound
+
+
+def test_a_bill_far_above_a_learned_rate_re_estimates_on_every_replica(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, pg_db: str
+) -> None:
+    url = fresh_schema(pg_db)
+    a = client(fake_aimlapi, tmp_path, "a", store_url=url, max_credits_per_day=20_000)
+    b = client(fake_aimlapi, tmp_path, "b", store_url=url, max_credits_per_day=20_000)
+    try:
+        a.synthesize("Hello", model=UNPRICED)  # billed 625 at 125: the rate is learned
+        b.synthesize("Hello", model=UNPRICED)
+        assert b._spend.estimate(UNPRICED, 5) == 625.0
+        fake_aimlapi.billing(credits_per_char=24 * CREDITS_PER_CHAR)  # the price jumps
+        assert a.synthesize("Hello", model=UNPRICED).credits_used == 15_000
+        # 16,250 spent. B's rate is fresh (625 a call would fit), but A marked the model:
+        # B re-estimates at 15,000 before admitting, and refuses.
+        with pytest.raises(BudgetExceededError, match="would cost about 15,000"):
+            b.synthesize("Hello", model=UNPRICED)
+        with pytest.raises(BudgetExceededError, match="would cost about 15,000"):
+            a.synthesize("Hello", model=UNPRICED)
+    finally:
+        a.close()
+        b.close()
+    assert fake_aimlapi.charged == [625.0, 625.0, 15_000.0]
+
+
+def test_a_call_waiting_for_an_unpriced_models_probe_gives_up_at_its_timeout(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, pg_db: str
+) -> None:
+    url = fresh_schema(pg_db)
+    fake_aimlapi.delay(1.5)
+    slow = client(fake_aimlapi, tmp_path, "slow", store_url=url, max_credits_per_day=10_000)
+    quick = client(
+        fake_aimlapi, tmp_path, "quick", store_url=url, max_credits_per_day=10_000, timeout=0.5
+    )
+    try:
+        first = threading.Thread(
+            target=slow.synthesize, args=("Hello",), kwargs={"model": UNPRICED}
+        )
+        first.start()
+        while not fake_aimlapi.tts_requests:
+            threading.Event().wait(0.01)
+        with pytest.raises(BudgetExceededError, match="one call of it at a time"):
+            quick.synthesize("Hello", model=UNPRICED)
+        first.join()
+        quick.synthesize("Hello", model=UNPRICED)  # learned now: no wait
+    finally:
+        slow.close()
+        quick.close()
+    assert len(fake_aimlapi.tts_requests) == 2
+
+
+def test_the_store_admits_one_probe_per_model_and_passes_on_rate_marks(store: Any) -> None:
+    now = time.time()
+    probe = Probe(UNPRICED, True, now)
+    first = store.reserve("daily", 10, 1000, DAY, 60, now, probe)
+    assert isinstance(first, str)
+    assert store.reserve("daily", 10, 1000, DAY, 60, now, probe).busy is True
+    # Another model, or a call that is not a probe, goes ahead.
+    assert isinstance(store.reserve("daily", 10, 1000, DAY, 60, now, Probe("x/y", True, now)), str)
+    assert isinstance(
+        store.reserve("daily", 10, 1000, DAY, 60, now, Probe(UNPRICED, False, now)), str
+    )
+    store.release(first)
+    second = store.reserve("daily", 10, 1000, DAY, 60, now, probe)
+    assert isinstance(second, str)
+    # A probe whose process died (never settled) frees the model when its lease ends.
+    assert store.reserve("daily", 10, 1000, DAY, 60, now + 30, probe).busy is True
+    assert isinstance(store.reserve("daily", 10, 1000, DAY, 60, now + 61, probe), str)
+    # A mark newer than the caller's rates refuses with the new rate, once.
+    store.mark_rate(UNPRICED, 1000.0, now + 70)
+    marked = store.reserve("daily", 10, 1000, DAY, 60, now + 71, Probe(UNPRICED, False, now))
+    assert (marked.rate, marked.marked_at) == (1000.0, now + 70)
+    after = Probe(UNPRICED, False, now + 70)
+    assert isinstance(store.reserve("daily", 10, 1000, DAY, 60, now + 71, after), str)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        made: Any = SQLiteStore(tmp_path / "ledger.sqlite3")
+    else:
+        from octave_tools._store_pg import PostgresStore
+
+        made = PostgresStore(fresh_schema(request.getfixturevalue("pg_db")))
+    request.addfinalizer(made.close)
+    return made
+
+
+async def test_the_async_client_waits_for_the_probe_off_the_event_loop(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from octave_tools import AsyncOctaveClient
+
+    fake_aimlapi.billing(credits_per_char=8 * CREDITS_PER_CHAR)
+    fake_aimlapi.delay(0.2)
+    async with AsyncOctaveClient(
+        api_key=fake_aimlapi.api_key,
+        base_url=fake_aimlapi.base_url,
+        engine="aimlapi",
+        data_dir=str(tmp_path),
+        output_dir=str(tmp_path / "audio"),
+        max_credits_per_day=10 * 625,
+    ) as c:
+        ticks = 0
+
+        async def ticker() -> None:  # the loop stays free while calls wait for the probe
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        results = await asyncio.gather(
+            *(c.synthesize("Hello", model=UNPRICED) for _ in range(5)), return_exceptions=True
+        )
+        tick.cancel()
+    assert [type(r).__name__ for r in results].count("Speech") == 1
+    assert all(isinstance(r, BudgetExceededError) for r in results if type(r).__name__ != "Speech")
+    assert fake_aimlapi.charged == [5000.0]
+    assert ticks >= 10
