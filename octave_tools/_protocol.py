@@ -26,7 +26,7 @@ from ._redact import MASK, shown
 from ._redact import redact as _redact_all
 from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
-from .catalogue import MODELS, BodyPath, ModelSpec
+from .catalogue import MODELS, UNDOCUMENTED_TEXT_LIMIT, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -195,10 +195,11 @@ def prepare(
     model_id = _model_id(model, settings)
     spec = MODELS.get(model_id)
     if spec is None:
-        text = validate_text(text, limit=None)
+        # No documented limit for an id outside the catalogue: the conservative one.
+        text = validate_text(text, limit=UNDOCUMENTED_TEXT_LIMIT, model=model_id)
         payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
     else:
-        text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
+        text = validate_text(text, limit=spec.text_limit, model=spec.id)
         payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
     key = settings.require_key()
     # 128 random bits, as uuid4 has, at a quarter of its cost.
@@ -367,8 +368,10 @@ def _generic_body(
     if first:
         logger.warning(
             "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
-            "and format, with no local checks of voice, format or text length.",
+            "and format, with no local checks of voice or format and a text limit of %s "
+            "characters (none is documented).",
             shown(model_id),
+            f"{UNDOCUMENTED_TEXT_LIMIT:,}",
         )
     chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
     chosen_format = fmt if fmt is not None else settings.format
