@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ._files import default_output_dir, user_dir
-from ._protocol import check_audio_url
+from ._protocol import check_audio_url, clean_request_id
 from ._redact import redact_url
 from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import (
@@ -85,6 +85,38 @@ class _Retry(Exception):
 
 
 NO_HOLD = Hold(0.0)
+
+# A cache entry written this far in the future (another replica's clock) still counts.
+CLOCK_SKEW = 60.0
+# Voice names and ids are short; a longer one in a cache entry is a planted one.
+MAX_VOICE_CHARS = 256
+MAX_FORMAT_CHARS = 16
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What a cached or coalesced result for a call must say about it."""
+
+    engine: str
+    model: str
+    voice: str | None
+    characters: int
+
+
+class CacheKey(str):
+    """A cache key (a hex digest) that remembers what its result must look like."""
+
+    expected: _Expected | None
+
+    def __new__(cls, digest: str, expected: _Expected | None = None) -> CacheKey:
+        made = super().__new__(cls, digest)
+        made.expected = expected
+        return made
+
+
+def _plain(value: str, limit: int) -> bool:
+    """Short, with no control or format characters."""
+    return len(value) <= limit and value.isprintable()
 
 
 def default_data_dir() -> Path:
@@ -237,26 +269,76 @@ class Spend:
     # ------------------------------------------------------------ cache
 
     def cache_key(self, engine: str, model: str, voice: str | None, fmt: str, text: str) -> str:
-        parts = json.dumps([engine, model, voice, fmt, text_digest(text)])
-        return hashlib.sha256(parts.encode()).hexdigest()
+        """The key of a call's result in the cache and for coalescing.
+
+        For the API it names the tenant too, the API key's fingerprint and the base URL,
+        so clients sharing a store never get each other's results. The returned key
+        also carries what a result for it must look like (see ``_vetted``).
+        """
+        tenant: list[str] = []
+        if engine == "aimlapi":
+            secret = self._settings.api_key.get() if self._settings.api_key else ""
+            fingerprint = hashlib.sha256(b"octave-tools cache key\0" + secret.encode()).hexdigest()
+            tenant = [fingerprint, self._settings.base_url.rstrip("/")]
+        parts = json.dumps([engine, model, voice, fmt, text_digest(text), *tenant])
+        return CacheKey(
+            hashlib.sha256(parts.encode()).hexdigest(),
+            _Expected(engine, model, voice, len(text)),
+        )
 
     def cached(self, key: str) -> Speech | None:
         """The earlier result for ``key`` within the TTL, marked cached and free."""
         store = self.store
         if self.cache_ttl <= 0 or store is None:
             return None
-        value = store.cache_get(key, self._clock())
+        now = self._clock()
+        value = store.cache_get(key, now)
         if value is None:
             return None
         try:
-            earlier = Speech.model_validate_json(value)
-        except ValueError:
+            entry = json.loads(value)
+            # Written at "at"; the TTL is checked again here, with today's setting: an
+            # entry that the store kept longer (planted, or written under a longer TTL)
+            # is a miss.
+            at = float(entry["at"])
+            if not (now - self.cache_ttl < at <= now + CLOCK_SKEW):
+                return None
+            earlier = Speech.model_validate(entry["speech"])
+        except (ValueError, TypeError, KeyError, RecursionError):
             return None
         # The cache table is a file anyone with access to it can edit: an entry is vetted
         # like a fresh answer, and one that fails is a miss.
-        if not self._safe_cached_url(earlier.audio_url):
+        if not self._vetted(earlier, key):
             return None
         return reused(earlier)
+
+    def _vetted(self, earlier: Speech, key: str) -> bool:
+        """Whether a cached or coalesced result may stand for a call under ``key``.
+
+        Every field, not only the URL: the engine, model and voice the call asked for;
+        a request id fit to show; no negative or non-finite figures; and an audio URL
+        that passes the same checks as a fresh one.
+        """
+        expected = getattr(key, "expected", None)
+        if expected is not None:
+            if (earlier.engine, earlier.model) != (expected.engine, expected.model):
+                return False
+            if expected.engine == "aimlapi" and earlier.voice != expected.voice:
+                return False
+            if earlier.characters != expected.characters:
+                return False
+        if earlier.voice is not None and not _plain(earlier.voice, MAX_VOICE_CHARS):
+            return False
+        if not (earlier.format.isalnum() and len(earlier.format) <= MAX_FORMAT_CHARS):
+            return False
+        if earlier.request_id is not None and (
+            clean_request_id(earlier.request_id, "") != earlier.request_id
+        ):
+            return False
+        for figure in (earlier.credits_used, earlier.usd_spent, earlier.characters):
+            if figure is not None and not (math.isfinite(figure) and figure >= 0):
+                return False
+        return self._safe_cached_url(earlier.audio_url)
 
     def _safe_cached_url(self, url: str) -> bool:
         """Whether a cached audio URL may be handed out again.
@@ -316,7 +398,7 @@ class Spend:
             return None, None
         # Redis is shared: its value is vetted like a cache entry, and one that fails
         # (or a file only another replica has) means this process makes the call itself.
-        if not self._safe_cached_url(earlier.audio_url):
+        if not self._vetted(earlier, key):
             return None, None
         return None, reused(earlier)
 
@@ -620,7 +702,8 @@ class Spend:
             store.add(entry)
             self._unhold(hold)
         if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
-            store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
+            value = f'{{"at":{entry.ts!r},"speech":{speech.model_dump_json()}}}'
+            store.cache_put(cache_key, value, entry.ts + self.cache_ttl)
 
     def _learn(
         self, speech: Speech, hold: Hold, credits: float, estimated: bool, now: float
