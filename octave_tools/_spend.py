@@ -203,6 +203,7 @@ class Spend:
         self.shared = settings.ledger and bool(url) and not url.lower().startswith("sqlite:")
         self._rates: dict[str, float] = {}
         self._rates_read = -math.inf
+        self._tenant: list[str] | None = None  # the cache key's API key fingerprint and URL
         self._rates_read_wall = -math.inf  # the same moment, on the store's clock
         # Rates this process saw settle (the only source when the ledger is off), and
         # floors set by a call billed far above its hold: (rate, until) by model.
@@ -277,9 +278,11 @@ class Spend:
         """
         tenant: list[str] = []
         if engine == "aimlapi":
-            secret = self._settings.api_key.get() if self._settings.api_key else ""
-            fingerprint = hashlib.sha256(b"octave-tools cache key\0" + secret.encode()).hexdigest()
-            tenant = [fingerprint, self._settings.base_url.rstrip("/")]
+            if self._tenant is None:
+                secret = self._settings.api_key.get() if self._settings.api_key else ""
+                digest = hashlib.sha256(b"octave-tools cache key\0" + secret.encode())
+                self._tenant = [digest.hexdigest(), self._settings.base_url.rstrip("/")]
+            tenant = self._tenant
         parts = json.dumps([engine, model, voice, fmt, text_digest(text), *tenant])
         return CacheKey(
             hashlib.sha256(parts.encode()).hexdigest(),
