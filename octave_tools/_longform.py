@@ -136,7 +136,7 @@ class _Plan:
     engine: str
     pause_ms: int
     dialogue: bool
-    hold: Hold = NO_HOLD
+    holds: list[Hold] = field(default_factory=list)
     deadline: float = math.inf
     budget_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -318,7 +318,7 @@ def _build_call(
 def _memory_key(client: _BaseClient, job: _Job) -> str | None:
     """The key a paid part is remembered under (as the cache's), None for a local part."""
     if job.cache_key is not None:
-        return str(job.cache_key)
+        return job.cache_key  # type: ignore[no-any-return]
     call: proto.Call | None = job.call
     if call is None:
         return None  # the local engine is free: nothing to remember
@@ -397,14 +397,32 @@ def _look_up(client: _BaseClient, plan: _Plan) -> None:
 
 
 def _reserve(client: _BaseClient, plan: _Plan) -> None:
-    """One reservation for every part still to pay, before the first request (blocking)."""
+    """Reserve every part still to pay before the first request: all or none (blocking).
+
+    One reservation per model (one for a text; a dialogue whose lines use several models
+    has one each, and a refusal gives back those already taken); each part then holds
+    its share of its model's reservation, settled or given back part by part.
+    """
     spend = client._spend
     to_send = [p for p in plan.parts if p.remembered is None]
-    if to_send:
-        plan.hold = spend.reserve_estimate(sum(p.estimate for p in to_send))
-    if plan.hold is not NO_HOLD:
+    by_model: dict[str, list[_Part]] = {}
+    for part in to_send:
+        by_model.setdefault(part.job.model, []).append(part)
+    try:
+        for model, parts in by_model.items():
+            chars = sum(p.job.characters for p in parts)
+            hold = spend.reserve(model, chars)
+            plan.holds.append(hold)
+            if hold is not NO_HOLD:
+                for part in parts:
+                    part.hold = Hold(hold.amount * part.job.characters / max(1, chars))
+    except BaseException:
         for part in to_send:
-            part.hold = Hold(part.estimate)
+            part.hold = NO_HOLD
+        for hold in plan.holds:
+            spend.release(hold)
+        plan.holds.clear()
+        raise
     timeout = client.settings.timeout
     rounds = max(1, math.ceil(len(to_send) / client.settings.max_concurrency))
     plan.budget_seconds = timeout * rounds
@@ -418,8 +436,10 @@ def _release_rest(client: _BaseClient, plan: _Plan) -> None:
     with plan.lock:
         release_whole = not plan.released
         plan.released = True
-    if release_whole and plan.hold.reservation is not None:
-        client._spend.release(Hold(0.0, plan.hold.reservation))
+    if release_whole:
+        for hold in plan.holds:  # the amounts went back part by part
+            if hold.reservation is not None or hold.probe is not None:
+                client._spend.release(Hold(0.0, hold.reservation, hold.probe))
 
 
 def _skip(client: _BaseClient, plan: _Plan, part: _Part) -> None:
@@ -447,7 +467,7 @@ def _reuse_failed(client: _BaseClient, part: _Part) -> None:
     spend = client._spend
     part.remembered = None
     part.estimate = spend.estimate(part.job.model, part.job.characters)
-    part.hold = spend.reserve_estimate(part.estimate)
+    part.hold = spend.reserve(part.job.model, part.job.characters)
 
 
 def _part_deadline(client: _BaseClient, plan: _Plan) -> float:

@@ -18,7 +18,7 @@ from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
-from .catalogue import MODELS
+from .catalogue import MODELS, UNDOCUMENTED_TEXT_LIMIT
 from .errors import ConfigurationError, InvalidInputError
 from .models import DialogueLine, Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
@@ -35,9 +35,8 @@ logger = logging.getLogger("octave_tools")
 MAX_CONNECTIONS = 64
 MAX_KEEPALIVE = 16
 
-# Long text goes in parts of at most this many characters on a model whose docs give no
-# limit, and on the local engine (which has none, but a part bounds its memory).
-DEFAULT_PART_CHARS = 4000
+# Long text goes in parts of at most this many characters on the local engine (which has
+# no limit, but a part bounds its memory).
 LOCAL_PART_CHARS = 4000
 
 ProgressCallback = Callable[[int, int], object]
@@ -127,8 +126,9 @@ class _BaseClient:
     def _split_limit(self, model: str | None) -> int:
         """Characters one request of ``model`` (default: the configured one) takes here.
 
-        ``chunk_chars`` when set, else the model's documented limit (DEFAULT_PART_CHARS
-        when it has none; LOCAL_PART_CHARS when the local engine may serve the call),
+        ``chunk_chars`` when set (never above the model's limit), else the model's limit
+        (the conservative UNDOCUMENTED_TEXT_LIMIT when its docs give none;
+        LOCAL_PART_CHARS when the local engine may serve the call),
         never more than ``max_text_chars``. Settings only: no engine is loaded.
         """
         s = self._settings
@@ -137,10 +137,9 @@ class _BaseClient:
         else:
             name = s.model if model is None else model.strip() if isinstance(model, str) else ""
             spec = MODELS.get(name)
-            documented = spec.max_text_chars if spec is not None else None
-            limit = s.chunk_chars or documented or DEFAULT_PART_CHARS
-            if documented is not None:
-                limit = min(limit, documented)
+            # The documented limit, or the conservative one for a model with none.
+            most = spec.text_limit if spec is not None else UNDOCUMENTED_TEXT_LIMIT
+            limit = min(s.chunk_chars or most, most)
         return min(limit, s.max_text_chars)
 
     @property
@@ -680,7 +679,7 @@ class AsyncOctaveClient(_BaseClient):
         # Budget reads touch the ledger (a file or a server): keep them off the event loop.
         if not spend.needs_budget_check:
             held = NO_HOLD
-        elif spend.reserve_needs_io():
+        elif spend.reserve_needs_io(job.model):
             held = await _in_thread(
                 lambda: spend.reserve(job.model, job.characters), undo=spend.release
             )

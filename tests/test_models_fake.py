@@ -492,18 +492,27 @@ def test_text_limit_is_the_model_own(
     assert len(fake_aimlapi.tts_requests) == 1
 
 
-@pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5"])
-def test_models_without_a_documented_limit_take_parts_of_4000_characters(
+@pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5", "acme/tts-9"])
+def test_models_without_a_documented_limit_get_a_conservative_one(
     model: str, client: OctaveClient, fake_aimlapi: FakeAIMLAPI
 ) -> None:
-    text = "y" * 4000
-    speech = client.synthesize(text, model=model)
-    assert sent(fake_aimlapi)["text"] == text and speech.parts is None
-    long = " ".join(["word"] * 2000)  # 9,999 characters
+    fake_aimlapi.models = (*MODELS, "acme/tts-9")  # acme/tts-9: not catalogued at all
+    # The docs give these models no limit (acme/tts-9 is not catalogued at all): the
+    # conservative one (2,000) is where text is split, so no request is over it.
+    with pytest.raises(InvalidInputError) as info:
+        client.synthesize("y" * 2_001, model=model)  # one word: it cannot be split
+    assert "parts of at most 2,000 characters" in str(info.value)
+    assert fake_aimlapi.requests == []
+    speech = client.synthesize("y" * 2_000, model=model)
+    assert fake_aimlapi.tts_requests[-1].json["text"] == "y" * 2_000
+    assert speech.characters == 2_000 and speech.parts is None
+    if model == "acme/tts-9":
+        return  # the fake's audio for an uncatalogued model: joinable, not checked here
+    long = " ".join(["word"] * 1000)  # 4,999 characters
     speech = client.synthesize(long, model=model)
-    assert speech.parts is not None and len(speech.parts) == 3
-    assert all(len(r.json["text"]) <= 4000 for r in fake_aimlapi.tts_requests[1:])
-    assert speech.characters == sum(len(r.json["text"]) for r in fake_aimlapi.tts_requests[1:])
+    sent_now = fake_aimlapi.tts_requests[1:]
+    assert speech.parts is not None and len(speech.parts) == len(sent_now) == 3
+    assert all(len(r.json["text"]) <= 2_000 for r in sent_now)
 
 
 # ------------------------------------------------------------ both clients, mixed options
@@ -557,7 +566,8 @@ def test_unknown_model_is_passed_through_with_the_generic_fields(
     warnings = [r.getMessage() for r in caplog.records if "acme/tts-9" in r.getMessage()]
     assert warnings == [
         "octave-tools: model 'acme/tts-9' is not in the catalogue; sending only model, text, "
-        "voice and format, with no local checks of voice, format or text length."
+        "voice and format, with no local checks of voice or format and a text limit of 2,000 "
+        "characters (none is documented)."
     ]
 
 
