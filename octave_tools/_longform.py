@@ -884,6 +884,8 @@ def _finish(client: _BaseClient, plan: _Plan) -> Speech:
     target = new_audio_path(client.settings.output_dir, plan.fmt)
     try:
         rate = pcm_rate(plan.parts[0].job.model)
+        if plan.dialogue:
+            paths = _lines_joined(plan, paths, rate)
         join_files(paths, plan.fmt, target, pause_ms=plan.pause_ms, pcm_rate=rate)
     except OctaveError as exc:
         note, paid = _paid_note(client, plan)
@@ -892,6 +894,27 @@ def _finish(client: _BaseClient, plan: _Plan) -> Speech:
         ) from exc
     _drop_part_files(client, plan)
     return _speech(plan, target)
+
+
+def _lines_joined(plan: _Plan, paths: list[Path], rate: int) -> list[Path]:
+    """One file per dialogue line (its parts joined with no pause): the pause then falls
+    between speakers only, not inside a line that took several requests."""
+    assert plan.tmp is not None
+    out: list[Path] = []
+    index = 0
+    while index < len(paths):
+        line = plan.parts[index].line
+        end = index
+        while end < len(paths) and plan.parts[end].line == line:
+            end += 1
+        if end - index == 1:
+            out.append(paths[index])
+        else:
+            joined = plan.tmp / f"line-{line}.{plan.fmt}"
+            join_files(paths[index:end], plan.fmt, joined, pause_ms=0, pcm_rate=rate)
+            out.append(joined)
+        index = end
+    return out
 
 
 def _drop_part_files(client: _BaseClient, plan: _Plan) -> None:

@@ -115,6 +115,21 @@ def test_a_long_line_is_split_and_its_parts_keep_the_line(kind: str, api: FakeAI
     ]
 
 
+def test_the_pause_falls_between_lines_not_inside_a_split_line(api: FakeAIMLAPI) -> None:
+    long_line = " ".join(f"Sentence {i} of the long answer." for i in range(40))
+    lines = [
+        {"voice": "Ava Song", "text": "Question?"},
+        {"voice": "Vince Douglas", "text": long_line},
+    ]
+    speech = dialogue("sync", options(api, chunk_chars=300), lines, pause_ms=500)
+    assert speech.parts is not None and len(speech.parts) > 3
+    counts = [wav_frames(api._files[urlsplit(p.audio_url).path]) for p in speech.parts]
+    rate = counts[0][1]
+    joined = Path(url2pathname(urlsplit(speech.audio_url).path)).read_bytes()
+    # One pause: between the two speakers, none between the parts of line 2.
+    assert wav_frames(joined) == (sum(n for n, _ in counts) + rate * 500 // 1000, rate)
+
+
 def test_unknown_voice_names_the_line_and_the_fix_before_any_request(api: FakeAIMLAPI) -> None:
     lines = [*LINES[:2], {"voice": "Ava Sung", "text": "Hi."}]
     with pytest.raises(InvalidInputError) as caught:
