@@ -470,7 +470,7 @@ class OctaveClient(_BaseClient):
         with those keys. Every line is checked (voice, text, model) before anything is
         sent; an error names the line ("line 3: unknown voice ..."). Long lines are split
         like long text; ``pause_ms`` of silence (default: the ``pause_ms`` setting, else
-        400) goes between parts. Budget, cache, parts and progress as in ``synthesize``.
+        400) goes between lines. Budget, cache, parts and progress as in ``synthesize``.
         """
         from . import _longform
 
