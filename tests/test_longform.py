@@ -524,3 +524,19 @@ def test_an_async_progress_callback_is_awaited_and_its_error_ends_the_call(
     asyncio.run(go())
     assert seen == [(0, 5), (1, 5), (2, 5)]
     assert len(api.tts_requests) <= 3  # the parts after the error were not sent
+
+
+@KINDS
+def test_a_remembered_part_whose_audio_is_gone_is_requested_again(
+    kind: str, api: LatencyFake
+) -> None:
+    text = text_of(20_000)
+    opts = options(api, max_concurrency=1, max_credits=10_000_000)
+    api.inject(Fault(), times=2)
+    api.fail(400, message="no")
+    with pytest.raises(BadRequestError):
+        call(kind, opts, "synthesize", text)
+    api.reset()  # the fake forgets its files: the paid parts' URLs now answer 404
+    speech = call(kind, opts, "synthesize", text)
+    assert speech.parts is not None and not any(p.cached for p in speech.parts)
+    assert len(api.tts_requests) == 5
