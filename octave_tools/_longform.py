@@ -855,6 +855,7 @@ def _with_message(exc: OctaveError, message: str, paid: tuple[int, ...]) -> Octa
     new.message = message
     new.args = (message,)
     new.paid_parts = paid  # type: ignore[attr-defined]
+    new.__cause__ = exc
     return new
 
 
