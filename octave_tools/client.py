@@ -675,7 +675,7 @@ class AsyncOctaveClient(_BaseClient):
         # Budget reads touch the ledger (a file or a server): keep them off the event loop.
         if not spend.needs_budget_check:
             held = NO_HOLD
-        elif spend.reserve_needs_io():
+        elif spend.reserve_needs_io(job.model):
             held = await _in_thread(
                 lambda: spend.reserve(job.model, job.characters), undo=spend.release
             )
