@@ -33,6 +33,7 @@ split -> plan -> reserve -> synthesize parts -> fetch -> join -> one ``Speech``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from . import _protocol as proto
+from ._calltime import call_deadline
 from ._files import AudioFetcher, _url2pathname, new_audio_path
 from ._join import check_joinable, join_files
 from ._settings import ENV_MAX_TEXT_CHARS, MAX_PAUSE_MS
@@ -571,7 +573,10 @@ def _execute(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | 
     try:
         if on_progress is not None:
             on_progress(0, total)
-        futures = {pool.submit(_work, client, plan, part, slots): part for part in plan.parts}
+        futures = {  # each in a copy of this context: the call's deadline goes along
+            pool.submit(contextvars.copy_context().run, _work, client, plan, part, slots): part
+            for part in plan.parts
+        }
         done = 0
         for future in concurrent.futures.as_completed(futures):
             if futures[future].state == "done":
@@ -628,10 +633,14 @@ def synthesize_dialogue(
 
 
 def _run_sync(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | None) -> Speech:
-    _look_up(client, plan)
-    _reserve(client, plan)
+    # The store's operations run under a call's deadline: one timeout for the look-ups and
+    # the reservation, then the whole call's (see _reserve) for the parts.
+    with call_deadline(client.settings.timeout):
+        _look_up(client, plan)
+        _reserve(client, plan)
     try:
-        return _execute(client, plan, on_progress)
+        with call_deadline(plan.budget_seconds):
+            return _execute(client, plan, on_progress)
     finally:
         _release_rest(client, plan)
 
@@ -784,13 +793,15 @@ async def _run_async(
 ) -> Speech:
     import anyio
 
-    await anyio.to_thread.run_sync(_look_up, client, plan)
+    with call_deadline(client.settings.timeout):  # worker threads get a copy of it
+        await anyio.to_thread.run_sync(_look_up, client, plan)
     try:
         # Shielded (a short store write): a cancel now lands after it, and the finally
         # below gives the reservation back.
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), call_deadline(client.settings.timeout):
             await anyio.to_thread.run_sync(_reserve, client, plan)
-        return await _aexecute(client, plan, on_progress)
+        with call_deadline(plan.budget_seconds):
+            return await _aexecute(client, plan, on_progress)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_release_rest, client, plan)
