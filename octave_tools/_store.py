@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger("octave_tools")
 
-GroupBy = Literal["day", "model", "voice", "engine"]
+GroupBy = Literal["day", "model", "voice", "engine", "job"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
 # How long one statement waits for another connection's lock before it gives up
@@ -225,6 +225,7 @@ def usage_rows(
             "model": e.model,
             "voice": e.voice or "(default)",
             "engine": e.engine,
+            "job": e.job_id or "",
         }[by]
         acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
         values = (
@@ -351,6 +352,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "job": "coalesce(job_id, '')",
 }
 
 

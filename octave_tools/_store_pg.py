@@ -155,6 +155,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "job": "coalesce(job_id, '')",
 }
 
 # One ledger row and, when it was paid, its minute total (see below), in one statement:
