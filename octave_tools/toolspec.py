@@ -346,8 +346,9 @@ def usage_spec() -> ToolSpec:
             ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
             ArgSpec(
                 "by",
-                "How to group the figures: day, model, voice or engine. Default day.",
-                choices=("day", "model", "voice", "engine"),
+                "How to group the figures: day, model, voice, engine, or job (a long text or "
+                "dialogue counted as one call, whatever its parts). Default day.",
+                choices=("day", "model", "voice", "engine", "job"),
             ),
         ),
     )
@@ -416,7 +417,7 @@ def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
         formats = tuple(dict.fromkeys((*formats, *more)))
     default_format = settings.format or spec.default_format
     return SpeechOptions(
-        voices, formats, default_format, spec.max_text_chars, speed, models, speed_models
+        voices, formats, default_format, spec.text_limit, speed, models, speed_models
     )
 
 
