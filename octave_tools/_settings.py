@@ -19,8 +19,8 @@ from typing_extensions import Unpack
 
 from ._redact import register_secret, shown, url_secrets
 from .catalogue import ALL_FORMATS
-from .errors import ConfigurationError
-from .voices import DEFAULT_MODEL, normalise_format
+from .errors import ConfigurationError, InvalidInputError
+from .voices import DEFAULT_MODEL, normalise_format, resolve_voice
 
 EngineChoice = Literal["auto", "aimlapi", "local"]
 ENGINE_CHOICES: tuple[EngineChoice, ...] = ("auto", "aimlapi", "local")
@@ -47,6 +47,8 @@ ENV_MAX_CONCURRENCY = ("OCTAVE_TOOLS_MAX_CONCURRENCY",)
 ENV_PAUSE_MS = ("OCTAVE_TOOLS_PAUSE_MS",)
 ENV_MAX_TEXT_CHARS = ("OCTAVE_TOOLS_MAX_TEXT_CHARS",)
 ENV_PART_TTL = ("OCTAVE_TOOLS_PART_TTL",)
+ENV_FALLBACK = ("OCTAVE_TOOLS_FALLBACK",)
+ENV_FALLBACK_COOLDOWN = ("OCTAVE_TOOLS_FALLBACK_COOLDOWN",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -55,6 +57,8 @@ DEFAULT_TIMEOUT = 60.0
 # Past about 1e9 s the socket layer overflows; no call is worth waiting a day for.
 MAX_TIMEOUT = 86_400.0
 DEFAULT_MAX_RETRIES = 2
+DEFAULT_FALLBACK_COOLDOWN = 60.0
+LOCAL_FALLBACK = "local"
 MAX_RETRIES_LIMIT = 10
 DEFAULT_MAX_CONCURRENCY = 4
 MAX_CONCURRENCY_LIMIT = 64
@@ -120,6 +124,8 @@ class SettingsOptions(TypedDict, total=False):
     pause_ms: int | None
     max_text_chars: int | None
     part_ttl: float | None
+    fallback: str | Sequence[str] | None
+    fallback_cooldown: float | None
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,11 @@ class Settings:
     """The longest text (or dialogue, all lines) one call takes."""
     part_ttl: float = DEFAULT_PART_TTL
     """Seconds a paid part is remembered so a repeated call does not pay for it again."""
+    fallback: tuple[tuple[str, str | None], ...] = ()
+    """Models tried in order when a call fails for a reason another model could fix:
+    (model id or ``"local"``, the voice to use there or None for its default)."""
+    fallback_cooldown: float = DEFAULT_FALLBACK_COOLDOWN
+    """Seconds a model that failed twice in a row is skipped for (0: never skipped)."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -274,6 +285,55 @@ def _parse_models(raw: str | None, source: str) -> tuple[str, ...]:
                 f"or all; got {shown(model)}."
             )
     return ids
+
+
+def _parse_fallback(raw: str | None, source: str) -> tuple[tuple[str, str | None], ...]:
+    """``model[=voice],...`` (``local`` allowed, last): every model must be catalogued."""
+    if raw is None or not raw.strip():
+        return ()
+    from .catalogue import MODELS
+
+    chain: list[tuple[str, str | None]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        model, sep, voice = (x.strip() for x in item.partition("="))
+        if model.lower() == LOCAL_FALLBACK:
+            model = LOCAL_FALLBACK
+        elif model not in MODELS:
+            close = difflib.get_close_matches(model, list(MODELS), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"{source} names an unknown model {shown(model)}.{hint} Use model ids from "
+                "`octave-tools models` (or local), separated by commas, e.g. "
+                "openai/tts-1=nova,local."
+            )
+        if sep and not voice:
+            raise ConfigurationError(
+                f"{source}: {model}= needs a voice after '=' (or leave '=' out for the "
+                "model's default voice)."
+            )
+        if model == LOCAL_FALLBACK and voice:
+            raise ConfigurationError(
+                f"{source}: the local engine takes no voice here; write just local."
+            )
+        canonical: str | None = None
+        if voice:
+            try:
+                canonical = resolve_voice(voice, model)
+            except InvalidInputError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        if any(m == model for m, _ in chain):
+            raise ConfigurationError(f"{source} names {model} twice; name each model once.")
+        chain.append((model, canonical))
+    if any(m == LOCAL_FALLBACK for m, _ in chain[:-1]):
+        raise ConfigurationError(f"{source}: local can only be the last resort; put it last.")
+    return tuple(chain)
+
+
+def _parse_cooldown(raw: str | None, source: str) -> float:
+    value = _parse_amount(raw, source, allow_zero=True)
+    return DEFAULT_FALLBACK_COOLDOWN if value is None else value
 
 
 def _parse_url(raw: str | None, source: str) -> str | None:
@@ -487,6 +547,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("part_ttl", ENV_PART_TTL, f"`{DEFAULT_PART_TTL:g}` (a day)",
             "Seconds a paid part of a long call is remembered, so the same call again (after a "
             "failure) pays only for the parts not yet paid; 0 turns it off.", _parse_part_ttl),
+    Setting("fallback", ENV_FALLBACK, "none",
+            "Models tried in order when a call fails for a reason another model could fix "
+            "(5xx, timeout, 404, 429 after retries): `model[=voice],...`, `local` last "
+            "allowed.", _parse_fallback),
+    Setting("fallback_cooldown", ENV_FALLBACK_COOLDOWN, f"`{DEFAULT_FALLBACK_COOLDOWN:g}`",
+            "Seconds a model that failed twice in a row is skipped in favour of the fallback "
+            "(`0`: never skipped).", _parse_cooldown),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "DialogueLine",
     "Engine",
+    "FallbackStep",
     "Speech",
     "SpeechPart",
     "UsageGroup",
@@ -18,6 +19,21 @@ __all__ = [
 ]
 
 Engine = Literal["aimlapi", "local"]
+
+
+def _unset(value: object) -> bool:
+    """Fields that only some calls have are left out of the record when unset, so a plain
+    call's record (and every face's result) is what it always was."""
+    return value is None
+
+
+class FallbackStep(BaseModel):
+    """A model that did not speak for a call, and why another one did."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    model: str = Field(description="The model that was tried or skipped.")
+    reason: str = Field(description="Why it did not speak (e.g. '503 from the API').")
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,12 @@ class Speech(BaseModel):
         description="Long text and dialogue: the id shared by the parts' ledger rows and "
         "request ids (None for one request).",
     )
+    fallback_from: tuple[FallbackStep, ...] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Models tried before the one that spoke, and why each did not "
+        "(None when the first choice spoke).",
+    )
 
     def summary(self) -> str:
         """One short sentence with the URL, for an LLM or a person to read."""
@@ -106,6 +128,9 @@ class Speech(BaseModel):
             reused = sum(1 for p in self.parts if p.cached)
             joined = f"{len(self.parts)} parts joined into one file"
             details.append(joined + (f", {reused} reused at no charge" if reused else ""))
+        if self.fallback_from:
+            tried = "; ".join(f"{step.model}: {step.reason}" for step in self.fallback_from)
+            details.append(f"fallback after {tried}")
         where = (
             "offline with the local engine (not Octave)" if self.engine == "local" else self.model
         )
