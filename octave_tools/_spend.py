@@ -731,6 +731,37 @@ class Spend:
             and (cache_key is None or self.cache_ttl <= 0)
         )
 
+    def record_fallback(
+        self,
+        model: str,
+        voice: str | None,
+        fmt: str,
+        characters: int,
+        text: str,
+        request_id: str | None,
+    ) -> None:
+        """Keep a failed attempt of a fallback chain in the ledger (nothing billed: its
+        hold was given back), beside the row of the model that then spoke."""
+        store = self.store
+        if store is None:
+            return
+        store.add(
+            LedgerEntry(
+                ts=self._clock(),
+                engine="aimlapi",
+                model=model,
+                voice=voice,
+                format=fmt,
+                characters=characters,
+                credits=0.0,
+                usd=None,
+                request_id=request_id,
+                text_sha256=text_digest(text),
+                cached=False,
+                outcome="fallback",
+            )
+        )
+
     def settle(
         self,
         speech: Speech,

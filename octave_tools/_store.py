@@ -102,6 +102,8 @@ class LedgerEntry:
     """Shared by the parts of one long-form or dialogue call."""
     key_name: str | None = None
     """The client key the call was made with (None: the operator)."""
+    outcome: str = "ok"
+    """``ok``; ``fallback``: this model failed and the next model of the chain was tried."""
 
     def row(self) -> tuple[object, ...]:
         """The values for LEDGER_COLUMNS, in that order."""
@@ -121,13 +123,14 @@ class LedgerEntry:
             self.estimated,
             self.job_id,
             self.key_name,
+            self.outcome,
         )
 
 
 # The ledger's columns as every write names them (the v1 ones, then the v2 additions).
 LEDGER_COLUMNS = (
     "ts, engine, model, voice, format, characters, credits, usd, request_id, text_sha256, "
-    "cached, entry_id, estimated, job_id, key_name"
+    "cached, entry_id, estimated, job_id, key_name, outcome"
 )
 
 
@@ -308,11 +311,12 @@ _V2_COLUMNS = (
     ("estimated", "INTEGER NOT NULL DEFAULT 0"),
     ("job_id", "TEXT"),
     ("key_name", "TEXT"),
+    ("outcome", "TEXT NOT NULL DEFAULT 'ok'"),
 )
 _V2_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_entry_id ON calls (entry_id)"
 _INSERT_CALL = (
     f"INSERT OR IGNORE INTO calls ({LEDGER_COLUMNS}) "  # noqa: S608 - constants only
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 

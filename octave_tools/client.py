@@ -430,7 +430,30 @@ class _BaseClient:
         keep_speed = speed if spec is not None and spec.speed is not None else None
         return route.voice, keep_fmt, route.model, keep_speed
 
-    def _fallback_step(self, route: _Route, exc: OctaveError, tried: _Tried, last: bool) -> None:
+    def _record_attempt(self, route: _Route, exc: OctaveError, job: _Job | None) -> None:
+        """The ledger keeps the attempt that failed, beside the one that then spoke."""
+        if job is None or job.call is None:
+            return
+        try:
+            self._spend.record_fallback(
+                job.model,
+                job.call.voice,
+                job.call.format,
+                job.characters,
+                job.text,
+                getattr(exc, "request_id", None),
+            )
+        except OctaveError:  # the record is a courtesy: it never fails the call
+            logger.debug("octave-tools: a failed attempt was not recorded", exc_info=True)
+
+    def _fallback_step(
+        self,
+        route: _Route,
+        exc: OctaveError,
+        tried: _Tried,
+        last: bool,
+        job: _Job | None = None,
+    ) -> None:
         """Note why ``route`` did not speak; raise when the chain ends here.
 
         The asked model's invalid input, auth and budget errors end the call as they are:
@@ -441,6 +464,7 @@ class _BaseClient:
         reason = fallback_reason(exc)
         if reason is not None:
             self._cooldowns.failed(route.model)
+            self._record_attempt(route, exc, job)
         elif route.first:
             raise exc
         else:
@@ -581,11 +605,13 @@ class OctaveClient(_BaseClient):
             last = index == len(chain) - 1
             if not last and self._skip_cooling(route, tried):
                 continue
+            job = None
             try:
                 args = self._attempt_args(route, voice, fmt, speed)
-                speech = self._synthesize(self._plan(text, *args, route=route))
+                job = self._plan(text, *args, route=route)
+                speech = self._synthesize(job)
             except OctaveError as exc:
-                self._fallback_step(route, exc, tried, last)
+                self._fallback_step(route, exc, tried, last, job)
                 continue
             self._cooldowns.succeeded(route.model)
             return _spoken(speech, tried)
@@ -836,11 +862,13 @@ class AsyncOctaveClient(_BaseClient):
             # The failure record may live in the store: read and written off the loop.
             if not last and await asyncio.to_thread(self._skip_cooling, route, tried):
                 continue
+            job = None
             try:
                 args = self._attempt_args(route, voice, fmt, speed)
-                speech = await self._synthesize(self._plan(text, *args, route=route))
+                job = self._plan(text, *args, route=route)
+                speech = await self._synthesize(job)
             except OctaveError as exc:
-                await asyncio.to_thread(self._fallback_step, route, exc, tried, last)
+                await asyncio.to_thread(self._fallback_step, route, exc, tried, last, job)
                 continue
             await asyncio.to_thread(self._cooldowns.succeeded, route.model)
             return _spoken(speech, tried)

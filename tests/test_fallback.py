@@ -235,6 +235,33 @@ def test_the_first_choice_speaking_leaves_the_result_as_it_always_was(
     assert "fallback" not in speech.summary()
 
 
+def test_the_ledger_keeps_both_attempts_and_bills_only_the_one_that_spoke(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Any
+) -> None:
+    import sqlite3
+
+    fake_aimlapi.outage(OCTAVE)
+    options = api_options(fake_aimlapi, fallback=OPENAI, data_dir=str(tmp_path / "data"))
+    with OctaveClient(**options) as client:
+        speech = client.synthesize("Hello there.")
+        client._spend.store.flush()  # type: ignore[union-attr]
+    rows = (
+        sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
+        .execute("SELECT model, credits, outcome, text_sha256 FROM calls ORDER BY id")
+        .fetchall()
+    )
+    assert [(m, c, o) for m, c, o, _ in rows] == [
+        (OCTAVE, 0.0, "fallback"),
+        (OPENAI, speech.credits_used, "ok"),
+    ]
+    assert rows[0][3] == rows[1][3]  # the same text: one call, two attempts
+    report = client.usage_report("1h", "model")
+    assert {g.key: g.credits for g in report.groups} == {
+        OPENAI: speech.credits_used,
+        OCTAVE: 0.0,
+    }
+
+
 # ---------------------------------------------------------------- the cool-down
 
 
