@@ -33,6 +33,7 @@ __all__ = [
     "explain_arguments",
     "instructions",
     "list_voices_spec",
+    "max_text_chars",
     "speech_options",
     "text_to_dialogue_spec",
     "text_to_speech_spec",
@@ -508,7 +509,7 @@ class ToolSet:
         return self.options.voices
 
 
-def _max_text_chars(settings: Settings) -> int:
+def max_text_chars(settings: Settings) -> int:
     """The ``max_text_chars`` setting: what one call (text or dialogue) takes in all."""
     value = getattr(settings, "max_text_chars", None)
     return int(value) if value else DEFAULT_MAX_TEXT_CHARS
@@ -518,7 +519,7 @@ def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
     """What ``client`` offers under its settings and engine (no key, no I/O)."""
     settings = client.settings
     voices = client.voices()
-    most = _max_text_chars(settings)
+    most = max_text_chars(settings)
     if client.active_engine() == "local":
         return SpeechOptions(
             voices,
