@@ -182,7 +182,9 @@ def explain_arguments(spec: ToolSpec, errors: Sequence[Mapping[str, Any]]) -> st
 
     ``errors`` are pydantic's, from validating against ``spec.arguments_model()``.
     """
-    unknown = [str(e["loc"][0]) for e in errors if e.get("type") == "extra_forbidden" and e["loc"]]
+    unknown = [
+        str(e["loc"][0]) for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 1
+    ]
     if unknown:
         noun = "argument" if len(unknown) == 1 else "arguments"
         names = ", ".join(repr(name) for name in unknown)
@@ -190,11 +192,28 @@ def explain_arguments(spec: ToolSpec, errors: Sequence[Mapping[str, Any]]) -> st
         return f"unknown {noun} {names}; {spec.name} {takes}."
     problems = []
     for item in errors:
-        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        where = _where(tuple(item["loc"]))
         cause = dict(item.get("ctx") or {}).get("error")
         problem = str(cause) if isinstance(cause, Exception) else str(item["msg"])
+        if item.get("type") == "extra_forbidden" and item["loc"]:
+            # A field inside an item (a dialogue line): name the fields an item has.
+            name = str(item["loc"][0])
+            fields = ", ".join(arg.name for arg in spec.arg(name).items)
+            problem = f"unknown field; each {_singular(name)} takes only: {fields}"
         problems.append(f"{where}: {problem.rstrip('.')}")
     return f"invalid arguments: {'; '.join(problems)}. Correct them and call the tool again."
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location in words: ``("lines", 2, "voice")`` is "line 3 voice"."""
+    if len(loc) >= 2 and isinstance(loc[1], int):
+        head = f"{_singular(str(loc[0]))} {loc[1] + 1}"
+        return " ".join((head, *(str(part) for part in loc[2:])))
+    return ".".join(str(part) for part in loc) or "arguments"
+
+
+def _singular(name: str) -> str:
+    return name[:-1] if name.endswith("s") else name
 
 
 def _camel(name: str) -> str:
