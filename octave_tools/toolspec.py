@@ -183,7 +183,9 @@ def explain_arguments(spec: ToolSpec, errors: Sequence[Mapping[str, Any]]) -> st
     ``errors`` are pydantic's, from validating against ``spec.arguments_model()``.
     """
     unknown = [
-        str(e["loc"][0]) for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 1
+        str(e["loc"][0])
+        for e in errors
+        if e.get("type") == "extra_forbidden" and len(e["loc"]) == 1
     ]
     if unknown:
         noun = "argument" if len(unknown) == 1 else "arguments"
