@@ -46,6 +46,8 @@ RATE_REFRESH = 60.0
 # A reservation on a shared store outlives the call it holds by this much; a process that
 # dies mid-call frees the budget after that (its call is then counted at the estimate).
 LEASE_MARGIN = 60.0
+# Paid parts of long calls share the cache table under keys of their own.
+_PAID_PREFIX = "paid-part:"
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class Spend:
         self._client_spent = 0.0
         self._reserved = 0.0
         self._local_entries: list[LedgerEntry] = []  # when the ledger is off
+        self._paid: dict[str, tuple[float, str]] = {}  # paid parts, when the ledger is off
         self._store: Store | None = None
         self._store_opened = False
         self._open_lock = threading.Lock()
@@ -247,6 +250,57 @@ class Spend:
         except OSError:
             return False
 
+    # ------------------------------------------------------------ paid parts
+
+    @property
+    def remembers_parts(self) -> bool:
+        """Whether paid parts of long calls are remembered (cache on, or ``part_ttl`` > 0)."""
+        return self.cache_ttl > 0 or self._settings.part_ttl > 0
+
+    def remembered_part(self, key: str) -> Speech | None:
+        """A part paid within the cache window or ``part_ttl``, marked cached and free.
+
+        With the cache on, that is the cache; else a "paid parts" memory under its own
+        keys in the store (in this process when the ledger is off). Vetted like a cache hit.
+        """
+        if self.cache_ttl > 0:
+            hit = self.cached(key)
+            if hit is not None or self._settings.part_ttl <= 0:
+                return hit
+        if self._settings.part_ttl <= 0:
+            return None
+        now = self._clock()
+        store = self.store
+        value: str | None
+        if store is not None:
+            value = store.cache_get(_PAID_PREFIX + key, now)
+        else:
+            with self._lock:
+                expires, value = self._paid.get(key, (0.0, None))
+            if expires <= now:
+                value = None
+        if value is None:
+            return None
+        try:
+            earlier = Speech.model_validate_json(value)
+        except ValueError:
+            return None
+        return reused(earlier) if self._safe_cached_url(earlier.audio_url) else None
+
+    def remember_part(self, key: str, speech: Speech) -> None:
+        """Remember a paid part for ``part_ttl`` (the cache, if on, has it already)."""
+        ttl = self._settings.part_ttl
+        if ttl <= 0 or speech.cached:
+            return
+        value = speech.model_dump_json()
+        expires = self._clock() + ttl
+        store = self.store
+        if store is not None:
+            store.cache_put(_PAID_PREFIX + key, value, expires)
+        else:
+            with self._lock:
+                self._paid[key] = (expires, value)
+
     @property
     def coalesces_across_processes(self) -> bool:
         """Whether identical calls are coalesced across replicas (a Redis cache)."""
@@ -316,7 +370,12 @@ class Spend:
         """Hold the estimated cost of a call, or raise BudgetExceededError."""
         if not self.needs_budget_check:
             return NO_HOLD
-        estimate = self.estimate(model, characters)
+        return self.reserve_estimate(self.estimate(model, characters))
+
+    def reserve_estimate(self, estimate: float) -> Hold:
+        """Hold ``estimate`` credits (a whole long-form job at once), or raise."""
+        if not self.needs_budget_check:
+            return NO_HOLD
         now = self._clock()
         with self._lock:
             if self.client_limit is not None:
