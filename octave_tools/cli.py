@@ -36,7 +36,6 @@ from . import (
 )
 from ._script import Script, parse_cast, parse_script
 from .catalogue import ALL_FORMATS, models_table
-from .toolspec import max_text_chars
 
 __all__ = ["main"]
 
@@ -414,7 +413,7 @@ def _say(args: argparse.Namespace) -> int:
     saved: Path | None = None
     failure: tuple[str, int] | None = None
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
-        what = _read_input(args, max_text_chars(client.settings))
+        what = _read_input(args, client.settings.max_text_chars)
         if out is not None:
             _check_out(out)  # before the paid call, so a bad path never wastes one
         speech = _speak(client, what, args, fmt)

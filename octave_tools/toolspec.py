@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
+from ._settings import DEFAULT_MAX_TEXT_CHARS
 from .catalogue import MODELS
 from .models import VoiceList
 from .voices import DEFAULT_FORMAT, FORMATS, MAX_TEXT_CHARS
 
 if TYPE_CHECKING:
-    from ._settings import Settings
     from .client import AsyncOctaveClient, OctaveClient
-
-# The documented default of the ``max_text_chars`` setting: what one call takes in all.
-DEFAULT_MAX_TEXT_CHARS = 200_000
 
 __all__ = [
     "ArgSpec",
@@ -33,7 +30,6 @@ __all__ = [
     "explain_arguments",
     "instructions",
     "list_voices_spec",
-    "max_text_chars",
     "speech_options",
     "text_to_dialogue_spec",
     "text_to_speech_spec",
@@ -530,17 +526,11 @@ class ToolSet:
         return self.options.voices
 
 
-def max_text_chars(settings: Settings) -> int:
-    """The ``max_text_chars`` setting: what one call (text or dialogue) takes in all."""
-    value = getattr(settings, "max_text_chars", None)
-    return int(value) if value else DEFAULT_MAX_TEXT_CHARS
-
-
 def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
     """What ``client`` offers under its settings and engine (no key, no I/O)."""
     settings = client.settings
     voices = client.voices()
-    most = max_text_chars(settings)
+    most = settings.max_text_chars
     if client.active_engine() == "local":
         return SpeechOptions(
             voices,
