@@ -171,12 +171,14 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _READ_CHUNK = 1 << 16
+_SCRIPT_SLACK = 1 << 20
 
 
-def _read_bounded(stream: BinaryIO, name: str, limit: int) -> str:
+def _read_bounded(stream: BinaryIO, name: str, limit: int, slack: int = 0) -> str:
     """UTF-8 text from ``stream``, refused once it holds more than ``limit`` characters'
-    worth of bytes (so a stream that never ends, `yes |`, is never buffered whole)."""
-    most = 4 * (limit + 1)  # bytes: enough for limit + 1 characters of UTF-8
+    worth of bytes plus ``slack`` (so a stream that never ends, `yes |`, is never
+    buffered whole)."""
+    most = 4 * (limit + 1) + slack  # bytes: enough for limit + 1 characters of UTF-8
     chunks: list[bytes] = []
     size = 0
     while size < most:
@@ -200,13 +202,13 @@ def _read_bounded(stream: BinaryIO, name: str, limit: int) -> str:
         ) from None
 
 
-def _read_source(path: str, limit: int) -> str:
+def _read_source(path: str, limit: int, slack: int = 0) -> str:
     """The text of ``path``, or of stdin for '-'."""
     if path == "-":
-        return _read_bounded(sys.stdin.buffer, "stdin", limit)
+        return _read_bounded(sys.stdin.buffer, "stdin", limit, slack)
     try:
         with open(path, "rb") as stream:
-            return _read_bounded(stream, path, limit)
+            return _read_bounded(stream, path, limit, slack)
     except FileNotFoundError:
         raise InvalidInputError(
             f"{path!r} does not exist; give the path of a text file.", field="file"
@@ -372,7 +374,9 @@ def _read_input(args: argparse.Namespace, limit: int) -> str | Script:
     """What `say` speaks: TEXT, the text of --file, or the --script (cast checked)."""
     if args.script is not None:
         source = "stdin" if args.script == "-" else args.script
-        script = parse_script(_read_source(args.script, limit), source=source)
+        # Room for what is not spoken: speakers, front matter, comments (the core counts
+        # the spoken characters against the limit).
+        script = parse_script(_read_source(args.script, limit, _SCRIPT_SLACK), source=source)
         script.dialogue(parse_cast(args.cast or ()))  # every speaker has a voice
         return script
     path = args.file if args.file is not None else args.text if args.text == "-" else None

@@ -6,6 +6,7 @@ A tiny ``chunk_chars`` makes three short sentences three parts, so the tests sta
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -23,6 +24,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolCall
 from mcp import Client
 
+from octave_tools.cli import _ProgressBar
 from octave_tools.langchain import (
     PROGRESS_EVENT,
     OctaveDialogueTool,
@@ -387,6 +389,36 @@ def test_say_draws_a_progress_bar_when_stderr_is_a_terminal(fake_aimlapi: FakeAI
     assert local_file(url).is_file()
     screen = drawn.decode("utf-8", "replace")
     assert "Speaking" in screen and "3/3" in screen and "parts" in screen
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_without_rich_the_bar_is_a_plain_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("rich", "rich.console", "rich.progress"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    screen = Terminal()
+    bar = _ProgressBar(screen)
+
+    bar(1, 3)
+    bar(3, 3)
+    bar.close()
+
+    assert screen.getvalue() == "\rSpeaking: 1 of 3 parts\rSpeaking: 3 of 3 parts\n"
+
+
+@pytest.mark.parametrize(("stream", "total"), [(io.StringIO(), 3), (Terminal(), 1)])
+def test_the_bar_stays_quiet_off_a_terminal_and_for_one_part(
+    stream: io.StringIO, total: int
+) -> None:
+    bar = _ProgressBar(stream)
+
+    bar(1, total)
+    bar.close()
+
+    assert stream.getvalue() == ""
 
 
 def test_the_bar_is_rich_s_and_the_cli_does_not_need_it_to_import() -> None:
