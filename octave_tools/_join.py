@@ -379,7 +379,9 @@ def _skip_tag(reader: _Reader) -> bool:
     if head[:8] == b"APETAGEX" and len(head) >= 32:
         size = struct.unpack("<I", head[12:16])[0]  # the items and the footer
         is_header = struct.unpack("<I", head[20:24])[0] & 0x20000000
-        reader.skip(size + (32 if is_header else 0))
+        # From a header: it, the items and the footer. A footer alone: its items were
+        # already passed over as bytes that are not frames.
+        reader.skip(32 + size if is_header else 32)
         return True
     if head[:3] == b"TAG":
         reader.skip(128)

@@ -21,9 +21,9 @@ split -> plan -> reserve -> synthesize parts -> fetch -> join -> one ``Speech``.
 - *Deadline*: the whole call gets ``timeout x ceil(parts to send / max_concurrency)``
   seconds; each part also keeps its own ``timeout``.
 - *Fetch and join*: each part's audio goes to a temp folder (the vetted
-  ``_files.fetch_audio``), then ``_join.join_files`` streams them into one new file in
-  the output folder, written atomically: a file:// URL, which the HTTP server publishes
-  at ``/audio/<name>`` like the local engine's clips.
+  ``_files.AudioFetcher``, one HTTP client for the job), then ``_join.join_files``
+  streams them into one new file in the output folder, written atomically: a file://
+  URL, which the HTTP server publishes at ``/audio/<name>`` like the local engine's clips.
 - *Failure*: a part that fails for good stops the parts not yet sent; the error (same
   class as the part's) says which parts were paid, and as those are remembered the
   same call again pays only for the rest. Cancellation (a task cancel, Ctrl-C) stops
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from . import _protocol as proto
-from ._files import _url2pathname, fetch_audio, new_audio_path
+from ._files import AudioFetcher, _url2pathname, new_audio_path
 from ._join import check_joinable, join_files
 from ._settings import ENV_MAX_TEXT_CHARS, MAX_PAUSE_MS
 from ._spend import NO_HOLD, Hold
@@ -60,6 +60,8 @@ from .errors import APIError, APITimeoutError, InvalidInputError, OctaveError
 from .models import DialogueLine, Speech, SpeechPart
 
 if TYPE_CHECKING:
+    import anyio
+
     from .client import AsyncOctaveClient, OctaveClient, ProgressCallback, _BaseClient, _Job
 
 __all__ = ["asynthesize_dialogue", "asynthesize_text", "synthesize_dialogue", "synthesize_text"]
@@ -105,6 +107,7 @@ class _Plan:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     tmp: Path | None = None
+    fetcher: AudioFetcher | None = None
     released: bool = False
 
 
@@ -230,6 +233,23 @@ def stitches(model: str) -> bool:
     entry = _schemas().get(model) or {}
     properties = entry.get("request_schema", {}).get("properties", {})
     return "previous_text" in properties and "next_text" in properties
+
+
+def pcm_rate(model: str) -> int:
+    """Samples a second of ``model``'s raw PCM as we ask for it: its documented default
+    ``sample_rate`` (MiniMax: 32,000), else 24,000 (OpenAI, ElevenLabs ``pcm_24000``)."""
+    entry = _schemas().get(model) or {}
+    pending = [entry.get("request_schema", {})]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            rate = node.get("properties", {}).get("sample_rate")
+            if isinstance(rate, dict) and str(rate.get("default", "")).isdigit():
+                return int(rate["default"])
+            pending += [v for v in node.values() if isinstance(v, (dict, list))]
+        elif isinstance(node, list):
+            pending += node
+    return 24_000
 
 
 def _bounded(text: str, *, tail: bool) -> str:
@@ -358,29 +378,41 @@ def _reserve(client: _BaseClient, plan: _Plan) -> None:
 
 def _release_rest(client: _BaseClient, plan: _Plan) -> None:
     """Give back the shares of parts never started, and the shared reservation (once)."""
-    spend = client._spend
+    for part in plan.parts:
+        _skip(client, plan, part)
     with plan.lock:
-        never = [p for p in plan.parts if p.state == "pending"]
-        for part in never:
-            part.state = "skipped"
         release_whole = not plan.released
         plan.released = True
-    for part in never:
-        spend.release(part.hold)
     if release_whole and plan.hold.reservation is not None:
-        spend.release(Hold(0.0, plan.hold.reservation))
+        client._spend.release(Hold(0.0, plan.hold.reservation))
 
 
-def _start(plan: _Plan, part: _Part) -> bool:
-    """Mark ``part`` running, unless the job stopped; a skipped part gives its share back."""
+def _skip(client: _BaseClient, plan: _Plan, part: _Part) -> None:
+    """A part not yet started will not be: its share of the reservation goes back (once)."""
     with plan.lock:
         if part.state != "pending":
-            return False
-        if plan.stop.is_set():
-            part.state = "skipped"
-            return False
-        part.state = "running"
-        return True
+            return
+        part.state = "skipped"
+        hold, part.hold = part.hold, NO_HOLD
+    client._spend.release(hold)
+
+
+def _start(client: _BaseClient, plan: _Plan, part: _Part) -> bool:
+    """Mark ``part`` running, unless the job stopped (then it is skipped)."""
+    with plan.lock:
+        if part.state == "pending" and not plan.stop.is_set():
+            part.state = "running"
+            return True
+    _skip(client, plan, part)
+    return False
+
+
+def _reuse_failed(client: _BaseClient, part: _Part) -> None:
+    """A remembered part whose audio is gone (an expired URL): it is made again."""
+    spend = client._spend
+    part.remembered = None
+    part.estimate = spend.estimate(part.job.model, part.job.characters)
+    part.hold = spend.reserve_estimate(part.estimate)
 
 
 def _part_deadline(client: _BaseClient, plan: _Plan) -> float:
@@ -408,8 +440,8 @@ def _fetch(client: _BaseClient, plan: _Plan, part: _Part, speech: Speech) -> Pat
         if not local.is_file():
             raise APIError(f"The audio file of part {part.index + 1} is gone ({local}).")
         return local
-    data = fetch_audio(speech.audio_url, client.settings)
-    assert plan.tmp is not None
+    assert plan.tmp is not None and plan.fetcher is not None
+    data = plan.fetcher.fetch(speech.audio_url)
     path = plan.tmp / f"part-{part.index:05d}.{plan.fmt}"
     path.write_bytes(data)
     return path
@@ -422,33 +454,42 @@ def _settled_part(client: _BaseClient, part: _Part, speech: Speech) -> None:
         spend.remember_part(part.key, speech)
 
 
+def _clean_up(plan: _Plan) -> None:
+    if plan.fetcher is not None:
+        plan.fetcher.close()
+    if plan.tmp is not None:
+        shutil.rmtree(plan.tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the sync path
 
 
-def _work(client: OctaveClient, plan: _Plan, part: _Part) -> None:
-    if not _start(plan, part):
-        client._spend.release(part.hold)
-        return
+def _work(client: OctaveClient, plan: _Plan, part: _Part, slots: threading.Semaphore) -> None:
+    """One part: at most ``max_concurrency`` requests in flight (``slots``); its download
+    happens outside them, so the next part's request need not wait for it."""
     spend = client._spend
     try:
         if part.remembered is not None:
+            if plan.stop.is_set():
+                return
             try:
                 part.path = _fetch(client, plan, part, part.remembered)
-            except APIError:  # its audio is gone (an expired URL): make the part again
-                part.remembered = None
-                part.estimate = spend.estimate(part.job.model, part.job.characters)
-                part.hold = spend.reserve_estimate(part.estimate)
+            except APIError:
+                _reuse_failed(client, part)
             else:
                 part.speech = part.remembered
-                spend.settle(part.remembered, part.text, None)
+                spend.settle(part.remembered, part.text, None, job_id=plan.job_id)
                 part.state = "done"
                 return
-        try:
-            speech = client._run(part.job, _part_deadline(client, plan))
-        except BaseException:
-            spend.release(part.hold)
-            raise
-        spend.settle(speech, part.text, part.job.cache_key, part.hold)
+        with slots:
+            if not _start(client, plan, part):
+                return
+            try:
+                speech = client._run(part.job, _part_deadline(client, plan))
+            except BaseException:
+                spend.release(part.hold)
+                raise
+        spend.settle(speech, part.text, part.job.cache_key, part.hold, plan.job_id)
         part.speech = speech
         _settled_part(client, part, speech)
         part.path = _fetch(client, plan, part, speech)
@@ -465,15 +506,20 @@ def _execute(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | 
 
     total = len(plan.parts)
     plan.tmp = Path(tempfile.mkdtemp(prefix="octave-tools-parts-"))
-    workers = min(client.settings.max_concurrency, total)
+    plan.fetcher = AudioFetcher(client.settings)
+    if plan.engine != "local":  # its TLS setup overlaps the first requests
+        threading.Thread(target=plan.fetcher.warm, daemon=True).start()
+    # Twice the requests in flight: a part downloading its audio leaves its slot free.
+    slots = threading.Semaphore(client.settings.max_concurrency)
+    workers = min(2 * client.settings.max_concurrency, total)
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="octave-tools-part")
     try:
         if on_progress is not None:
             on_progress(0, total)
-        futures = [pool.submit(_work, client, plan, part) for part in plan.parts]
+        futures = {pool.submit(_work, client, plan, part, slots): part for part in plan.parts}
         done = 0
         for future in concurrent.futures.as_completed(futures):
-            if future.exception() is None:
+            if futures[future].state == "done":
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
@@ -484,6 +530,7 @@ def _execute(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback | 
         shutil.rmtree(plan.tmp, ignore_errors=True)
         raise
     pool.shutdown()
+    plan.fetcher.close()
     _release_rest(client, plan)
     try:
         return _finish(client, plan)
@@ -537,32 +584,56 @@ def _run_sync(client: OctaveClient, plan: _Plan, on_progress: ProgressCallback |
 # ---------------------------------------------------------------- the async path
 
 
-async def _awork(client: AsyncOctaveClient, plan: _Plan, part: _Part) -> None:
+async def _awork(
+    client: AsyncOctaveClient, plan: _Plan, part: _Part, slots: anyio.Semaphore
+) -> None:
+    """``_work`` for the async client."""
     import anyio
 
     spend = client._spend
     if part.remembered is not None:
+        if plan.stop.is_set():
+            return
         try:
             part.path = await anyio.to_thread.run_sync(_fetch, client, plan, part, part.remembered)
         except APIError:
-            part.remembered = None
-            part.estimate = spend.estimate(part.job.model, part.job.characters)
-            part.hold = await anyio.to_thread.run_sync(spend.reserve_estimate, part.estimate)
+            await anyio.to_thread.run_sync(_reuse_failed, client, part)
         else:
             part.speech = part.remembered
-            await client._settle(part.remembered, part.text, None)
+            await _asettle(client, plan, part.remembered, part.text, None, NO_HOLD)
             part.state = "done"
             return
-    try:
-        speech = await client._run(part.job, _part_deadline(client, plan))
-    except BaseException:
-        spend.release(part.hold)  # no shared reservation of its own: in memory only
-        raise
-    await client._settle(speech, part.text, part.job.cache_key, part.hold)
+    async with slots:
+        if not _start(client, plan, part):
+            return
+        try:
+            speech = await client._run(part.job, _part_deadline(client, plan))
+        except BaseException:
+            spend.release(part.hold)  # no shared reservation of its own: in memory only
+            raise
+    await _asettle(client, plan, speech, part.text, part.job.cache_key, part.hold)
     part.speech = speech
     await anyio.to_thread.run_sync(_settled_part, client, part, speech)
     part.path = await anyio.to_thread.run_sync(_fetch, client, plan, part, speech)
     part.state = "done"
+
+
+async def _asettle(
+    client: AsyncOctaveClient,
+    plan: _Plan,
+    speech: Speech,
+    text: str,
+    cache_key: str | None,
+    hold: Hold,
+) -> None:
+    """``spend.settle`` with the job id, off the event loop when it does I/O."""
+    import anyio
+
+    spend = client._spend
+    if spend.settle_is_cheap(hold, cache_key):
+        spend.settle(speech, text, cache_key, hold, plan.job_id)
+    else:
+        await anyio.to_thread.run_sync(spend.settle, speech, text, cache_key, hold, plan.job_id)
 
 
 async def _aexecute(
@@ -571,8 +642,9 @@ async def _aexecute(
     import anyio
 
     total = len(plan.parts)
-    limiter = anyio.Semaphore(client.settings.max_concurrency)
+    slots = anyio.Semaphore(client.settings.max_concurrency)
     done = 0
+    progress_errors: list[Exception] = []
 
     async def progress(count: int) -> None:
         if on_progress is not None:
@@ -583,40 +655,39 @@ async def _aexecute(
     async def one(part: _Part) -> None:
         nonlocal done
         try:
-            async with limiter:
-                if not _start(plan, part):
-                    return
-                await _awork(client, plan, part)
+            await _awork(client, plan, part, slots)
         except Exception as exc:
             part.state, part.error = "failed", exc
             plan.stop.set()
             return
         finally:
-            if part.state in ("pending", "skipped"):  # never sent: its share goes back
-                part.state = "skipped"
-                spend_release(part)
-        done += 1
-        await progress(done)
-
-    def spend_release(part: _Part) -> None:
-        client._spend.release(part.hold)
-        part.hold = NO_HOLD
+            _skip(client, plan, part)  # cancelled before it was sent: its share goes back
+        if part.state == "done" and not progress_errors:
+            done += 1
+            try:
+                await progress(done)
+            except Exception as exc:  # the caller's callback: it ends the call, as in sync
+                progress_errors.append(exc)
+                plan.stop.set()
 
     plan.tmp = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "octave-tools-parts-"))
+    plan.fetcher = AudioFetcher(client.settings)
     try:
         await progress(0)
         async with anyio.create_task_group() as tg:
+            if plan.engine != "local":  # its TLS setup overlaps the first requests
+                tg.start_soon(functools.partial(anyio.to_thread.run_sync, plan.fetcher.warm))
             for part in plan.parts:
                 tg.start_soon(one, part)
+        if progress_errors:
+            raise progress_errors[0]
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_release_rest, client, plan)
         return await anyio.to_thread.run_sync(_finish, client, plan)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_release_rest, client, plan)
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, plan.tmp, ignore_errors=True)
-            )
+            await anyio.to_thread.run_sync(_clean_up, plan)
 
 
 async def asynthesize_text(
@@ -757,7 +828,8 @@ def _finish(client: _BaseClient, plan: _Plan) -> Speech:
     assert len(paths) == len(plan.parts)
     target = new_audio_path(client.settings.output_dir, plan.fmt)
     try:
-        join_files(paths, plan.fmt, target, pause_ms=plan.pause_ms)
+        rate = pcm_rate(plan.parts[0].job.model)
+        join_files(paths, plan.fmt, target, pause_ms=plan.pause_ms, pcm_rate=rate)
     except OctaveError as exc:
         note, paid = _paid_note(client, plan)
         raise _with_message(

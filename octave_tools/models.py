@@ -113,12 +113,17 @@ class Speech(BaseModel):
 
 
 class UsageGroup(BaseModel):
-    """Spend for one day, model, voice or engine."""
+    """Spend for one day, model, voice, engine or job."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    key: str = Field(description="The day (YYYY-MM-DD, UTC), model, voice or engine.")
-    calls: int = Field(description="Calls recorded, cached ones included.")
+    key: str = Field(
+        description="The day (YYYY-MM-DD, UTC), model, voice or engine; or a long-form or "
+        "dialogue call's job id (by job)."
+    )
+    calls: int = Field(
+        description="Calls recorded, cached ones included (by job: a job is one call)."
+    )
     cached_calls: int = Field(description="Calls served from the cache at no charge.")
     characters: int = Field(description="Characters synthesised.")
     credits: float = Field(description="Credits spent.")
@@ -131,7 +136,7 @@ class UsageReport(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
-    by: str = Field(description="How the groups are formed: day, model, voice or engine.")
+    by: str = Field(description="How the groups are formed: day, model, voice, engine or job.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
     total_credits: float

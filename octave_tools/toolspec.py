@@ -470,8 +470,9 @@ def usage_spec() -> ToolSpec:
             ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
             ArgSpec(
                 "by",
-                "How to group the figures: day, model, voice or engine. Default day.",
-                choices=("day", "model", "voice", "engine"),
+                "How to group the figures: day, model, voice, engine, or job (a long text or "
+                "dialogue counted as one call, whatever its parts). Default day.",
+                choices=("day", "model", "voice", "engine", "job"),
             ),
         ),
     )

@@ -22,6 +22,7 @@ from urllib.request import url2pathname
 import pytest
 
 from octave_tools import (
+    APITimeoutError,
     AsyncOctaveClient,
     BadRequestError,
     BudgetExceededError,
@@ -429,16 +430,97 @@ def test_local_engine_splits_long_text_offline(tmp_path: Path) -> None:
     assert rate == 22_050 and n > 0
 
 
-def test_ledger_rows_one_per_part(api: LatencyFake, tmp_path: Path) -> None:
-    with OctaveClient(**options(api)) as client:
-        speech = client.synthesize(text_of(9000))
-        report = client.usage("1h", by="model")
-    assert speech.parts is not None
-    assert report.total_calls == 3
-    assert report.total_credits == speech.credits_used
+@KINDS
+def test_every_part_is_a_ledger_row_with_the_job_id_and_usage_by_job_counts_calls(
+    kind: str, api: LatencyFake, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    opts = options(api, data_dir=str(tmp_path / "ledger"))
+    speech = call(kind, opts, "synthesize", text_of(9000))
+    call(kind, opts, "synthesize", "A short one.")
+    assert speech.parts is not None and len(speech.parts) == 3
+    with OctaveClient(**opts) as client:
+        by_model = client.usage("1h", by="model")
+        by_job = client.usage("1h", by="job")
+        store = client._spend.store
+        assert store is not None
+        store.flush()
+    assert by_model.total_calls == 4  # rows: three parts and one single request
+    groups = {g.key: g for g in by_job.groups}
+    assert set(groups) == {speech.job_id, "(single requests)"}
+    job = groups[speech.job_id]
+    assert (job.calls, job.cached_calls) == (1, 0)
+    assert job.credits == speech.credits_used and job.characters == speech.characters
+    assert by_job.total_calls == 2
+    db = sqlite3.connect(tmp_path / "ledger" / "ledger.sqlite3")
+    rows = db.execute("SELECT job_id, request_id FROM calls ORDER BY ts").fetchall()
+    db.close()
+    assert sorted(r for r in rows if r[0]) == sorted(
+        (speech.job_id, p.request_id) for p in speech.parts
+    )
+    assert [r for r in rows if not r[0]] and len(rows) == 4
+
+
+def test_usage_by_job_on_the_cli(api: LatencyFake, tmp_path: Path, capsys: Any) -> None:
+    from harness import cli
+
+    speech = call("sync", options(api), "synthesize", text_of(9000))  # the env's data dir
+    code, out, _ = cli(capsys, "usage", "--by", "job", "--since", "1h")
+    assert code == 0 and (speech.job_id or "")[:34] in out
 
 
 def test_paid_parts_memory_survives_a_json_roundtrip_of_the_speech(api: LatencyFake) -> None:
     speech = call("sync", options(api), "synthesize", text_of(9000))
     again = Speech.model_validate_json(speech.model_dump_json())
     assert again == speech and json.loads(speech.model_dump_json())["parts"][0]["index"] == 0
+
+
+@KINDS
+def test_the_whole_call_may_take_the_timeout_once_per_round_of_parts(
+    kind: str, api: LatencyFake
+) -> None:
+    api.latency = 0.3
+    # 8 or 9 parts at 4 at a time: 2 or 3 rounds of 0.3 s, longer than one timeout of 0.5 s.
+    opts = options(api, chunk_chars=500, timeout=0.5)
+    speech = call(kind, opts, "synthesize", text_of(3900))
+    assert speech.parts is not None and len(speech.parts) > 4
+    # A part still has one timeout of its own.
+    api.latency = 0.8
+    with pytest.raises(APITimeoutError, match=r"^Part \d of \d failed: .* No part was paid"):
+        call(kind, opts, "synthesize", text_of(3900).replace("Sentence", "Line"))
+
+
+def test_pcm_parts_join_with_the_models_rate_for_the_pause(api: LatencyFake) -> None:
+    speech = call(
+        "sync",
+        options(api, model="minimax/speech-2.8-turbo", format="pcm", chunk_chars=300, pause_ms=100),
+        "synthesize",
+        text_of(700),
+    )
+    assert speech.parts is not None and len(speech.parts) == 3
+    parts = sum(len(api._files[urlsplit(p.audio_url).path]) for p in speech.parts)
+    # Two pauses of 100 ms at MiniMax's 32 kHz, 16-bit mono.
+    assert path_of(speech.audio_url).stat().st_size == parts + 2 * 3200 * 2
+
+
+def test_an_async_progress_callback_is_awaited_and_its_error_ends_the_call(
+    api: LatencyFake,
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def note(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 2:
+            raise RuntimeError("the client went away")
+
+    async def go() -> None:
+        opts = options(api, max_concurrency=1, max_credits=10_000_000)
+        async with AsyncOctaveClient(**opts) as client:
+            with pytest.raises(RuntimeError, match="went away"):
+                await client.synthesize(text_of(20_000), on_progress=note)
+            assert client._spend._reserved == 0
+
+    asyncio.run(go())
+    assert seen == [(0, 5), (1, 5), (2, 5)]
+    assert len(api.tts_requests) <= 3  # the parts after the error were not sent
