@@ -104,7 +104,7 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     }
     assert usage.input_schema.get("required") is None
     assert usage.input_schema["properties"]["by"]["anyOf"] == [
-        {"enum": ["day", "model", "voice", "engine"], "type": "string"},
+        {"enum": ["day", "model", "voice", "engine", "job"], "type": "string"},
         {"type": "null"},
     ]
     assert usage.output_schema == UsageReport.model_json_schema()
