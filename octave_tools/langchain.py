@@ -65,7 +65,7 @@ from . import (
     SettingsOptions,
     check_options,
 )
-from .toolspec import ToolSet, ToolSpec, explain_arguments, tools_for
+from .toolspec import ToolSet, ToolSpec, dialogue_lines, explain_arguments, tools_for
 
 __all__ = [
     "PROGRESS_EVENT",
@@ -277,12 +277,6 @@ def _async_progress(
     return report
 
 
-def _plain(line: Any) -> dict[str, Any]:
-    """A validated dialogue line as the mapping the core takes (unset model left out)."""
-    fields: dict[str, Any] = line.model_dump() if isinstance(line, BaseModel) else dict(line)
-    return {key: value for key, value in fields.items() if value is not None}
-
-
 class _SpeakingTool(_SpecTool):
     """A tool that makes speech: a sync client for ``invoke``, one async client per loop."""
 
@@ -399,7 +393,7 @@ class OctaveDialogueTool(_SpeakingTool):
     ) -> tuple[str, dict[str, Any]]:
         with _model_can_fix():
             speech = self._sync_client().synthesize_dialogue(
-                [_plain(line) for line in lines],
+                dialogue_lines(lines),
                 format=format,
                 on_progress=_sync_progress(run_manager),
             )
@@ -413,7 +407,7 @@ class OctaveDialogueTool(_SpeakingTool):
     ) -> tuple[str, dict[str, Any]]:
         with _model_can_fix():
             speech = await self._async_client().synthesize_dialogue(
-                [_plain(line) for line in lines],
+                dialogue_lines(lines),
                 format=format,
                 on_progress=_async_progress(run_manager),
             )

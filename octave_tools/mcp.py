@@ -66,7 +66,7 @@ from . import (
     VoiceList,
     __version__,
 )
-from .toolspec import ToolSpec, explain_arguments, tools_for
+from .toolspec import ToolSpec, dialogue_lines, explain_arguments, tools_for
 
 __all__ = ["SpeechResult", "VoiceList", "create_server"]
 
@@ -183,12 +183,6 @@ def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
     """One sentence for the model, and the same facts as structured content."""
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
     return CallToolResult(content=content, structured_content=structured)
-
-
-def _plain(line: Any) -> dict[str, Any]:
-    """A validated dialogue line as the mapping the core takes (unset model left out)."""
-    fields: dict[str, Any] = line.model_dump() if isinstance(line, BaseModel) else dict(line)
-    return {key: value for key, value in fields.items() if value is not None}
 
 
 # pydantic ends each error with "For further information visit https://errors.pydantic.dev/..."
@@ -313,7 +307,7 @@ def create_server(
         await progress.start()
         with _as_tool_errors("text_to_dialogue"):
             speech = await ctx.request_context.lifespan_context.client().synthesize_dialogue(
-                [_plain(line) for line in lines], format=format, on_progress=progress.part
+                dialogue_lines(lines), format=format, on_progress=progress.part
             )
         await progress.finish()
         return _speech_result(speech, publish)

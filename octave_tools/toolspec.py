@@ -27,6 +27,7 @@ __all__ = [
     "SpeechOptions",
     "ToolSet",
     "ToolSpec",
+    "dialogue_lines",
     "explain_arguments",
     "instructions",
     "list_voices_spec",
@@ -171,6 +172,13 @@ class _Arguments(BaseModel):
             else value
             for name, value in data.items()
         }
+
+
+def dialogue_lines(lines: Sequence[Any]) -> list[dict[str, Any]]:
+    """``text_to_dialogue``'s validated ``lines`` as the mappings the core takes (a line's
+    unset ``model`` left out)."""
+    plain = (line.model_dump() if isinstance(line, BaseModel) else dict(line) for line in lines)
+    return [{key: value for key, value in line.items() if value is not None} for line in plain]
 
 
 def explain_arguments(spec: ToolSpec, errors: Sequence[Mapping[str, Any]]) -> str:
