@@ -421,30 +421,30 @@ def _say(args: argparse.Namespace) -> int:
         if out is not None:
             _check_out(out)  # before the paid call, so a bad path never wastes one
         speech = _speak(client, what, args, fmt)
-    if args.out is not None:
-        target = "-" if out is None else str(out)
-        try:
-            data = client.download(speech)
-        except OctaveError as exc:
-            failure = (
-                f"{exc.message} {_PAID}; --out {target} was not written.",
-                _exit_code(exc),
-            )
-        else:
-            if out is None:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+        if args.out is not None:
+            target = "-" if out is None else str(out)
+            try:
+                data = client.download(speech)
+            except OctaveError as exc:
+                failure = (
+                    f"{exc.message} {_PAID}; --out {target} was not written.",
+                    _exit_code(exc),
+                )
             else:
-                try:
-                    _check_out(out)  # again: it may have changed during the call
-                    saved = write_atomic(out, data)
-                except InvalidInputError as exc:
-                    failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
-                except OSError as exc:
-                    failure = (
-                        f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
-                        EXIT_FILE,
-                    )
+                if out is None:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                else:
+                    try:
+                        _check_out(out)  # again: it may have changed during the call
+                        saved = write_atomic(out, data)
+                    except InvalidInputError as exc:
+                        failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
+                    except OSError as exc:
+                        failure = (
+                            f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
+                            EXIT_FILE,
+                        )
     # With --out -, stdout carries only the audio: the URL or JSON goes to stderr.
     info = sys.stderr if to_stdout else sys.stdout
     if args.json:
