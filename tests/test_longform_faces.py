@@ -232,6 +232,22 @@ def test_langchain_dialogue_with_an_unknown_voice_is_the_model_s_to_fix(
     assert fake_aimlapi.requests == []
 
 
+def test_langchain_dialogue_arguments_that_fail_the_schema_read_as_on_mcp(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    tool = OctaveDialogueTool(**api_options(fake_aimlapi))
+    lines = [LINES[0], {**LINES[1], "speaker": "Guest"}]
+
+    message = tool.invoke(call({"lines": lines}, tool.name))
+
+    assert message.status == "error"
+    assert message.content == (
+        "Error: invalid arguments: line 2 speaker: unknown field; each line takes only: "
+        "voice, text. Correct them and call the tool again."
+    )
+    assert fake_aimlapi.requests == []
+
+
 def test_the_toolkit_offers_the_dialogue_tool() -> None:
     tools = OctaveToolkit(engine="aimlapi").get_tools()
 
