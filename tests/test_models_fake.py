@@ -476,28 +476,34 @@ def test_bad_speed_is_refused_before_any_request(
 def test_text_limit_is_the_model_own(
     model: str, limit: int, client: OctaveClient, fake_aimlapi: FakeAIMLAPI
 ) -> None:
+    # One call takes at most max_text_chars (200,000); below that, the model's own limit
+    # is where text is split into requests.
+    part = min(limit, 200_000)
+    speech = client.synthesize("x" * part, model=model)  # one request: the short path
+    assert sent(fake_aimlapi)[text_field(model)] == "x" * part
+    assert speech.characters == part and speech.parts is None
     with pytest.raises(InvalidInputError) as info:
-        client.synthesize("x" * (limit + 1), model=model)
+        client.synthesize("x" * (part + 1), model=model)  # one word cannot be split
     assert info.value.field == "text"
-    for_model = f" for model {model!r}" if limit < 500_000 else ""
-    assert str(info.value) == (
-        f"text is {limit + 1:,} characters; the limit is {limit:,}{for_model}. "
-        "Split it into shorter parts and synthesise each."
-    )
-    assert fake_aimlapi.requests == []
-    speech = client.synthesize("x" * limit, model=model)
-    assert sent(fake_aimlapi)[text_field(model)] == "x" * limit
-    assert speech.characters == limit
+    if part < 200_000:
+        assert f"parts of at most {part:,} characters" in str(info.value)
+    else:
+        assert str(info.value).startswith(f"text is {part + 1:,} characters; one call takes")
+    assert len(fake_aimlapi.tts_requests) == 1
 
 
 @pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5"])
-def test_models_without_a_documented_limit_send_long_text(
+def test_models_without_a_documented_limit_take_parts_of_4000_characters(
     model: str, client: OctaveClient, fake_aimlapi: FakeAIMLAPI
 ) -> None:
-    text = "y" * 500_001  # over Octave's limit; the docs give these models none
+    text = "y" * 4000
     speech = client.synthesize(text, model=model)
-    assert sent(fake_aimlapi)["text"] == text
-    assert speech.characters == 500_001
+    assert sent(fake_aimlapi)["text"] == text and speech.parts is None
+    long = " ".join(["word"] * 2000)  # 9,999 characters
+    speech = client.synthesize(long, model=model)
+    assert speech.parts is not None and len(speech.parts) == 3
+    assert all(len(r.json["text"]) <= 4000 for r in fake_aimlapi.tts_requests[1:])
+    assert speech.characters == sum(len(r.json["text"]) for r in fake_aimlapi.tts_requests[1:])
 
 
 # ------------------------------------------------------------ both clients, mixed options
