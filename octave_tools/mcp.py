@@ -1,10 +1,13 @@
 """The MCP face: text-to-speech as tools for Claude Desktop and any MCP client.
 
-``create_server()`` registers three tools and two resources over the core client:
+``create_server()`` registers four tools and three resources over the core client:
 
 - ``text_to_speech``: the audio URL as one sentence of text, plus ``structuredContent``
   (a ``SpeechResult``: the ``Speech`` fields and that sentence as ``message``) under a
-  declared output schema. Never ``AudioContent``.
+  declared output schema. Never ``AudioContent``. Long text is spoken in parts, each
+  reported as progress ("3 of 10 parts") to a client that sent a progress token.
+- ``text_to_dialogue``: lines of ``{voice, text}`` spoken in order into one file; the
+  same result and progress.
 - ``list_voices``: the voice catalogue with the default marked; read-only, offline.
 - ``usage``: what the local ledger says was spent; read-only, offline.
 - resources ``octave://voices`` (``voice_catalogue``) and ``octave://usage``
@@ -63,7 +66,7 @@ from . import (
     VoiceList,
     __version__,
 )
-from .toolspec import ToolSpec, explain_arguments, tools_for
+from .toolspec import ToolSpec, dialogue_lines, explain_arguments, tools_for
 
 __all__ = ["SpeechResult", "VoiceList", "create_server"]
 
@@ -140,6 +143,42 @@ def _as_tool_errors(tool: str) -> Iterator[None]:
         ) from None
 
 
+class _Progress:
+    """Progress notifications for one call: one per part of a long call, never backwards
+    (the protocol wants each one above the last), and nothing without a progress token."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        self._ctx = ctx
+        self._last = -1
+        self._parts = False
+
+    async def _report(self, done: int, total: int, message: str) -> None:
+        if done > self._last:
+            self._last = done
+            await self._ctx.report_progress(done, total, message)
+
+    async def start(self) -> None:
+        await self._report(0, 1, "Generating speech")
+
+    async def part(self, done: int, total: int) -> None:
+        """The core's ``on_progress``: parts done of parts (one part is the short path)."""
+        if total > 1:
+            self._parts = True
+            await self._report(done, total, f"{done} of {total} parts")
+
+    async def finish(self) -> None:
+        if not self._parts:
+            await self._report(1, 1, "Speech ready")
+
+
+def _speech_result(speech: Speech, publish: Callable[[Speech], Speech] | None) -> CallToolResult:
+    """The speech as the caller may see it: one sentence, and the record under the schema."""
+    if publish is not None:
+        speech = publish(speech)
+    sentence = speech.summary()
+    return _result(sentence, {**speech.model_dump(mode="json"), "message": sentence})
+
+
 def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
     """One sentence for the model, and the same facts as structured content."""
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
@@ -208,7 +247,8 @@ def create_server(
     publish: Callable[[Speech], Speech] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
-    """An MCP server with the ``text_to_speech``, ``list_voices`` and ``usage`` tools.
+    """An MCP server with the ``text_to_speech``, ``text_to_dialogue``, ``list_voices`` and
+    ``usage`` tools.
 
     Pass a ready ``client`` (yours to close), or any setting of ``AsyncOctaveClient``
     (``api_key``, ``model``, ``models``, ``voice``, ``cache_ttl``,
@@ -246,16 +286,31 @@ def create_server(
         speed: float | None = None,
         model: str | None = None,
     ) -> Annotated[CallToolResult, SpeechResult]:
-        await ctx.report_progress(0, 1, "Generating speech")
+        progress = _Progress(ctx)
+        await progress.start()
         with _as_tool_errors("text_to_speech"):
             speech = await ctx.request_context.lifespan_context.client().synthesize(
-                text, voice=voice, format=format, speed=speed, model=model
+                text,
+                voice=voice,
+                format=format,
+                speed=speed,
+                model=model,
+                on_progress=progress.part,
             )
-        if publish is not None:
-            speech = publish(speech)
-        await ctx.report_progress(1, 1, "Speech ready")
-        sentence = speech.summary()
-        return _result(sentence, {**speech.model_dump(mode="json"), "message": sentence})
+        await progress.finish()
+        return _speech_result(speech, publish)
+
+    async def text_to_dialogue(
+        ctx: _Ctx, lines: list[Any], format: str | None = None
+    ) -> Annotated[CallToolResult, SpeechResult]:
+        progress = _Progress(ctx)
+        await progress.start()
+        with _as_tool_errors("text_to_dialogue"):
+            speech = await ctx.request_context.lifespan_context.client().synthesize_dialogue(
+                dialogue_lines(lines), format=format, on_progress=progress.part
+            )
+        await progress.finish()
+        return _speech_result(speech, publish)
 
     async def list_voices(model: str | None = None) -> Annotated[CallToolResult, VoiceList]:
         with _as_tool_errors("list_voices"):
@@ -283,6 +338,7 @@ def create_server(
 
     tools: list[Tool] = [
         _tool(text_to_speech, specs.text_to_speech),
+        _tool(text_to_dialogue, specs.text_to_dialogue),
         _tool(list_voices, specs.list_voices),
         _tool(usage, specs.usage),
     ]
