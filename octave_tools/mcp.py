@@ -9,6 +9,13 @@
 - ``usage``: what the local ledger says was spent; read-only, offline.
 - resources ``octave://voices`` (``voice_catalogue``) and ``octave://usage``
   (``usage_report``): the same as JSON, under names no tool has.
+- resource ``ui://octave-tools/player.html``: an inline audio player, an MCP App (the
+  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech``
+  links in its ``_meta.ui.resourceUri``. Hosts that render MCP Apps show it with the
+  result; every other client sees the same result and ignores the link.
+
+``text_to_speech`` results hold the sentence as a text block first, then a
+``resource_link`` block to the audio (its URL, audio MIME type and a name).
 
 Every tool's input schema is closed (``additionalProperties: false``, no non-null
 default), so an unknown or misspelt argument is a tool error naming the valid ones.
@@ -33,7 +40,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableSequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
@@ -42,11 +49,19 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import Unpack
 
 try:
+    from mcp.server.apps import APP_MIME_TYPE, Apps
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+    from mcp.server.mcpserver.resources import FunctionResource
     from mcp.server.mcpserver.tools import Tool
     from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-    from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
+    from mcp.types import (
+        CallToolResult,
+        ContentBlock,
+        ResourceLink,
+        TextContent,
+        ToolAnnotations,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "The octave-tools MCP server needs the mcp extra: pip install 'octave-tools[mcp]'",
@@ -72,6 +87,22 @@ logger = logging.getLogger("octave_tools.mcp")
 VOICES_URI = "octave://voices"
 USAGE_URI = "octave://usage"
 MODELS_URI = "octave://models"
+PLAYER_URI = "ui://octave-tools/player.html"
+# Where the upstream API puts the audio it makes (the player's media-src).
+UPSTREAM_AUDIO_ORIGIN = "https://cdn.aimlapi.com"
+# The MIME type of each format, for the resource_link (pcm: raw 16-bit samples, no header).
+AUDIO_MIME_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "ogg": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "m4a": "audio/mp4",
+    "mp4": "audio/mp4",
+    "webm": "audio/webm",
+    "pcm": "audio/pcm",
+}
 
 
 def _plain_nullables(schema: dict[str, Any]) -> None:
@@ -140,10 +171,68 @@ def _as_tool_errors(tool: str) -> Iterator[None]:
         ) from None
 
 
-def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
-    """One sentence for the model, and the same facts as structured content."""
+def _result(
+    text: str, structured: dict[str, Any], link: ResourceLink | None = None
+) -> CallToolResult:
+    """One sentence for the model, and the same facts as structured content.
+
+    ``link`` (the audio) follows the text, which stays first: some clients show only
+    the first block, or only the text.
+    """
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
+    if link is not None:
+        content.append(link)
     return CallToolResult(content=content, structured_content=structured)
+
+
+def audio_link(speech: Speech) -> ResourceLink:
+    """The ``resource_link`` content block of a ``Speech``: its URL, MIME type and a name."""
+    name = speech.audio_url.rsplit("/", 1)[-1].split("?", 1)[0] or f"speech.{speech.format}"
+    return ResourceLink(
+        type="resource_link",
+        uri=speech.audio_url,
+        name=name,
+        title=f"Speech ({speech.voice or speech.model})",
+        mime_type=AUDIO_MIME_TYPES.get(speech.format, f"audio/{speech.format}"),
+    )
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, or None."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if scheme.lower() not in ("http", "https") or not host:
+        return None
+    return f"{scheme.lower()}://{host.lower()}"
+
+
+def _read_player() -> str:
+    """The player page, read from the package on each request (never at start-up)."""
+    from importlib.resources import files
+
+    return files("octave_tools").joinpath("_data/player.html").read_text(encoding="utf-8")
+
+
+def _player(audio_origins: MutableSequence[str]) -> Apps:
+    """The MCP Apps extension with the player page; ``audio_origins`` is its media-src.
+
+    The list is kept by reference in the resource's ``_meta.ui.csp``, so a host that
+    learns its own address later (the HTTP server, once its port is bound) adds to it.
+    """
+    apps = Apps()
+    apps.add_resource(
+        FunctionResource(
+            uri=PLAYER_URI,
+            name="speech_player",
+            title="Speech player",
+            description="Plays the audio of a text_to_speech result inline: play/pause, seek, "
+            "download, with the voice, model and credits.",
+            mime_type=APP_MIME_TYPE,
+            meta={"ui": {"csp": {"resourceDomains": audio_origins}, "prefersBorder": True}},
+            fn=_read_player,
+        )
+    )
+    return apps
 
 
 # pydantic ends each error with "For further information visit https://errors.pydantic.dev/..."
@@ -206,6 +295,7 @@ def create_server(
     *,
     http_client: httpx.AsyncClient | None = None,
     publish: Callable[[Speech], Speech] | None = None,
+    audio_origins: MutableSequence[str] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
     """An MCP server with the ``text_to_speech``, ``list_voices`` and ``usage`` tools.
@@ -219,6 +309,9 @@ def create_server(
 
     ``publish``, when given, turns each ``Speech`` into the one the caller gets before
     it is worded (the HTTP host swaps a file:// URL for one it serves).
+
+    ``audio_origins``: origins, besides the upstream API's, that audio URLs may name (the
+    player page's ``media-src``); the list is kept, so appending to it later counts.
     """
     if client is not None and (options or http_client is not None):
         raise TypeError("create_server() takes a client or client options, not both")
@@ -226,6 +319,10 @@ def create_server(
     probe = client if client is not None else AsyncOctaveClient(**options)
     settings = probe.settings
     specs = tools_for(probe)
+    origins = audio_origins if audio_origins is not None else []
+    for origin in (UPSTREAM_AUDIO_ORIGIN, _origin(settings.base_url)):
+        if origin is not None and origin not in origins:
+            origins.append(origin)
 
     def make_client() -> AsyncOctaveClient:
         return AsyncOctaveClient(http_client=http_client, settings=settings)
@@ -255,7 +352,8 @@ def create_server(
             speech = publish(speech)
         await ctx.report_progress(1, 1, "Speech ready")
         sentence = speech.summary()
-        return _result(sentence, {**speech.model_dump(mode="json"), "message": sentence})
+        structured = {**speech.model_dump(mode="json"), "message": sentence}
+        return _result(sentence, structured, audio_link(speech))
 
     async def list_voices(model: str | None = None) -> Annotated[CallToolResult, VoiceList]:
         with _as_tool_errors("list_voices"):
@@ -281,8 +379,12 @@ def create_server(
         records = [MODELS[m].describe() for m in offered if m in MODELS]
         return json.dumps({"default": settings.model, "models": records}, ensure_ascii=False)
 
+    speak = _tool(text_to_speech, specs.text_to_speech)
+    # MCP Apps: hosts that render them show the player with the result. The flat key is
+    # the spec's deprecated form, still read by hosts that predate 2026-01-26.
+    speak.meta = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_URI}
     tools: list[Tool] = [
-        _tool(text_to_speech, specs.text_to_speech),
+        speak,
         _tool(list_voices, specs.list_voices),
         _tool(usage, specs.usage),
     ]
@@ -295,6 +397,7 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
         tools=tools,
+        extensions=[_player(origins)],
     )
     # Resource names differ from every tool name: clients that turn resources into tools
     # (LlamaIndex) would otherwise get two tools called `usage`, one hiding the other.
