@@ -15,7 +15,11 @@
   result; every other client sees the same result and ignores the link.
 
 ``text_to_speech`` results hold the sentence as a text block first, then a
-``resource_link`` block to the audio (its URL, audio MIME type and a name).
+``resource_link`` block to the audio (its URL, audio MIME type and a name), except for
+clients that name themselves only as the Python SDK's default (``mcp``) on a protocol of
+2025-11-25 or before, or name nothing there: the adapters built on the 1.x SDK
+(LangChain's, LlamaIndex's, smolagents') hand every block to the model, and a chat model
+refuses an audio file (OpenAI Chat Completions raises on it), so they get the text alone.
 
 Every tool's input schema is closed (``additionalProperties: false``, no non-null
 default), so an unknown or misspelt argument is a tool error naming the valid ones.
@@ -197,6 +201,20 @@ def audio_link(speech: Speech) -> ResourceLink:
     )
 
 
+# The last protocol version of the 1.x Python SDK; 2.x clients speak a later one.
+_LEGACY_PROTOCOL = "2025-11-25"
+
+
+def _takes_links(ctx: Any) -> bool:
+    """Whether a ``resource_link`` reaches this client safely (see the module docstring)."""
+    version = ctx.protocol_version
+    if version is not None and version > _LEGACY_PROTOCOL:
+        return True
+    params = getattr(ctx.session, "client_params", None)
+    info = getattr(params, "client_info", None)
+    return info is not None and info.name != "mcp"
+
+
 def _origin(url: str) -> str | None:
     """``scheme://host[:port]`` of an http(s) URL, or None."""
     scheme, _, rest = url.partition("://")
@@ -353,7 +371,7 @@ def create_server(
         await ctx.report_progress(1, 1, "Speech ready")
         sentence = speech.summary()
         structured = {**speech.model_dump(mode="json"), "message": sentence}
-        return _result(sentence, structured, audio_link(speech))
+        return _result(sentence, structured, audio_link(speech) if _takes_links(ctx) else None)
 
     async def list_voices(model: str | None = None) -> Annotated[CallToolResult, VoiceList]:
         with _as_tool_errors("list_voices"):
