@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import Unpack
 
 try:
-    from mcp.server.apps import APP_MIME_TYPE, Apps
+    from mcp.server.extension import Extension, ResourceBinding
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
     from mcp.server.mcpserver.resources import FunctionResource
@@ -92,6 +92,8 @@ VOICES_URI = "octave://voices"
 USAGE_URI = "octave://usage"
 MODELS_URI = "octave://models"
 PLAYER_URI = "ui://octave-tools/player.html"
+APPS_EXTENSION = "io.modelcontextprotocol/ui"  # MCP Apps, spec 2026-01-26
+APP_MIME_TYPE = "text/html;profile=mcp-app"
 # Where the upstream API puts the audio it makes (the player's media-src).
 UPSTREAM_AUDIO_ORIGIN = "https://cdn.aimlapi.com"
 # The MIME type of each format, for the resource_link (pcm: raw 16-bit samples, no header).
@@ -231,15 +233,20 @@ def _read_player() -> str:
     return files("octave_tools").joinpath("_data/player.html").read_text(encoding="utf-8")
 
 
-def _player(audio_origins: MutableSequence[str]) -> Apps:
-    """The MCP Apps extension with the player page; ``audio_origins`` is its media-src.
+class _Apps(Extension):
+    """The MCP Apps extension (``io.modelcontextprotocol/ui``) with the player page.
 
-    The list is kept by reference in the resource's ``_meta.ui.csp``, so a host that
-    learns its own address later (the HTTP server, once its port is bound) adds to it.
+    The SDK's ``mcp.server.apps.Apps`` does the same; this one only adds a resource and
+    skips that module's import (stdio cold start).
     """
-    apps = Apps()
-    apps.add_resource(
-        FunctionResource(
+
+    identifier = APPS_EXTENSION
+
+    def __init__(self, audio_origins: MutableSequence[str]) -> None:
+        # The list is kept by reference in the resource's ``_meta.ui.csp``, so a host
+        # that learns its own address later (the HTTP server, once its port is bound)
+        # adds to it.
+        self._player = FunctionResource(
             uri=PLAYER_URI,
             name="speech_player",
             title="Speech player",
@@ -249,8 +256,9 @@ def _player(audio_origins: MutableSequence[str]) -> Apps:
             meta={"ui": {"csp": {"resourceDomains": audio_origins}, "prefersBorder": True}},
             fn=_read_player,
         )
-    )
-    return apps
+
+    def resources(self) -> list[ResourceBinding]:
+        return [ResourceBinding(resource=self._player)]
 
 
 # pydantic ends each error with "For further information visit https://errors.pydantic.dev/..."
@@ -415,7 +423,7 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
         tools=tools,
-        extensions=[_player(origins)],
+        extensions=[_Apps(origins)],
     )
     # Resource names differ from every tool name: clients that turn resources into tools
     # (LlamaIndex) would otherwise get two tools called `usage`, one hiding the other.
