@@ -34,7 +34,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech, UsageGroup, UsageReport, VoiceList
+from .models import DialogueLine, Speech, SpeechPart, UsageGroup, UsageReport, VoiceList
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "ConfigurationError",
+    "DialogueLine",
     "InvalidInputError",
     "ModelSpec",
     "NotFoundError",
@@ -67,6 +68,7 @@ __all__ = [
     "Settings",
     "SettingsOptions",
     "Speech",
+    "SpeechPart",
     "UnexpectedResponseError",
     "UsageGroup",
     "UsageReport",

@@ -42,6 +42,11 @@ ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 ENV_MODELS = ("OCTAVE_TOOLS_MODELS",)
 ENV_STORE_URL = ("OCTAVE_TOOLS_STORE_URL",)
 ENV_CACHE_URL = ("OCTAVE_TOOLS_CACHE_URL",)
+ENV_CHUNK_CHARS = ("OCTAVE_TOOLS_CHUNK_CHARS",)
+ENV_MAX_CONCURRENCY = ("OCTAVE_TOOLS_MAX_CONCURRENCY",)
+ENV_PAUSE_MS = ("OCTAVE_TOOLS_PAUSE_MS",)
+ENV_MAX_TEXT_CHARS = ("OCTAVE_TOOLS_MAX_TEXT_CHARS",)
+ENV_PART_TTL = ("OCTAVE_TOOLS_PART_TTL",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -51,6 +56,11 @@ DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 86_400.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES_LIMIT = 10
+DEFAULT_MAX_CONCURRENCY = 4
+MAX_CONCURRENCY_LIMIT = 64
+DEFAULT_MAX_TEXT_CHARS = 200_000
+DEFAULT_PART_TTL = 86_400.0
+MAX_PAUSE_MS = 10_000
 
 
 class _Secret:
@@ -105,6 +115,11 @@ class SettingsOptions(TypedDict, total=False):
     models: str | Sequence[str] | None
     store_url: str | None
     cache_url: str | None
+    chunk_chars: int | None
+    max_concurrency: int | None
+    pause_ms: int | None
+    max_text_chars: int | None
+    part_ttl: float | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,16 @@ class Settings:
     """Where the ledger, budget and cache live (None: SQLite in ``data_dir``)."""
     cache_url: str | None = field(default=None, repr=False)
     """A Redis URL for the cache and the coalescing of identical calls (None: the store)."""
+    chunk_chars: int | None = None
+    """Characters per request for long text (None: the model's own limit)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Requests of one long-form or dialogue call in flight at once."""
+    pause_ms: int | None = None
+    """Silence between parts (None: 0 for text, 400 between dialogue lines)."""
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    """The longest text (or dialogue, all lines) one call takes."""
+    part_ttl: float = DEFAULT_PART_TTL
+    """Seconds a paid part is remembered so a repeated call does not pay for it again."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -369,6 +394,28 @@ def _parse_switch(raw: str | None, source: str) -> bool:
     raise ConfigurationError(f"{source} must be on or off; got {shown(raw)}.")
 
 
+def _parse_count(low: int, high: int, default: int | None) -> Callable[[str | None, str], Any]:
+    def parse(raw: str | None, source: str) -> int | None:
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ConfigurationError(
+                f"{source} must be a whole number from {low:,} to {high:,}; got {shown(raw)}."
+            )
+        return value
+
+    return parse
+
+
+def _parse_part_ttl(raw: str | None, source: str) -> float:
+    value = _parse_amount(raw, source, allow_zero=True)
+    return DEFAULT_PART_TTL if value is None else value
+
+
 def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | None:
     if raw is None:
         return None
@@ -424,6 +471,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_url", ENV_CACHE_URL, "the store",
             "`redis://...`: the cache and the coalescing of identical calls in Redis.",
             _parse_url),
+    Setting("chunk_chars", ENV_CHUNK_CHARS, "the model's limit",
+            "Long text is split into requests of at most this many characters (at paragraphs, "
+            "sentences, clauses, spaces).", _parse_count(1, 1_000_000, None)),
+    Setting("max_concurrency", ENV_MAX_CONCURRENCY, f"`{DEFAULT_MAX_CONCURRENCY}`",
+            f"Requests of one long text or dialogue in flight at once (1 to "
+            f"{MAX_CONCURRENCY_LIMIT}).",
+            _parse_count(1, MAX_CONCURRENCY_LIMIT, DEFAULT_MAX_CONCURRENCY)),
+    Setting("pause_ms", ENV_PAUSE_MS, "`0` for text, `400` for dialogue",
+            f"Milliseconds of silence between joined parts (0 to {MAX_PAUSE_MS:,}).",
+            _parse_count(0, MAX_PAUSE_MS, None)),
+    Setting("max_text_chars", ENV_MAX_TEXT_CHARS, f"`{DEFAULT_MAX_TEXT_CHARS:,}`",
+            "The longest text, or dialogue (all lines), one call takes.",
+            _parse_count(1, 10_000_000, DEFAULT_MAX_TEXT_CHARS)),
+    Setting("part_ttl", ENV_PART_TTL, f"`{DEFAULT_PART_TTL:g}` (a day)",
+            "Seconds a paid part of a long call is remembered, so the same call again (after a "
+            "failure) pays only for the parts not yet paid; 0 turns it off.", _parse_part_ttl),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

@@ -5,6 +5,7 @@ Policy lives here; storage is behind ``_store.Store``. Nothing here sends reques
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +20,7 @@ from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
 from ._redact import redact_url
 from ._settings import ENV_MAX_CREDITS, Settings
-from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store
+from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store, UsageRow
 from ._store_url import open_store_url
 from .catalogue import MODELS
 from .errors import BudgetExceededError, ConfigurationError, InvalidInputError, OctaveError
@@ -39,13 +40,17 @@ CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
 # No other model's price is documented. The highest known rate is used, so a budget
 # errs on refusing a call it could have afforded rather than overspending.
 DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
-GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "job")
+# ``by="job"``: the rows of requests that were no long-form or dialogue call.
+SINGLE_REQUESTS = "(single requests)"
 # A learned rate comes from this much of the ledger, and is re-read at most this often.
 RATE_WINDOW = 30 * DAY
 RATE_REFRESH = 60.0
 # A reservation on a shared store outlives the call it holds by this much; a process that
 # dies mid-call frees the budget after that (its call is then counted at the estimate).
 LEASE_MARGIN = 60.0
+# Paid parts of long calls share the cache table under keys of their own.
+_PAID_PREFIX = "paid-part:"
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,9 @@ def reused(speech: Speech) -> Speech:
     return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
 
 
-def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+def _entry(
+    speech: Speech, text: str, credits: float, ts: float, job_id: str | None = None
+) -> LedgerEntry:
     return LedgerEntry(
         ts=ts,
         engine=speech.engine,
@@ -103,6 +110,7 @@ def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
         request_id=speech.request_id,
         text_sha256=text_digest(text),
         cached=speech.cached,
+        job_id=job_id,
     )
 
 
@@ -132,6 +140,7 @@ class Spend:
         self._client_spent = 0.0
         self._reserved = 0.0
         self._local_entries: list[LedgerEntry] = []  # when the ledger is off
+        self._paid: dict[str, tuple[float, str]] = {}  # paid parts, when the ledger is off
         self._store: Store | None = None
         self._store_opened = False
         self._open_lock = threading.Lock()
@@ -247,6 +256,57 @@ class Spend:
         except OSError:
             return False
 
+    # ------------------------------------------------------------ paid parts
+
+    @property
+    def remembers_parts(self) -> bool:
+        """Whether paid parts of long calls are remembered (cache on, or ``part_ttl`` > 0)."""
+        return self.cache_ttl > 0 or self._settings.part_ttl > 0
+
+    def remembered_part(self, key: str) -> Speech | None:
+        """A part paid within the cache window or ``part_ttl``, marked cached and free.
+
+        With the cache on, that is the cache; else a "paid parts" memory under its own
+        keys in the store (in this process when the ledger is off). Vetted like a cache hit.
+        """
+        if self.cache_ttl > 0:
+            hit = self.cached(key)
+            if hit is not None or self._settings.part_ttl <= 0:
+                return hit
+        if self._settings.part_ttl <= 0:
+            return None
+        now = self._clock()
+        store = self.store
+        value: str | None
+        if store is not None:
+            value = store.cache_get(_PAID_PREFIX + key, now)
+        else:
+            with self._lock:
+                expires, value = self._paid.get(key, (0.0, None))
+            if expires <= now:
+                value = None
+        if value is None:
+            return None
+        try:
+            earlier = Speech.model_validate_json(value)
+        except ValueError:
+            return None
+        return reused(earlier) if self._safe_cached_url(earlier.audio_url) else None
+
+    def remember_part(self, key: str, speech: Speech) -> None:
+        """Remember a paid part for ``part_ttl`` (the cache, if on, has it already)."""
+        ttl = self._settings.part_ttl
+        if ttl <= 0 or speech.cached:
+            return
+        value = speech.model_dump_json()
+        expires = self._clock() + ttl
+        store = self.store
+        if store is not None:
+            store.cache_put(_PAID_PREFIX + key, value, expires)
+        else:
+            with self._lock:
+                self._paid[key] = (expires, value)
+
     @property
     def coalesces_across_processes(self) -> bool:
         """Whether identical calls are coalesced across replicas (a Redis cache)."""
@@ -316,7 +376,12 @@ class Spend:
         """Hold the estimated cost of a call, or raise BudgetExceededError."""
         if not self.needs_budget_check:
             return NO_HOLD
-        estimate = self.estimate(model, characters)
+        return self.reserve_estimate(self.estimate(model, characters))
+
+    def reserve_estimate(self, estimate: float) -> Hold:
+        """Hold ``estimate`` credits (a whole long-form job at once), or raise."""
+        if not self.needs_budget_check:
+            return NO_HOLD
         now = self._clock()
         with self._lock:
             if self.client_limit is not None:
@@ -424,9 +489,17 @@ class Spend:
         )
 
     def settle(
-        self, speech: Speech, text: str, cache_key: str | None, hold: Hold = NO_HOLD
+        self,
+        speech: Speech,
+        text: str,
+        cache_key: str | None,
+        hold: Hold = NO_HOLD,
+        job_id: str | None = None,
     ) -> None:
-        """Record a finished call (and remember it for the cache); ends its ``hold``."""
+        """Record a finished call (and remember it for the cache); ends its ``hold``.
+
+        ``job_id`` ties the parts of one long-form or dialogue call together in the ledger.
+        """
         credits = float(speech.credits_used or 0)
         now = self._clock()
         with self._lock:
@@ -434,12 +507,12 @@ class Spend:
         store = self.store
         if store is None:
             if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
-                entry = _entry(speech, text, credits, now)
+                entry = _entry(speech, text, credits, now, job_id)
                 with self._budget_lock, self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
-        entry = _entry(speech, text, credits, now)
+        entry = _entry(speech, text, credits, now, job_id)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
             self._unhold(hold)
@@ -462,6 +535,8 @@ class Spend:
         start = parse_since(since)
         store = self.store
         rows = store.usage(start, by) if store is not None else []
+        if by == "job":
+            rows = [_one_call_per_job(r) for r in rows]
         groups = [
             UsageGroup(
                 key=r.key,
@@ -482,6 +557,13 @@ class Spend:
             total_usd=round(sum(g.usd for g in groups), 6),
             ledger=self.ledger_name if store is not None else "ledger off",
         )
+
+
+def _one_call_per_job(row: UsageRow) -> UsageRow:
+    """A job's parts counted as the one call they were (cached when every part was)."""
+    if not row.key:
+        return dataclasses.replace(row, key=SINGLE_REQUESTS)
+    return dataclasses.replace(row, calls=1, cached_calls=int(row.cached_calls == row.calls))
 
 
 def _daily_message(

@@ -13,14 +13,15 @@ import argparse
 import json
 import logging
 import os
+import re
 import stat
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from . import (
-    MAX_TEXT_CHARS,
     MODELS,
     APIError,
     BudgetExceededError,
@@ -28,10 +29,12 @@ from . import (
     InvalidInputError,
     OctaveClient,
     OctaveError,
+    Speech,
     __version__,
     configure_logging,
     write_atomic,
 )
+from ._script import Script, parse_cast, parse_script
 from .catalogue import ALL_FORMATS, models_table
 
 __all__ = ["main"]
@@ -71,8 +74,30 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    say = sub.add_parser("say", help="speak TEXT and print the audio URL")
-    say.add_argument("text", metavar="TEXT", help="the words to speak; '-' reads stdin")
+    say = sub.add_parser(
+        "say",
+        help="speak TEXT (or --file, or a --script dialogue) and print the audio URL",
+        description="Speak TEXT, the text in --file, or the dialogue in --script, and print "
+        "the URL of one audio file. Long text is spoken in parts and joined; a bar on stderr "
+        "shows the parts when it is a terminal.",
+    )
+    say.add_argument("text", metavar="TEXT", nargs="?", help="the words to speak; '-' reads stdin")
+    say.add_argument(
+        "--file", metavar="PATH", help="speak the UTF-8 text in PATH ('-' reads stdin)"
+    )
+    say.add_argument(
+        "--script",
+        metavar="FILE",
+        help="speak a dialogue: 'Speaker: words' lines, speakers cast as voices by --cast or "
+        "by front matter between '---' lines at the top ('-' reads stdin)",
+    )
+    say.add_argument(
+        "--cast",
+        metavar="SPEAKER=VOICE,...",
+        action="append",
+        help='voices of the --script speakers, e.g. "Host=Ava Song,Guest=Vince Douglas" '
+        "(wins over the front matter; may be repeated)",
+    )
     say.add_argument("--voice", help="a voice name (see `octave-tools voices`)")
     say.add_argument(
         "--format", choices=ALL_FORMATS, help="audio format (default: the model's; wav for Octave)"
@@ -98,7 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="what the ledger says was spent")
     usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
     usage.add_argument(
-        "--by", choices=("day", "model", "voice", "engine"), default="day", help="grouping"
+        "--by", choices=("day", "model", "voice", "engine", "job"), default="day", help="grouping"
     )
     usage.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -145,28 +170,27 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
-_STDIN_BYTES = 4 * (MAX_TEXT_CHARS + 1)
-_STDIN_CHUNK = 1 << 16
+_READ_CHUNK = 1 << 16
+_SCRIPT_SLACK = 1 << 20
 
 
-def _read_text(arg: str) -> str:
-    if arg != "-":
-        return arg
-    # Bounded: a stream that never ends (`yes |`) is refused, not buffered whole.
-    stream = sys.stdin.buffer
+def _read_bounded(stream: BinaryIO, name: str, limit: int, slack: int = 0) -> str:
+    """UTF-8 text from ``stream``, refused once it holds more than ``limit`` characters'
+    worth of bytes plus ``slack`` (so a stream that never ends, `yes |`, is never
+    buffered whole)."""
+    most = 4 * (limit + 1) + slack  # bytes: enough for limit + 1 characters of UTF-8
     chunks: list[bytes] = []
     size = 0
-    while size < _STDIN_BYTES:
-        chunk = stream.read(min(_STDIN_CHUNK, _STDIN_BYTES - size))
+    while size < most:
+        chunk = stream.read(min(_READ_CHUNK, most - size))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
-    if size >= _STDIN_BYTES:
+    if size >= most:
         raise InvalidInputError(
-            f"stdin holds more than the {MAX_TEXT_CHARS:,}-character limit; shorten the "
-            "text or split it into several calls.",
+            f"{name} holds more than the {limit:,}-character limit of one call; shorten it, "
+            "or raise OCTAVE_TOOLS_MAX_TEXT_CHARS.",
             field="text",
         )
     data = b"".join(chunks)
@@ -174,8 +198,113 @@ def _read_text(arg: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(
-            f"stdin is not UTF-8 (byte {exc.start}); convert it with iconv first.", field="text"
+            f"{name} is not UTF-8 (byte {exc.start}); convert it with iconv first.", field="text"
         ) from None
+
+
+def _read_source(path: str, limit: int, slack: int = 0) -> str:
+    """The text of ``path``, or of stdin for '-'."""
+    if path == "-":
+        return _read_bounded(sys.stdin.buffer, "stdin", limit, slack)
+    try:
+        with open(path, "rb") as stream:
+            return _read_bounded(stream, path, limit, slack)
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"{path!r} does not exist; give the path of a text file.", field="file"
+        ) from None
+    except IsADirectoryError:
+        raise InvalidInputError(
+            f"{path!r} is a folder; give the path of a text file.", field="file"
+        ) from None
+    except PermissionError:
+        raise InvalidInputError(
+            f"{path!r} cannot be read (permission denied).", field="file"
+        ) from None
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """Exactly one of TEXT, --file and --script, and only the options that go with it."""
+    given = [
+        name
+        for name, value in (("TEXT", args.text), ("--file", args.file), ("--script", args.script))
+        if value is not None
+    ]
+    if len(given) != 1:
+        which = "none" if not given else " and ".join(given)
+        raise _UsageError(
+            f"say takes one of TEXT, --file or --script (got {which}); see {PROG} say --help"
+        )
+    if args.cast is not None and args.script is None:
+        raise _UsageError("--cast casts the speakers of a --script; give the script too")
+    if args.script is not None:
+        for option, value in (("--voice", args.voice), ("--speed", args.speed)):
+            if value is not None:
+                raise _UsageError(
+                    f"{option} does not apply to --script: each speaker's voice comes from "
+                    "--cast or the script's front matter"
+                )
+
+
+class _ProgressBar:
+    """``on_progress`` for the CLI: a bar on stderr for a call spoken in parts.
+
+    Only when stderr is a terminal (never in a pipe or a log), and only for two parts or
+    more. Drawn by ``rich`` when it is installed (the ``cli`` extra); a plain counter
+    otherwise.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._on = stream.isatty()
+        self._lock = threading.Lock()
+        self._rich: Any = None
+        self._task: Any = None
+        self._plain = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._on or total <= 1:
+            return
+        with self._lock:
+            if self._rich is None and not self._plain:
+                self._start(total)
+            if self._rich is not None:
+                self._rich.update(self._task, completed=done, total=total)
+            else:
+                print(f"\rSpeaking: {done} of {total} parts", end="", file=self._stream, flush=True)
+
+    def _start(self, total: int) -> None:
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+        except ImportError:
+            self._plain = True
+            return
+        self._rich = Progress(
+            TextColumn("Speaking"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("parts"),
+            TimeElapsedColumn(),
+            console=Console(file=self._stream),
+        )
+        self._rich.start()
+        self._task = self._rich.add_task("parts", total=total)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._rich is not None:
+                self._rich.stop()
+                self._rich = None
+            elif self._plain:
+                print(file=self._stream, flush=True)
+                self._plain = False
 
 
 def _format_for(args: argparse.Namespace) -> str | None:
@@ -241,48 +370,81 @@ def _system_folder(folder: Path) -> bool:
     )
 
 
+def _read_input(args: argparse.Namespace, limit: int) -> str | Script:
+    """What `say` speaks: TEXT, the text of --file, or the --script (cast checked)."""
+    if args.script is not None:
+        source = "stdin" if args.script == "-" else args.script
+        # Room for what is not spoken: speakers, front matter, comments (the core counts
+        # the spoken characters against the limit).
+        script = parse_script(_read_source(args.script, limit, _SCRIPT_SLACK), source=source)
+        script.dialogue(parse_cast(args.cast or ()))  # every speaker has a voice
+        return script
+    path = args.file if args.file is not None else args.text if args.text == "-" else None
+    return args.text if path is None else _read_source(path, limit)
+
+
+def _speak(
+    client: OctaveClient, what: str | Script, args: argparse.Namespace, fmt: str | None
+) -> Speech:
+    """The one call `say` makes, with a progress bar while its parts are spoken."""
+    bar = _ProgressBar(sys.stderr)
+    try:
+        if isinstance(what, str):
+            return client.synthesize(
+                what, voice=args.voice, format=fmt, speed=args.speed, on_progress=bar
+            )
+        lines = what.dialogue(parse_cast(args.cast or ()))
+        try:
+            return client.synthesize_dialogue(lines, format=fmt, on_progress=bar)
+        except InvalidInputError as exc:
+            raise _in_script(exc, what) from None
+    finally:
+        bar.close()
+
+
 _PAID = "The call was made and its audio URL is printed above"
 
 
 def _say(args: argparse.Namespace) -> int:
+    _check_sources(args)
     if args.out is not None and not args.out.strip():
         raise InvalidInputError(
             "--out is empty; give a file name such as hello.wav, or - for stdout.", field="out"
         )
-    text = _read_text(args.text)
     fmt = _format_for(args)
     to_stdout = args.out == "-"
     out = Path(args.out).expanduser() if args.out is not None and not to_stdout else None
-    if out is not None:
-        _check_out(out)  # before the paid call, so a bad path never wastes one
     saved: Path | None = None
     failure: tuple[str, int] | None = None
     with OctaveClient(model=args.model, timeout=args.timeout) as client:
-        speech = client.synthesize(text, voice=args.voice, format=fmt, speed=args.speed)
-        if args.out is not None:
-            target = "-" if out is None else str(out)
-            try:
-                data = client.download(speech)
-            except OctaveError as exc:
-                failure = (
-                    f"{exc.message} {_PAID}; --out {target} was not written.",
-                    _exit_code(exc),
-                )
+        what = _read_input(args, client.settings.max_text_chars)
+        if out is not None:
+            _check_out(out)  # before the paid call, so a bad path never wastes one
+        speech = _speak(client, what, args, fmt)
+    if args.out is not None:
+        target = "-" if out is None else str(out)
+        try:
+            data = client.download(speech)
+        except OctaveError as exc:
+            failure = (
+                f"{exc.message} {_PAID}; --out {target} was not written.",
+                _exit_code(exc),
+            )
+        else:
+            if out is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
             else:
-                if out is None:
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
-                else:
-                    try:
-                        _check_out(out)  # again: it may have changed during the call
-                        saved = write_atomic(out, data)
-                    except InvalidInputError as exc:
-                        failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
-                    except OSError as exc:
-                        failure = (
-                            f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
-                            EXIT_FILE,
-                        )
+                try:
+                    _check_out(out)  # again: it may have changed during the call
+                    saved = write_atomic(out, data)
+                except InvalidInputError as exc:
+                    failure = (f"{exc.message} {_PAID}.", EXIT_FILE)
+                except OSError as exc:
+                    failure = (
+                        f"could not write --out {target} ({exc.strerror or exc}). {_PAID}.",
+                        EXIT_FILE,
+                    )
     # With --out -, stdout carries only the audio: the URL or JSON goes to stderr.
     info = sys.stderr if to_stdout else sys.stdout
     if args.json:
@@ -304,6 +466,19 @@ def _say(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return code
     return EXIT_OK
+
+
+_CORE_LINE = re.compile(r"line (\d+): ")
+
+
+def _in_script(exc: InvalidInputError, script: Script) -> InvalidInputError:
+    """The core's "line 3: ..." about a dialogue line, said as the script's own line."""
+    found = _CORE_LINE.match(exc.message)
+    if found is None or not 1 <= int(found[1]) <= len(script.lines):
+        return exc
+    line = script.lines[int(found[1]) - 1]
+    where = f"{script.source} line {line.line} ({line.speaker}): "
+    return InvalidInputError(where + exc.message[found.end() :], field=exc.field)
 
 
 def _voices(args: argparse.Namespace) -> int:

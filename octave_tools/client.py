@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import Unpack
 
@@ -18,8 +18,9 @@ from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
+from .catalogue import MODELS
 from .errors import ConfigurationError, InvalidInputError
-from .models import Speech, UsageReport, VoiceList
+from .models import DialogueLine, Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -33,6 +34,14 @@ logger = logging.getLogger("octave_tools")
 # idle 437-455 calls/s; all 64 kept idle 92-95 calls/s (httpcore's idle scans dominate).
 MAX_CONNECTIONS = 64
 MAX_KEEPALIVE = 16
+
+# Long text goes in parts of at most this many characters on a model whose docs give no
+# limit, and on the local engine (which has none, but a part bounds its memory).
+DEFAULT_PART_CHARS = 4000
+LOCAL_PART_CHARS = 4000
+
+ProgressCallback = Callable[[int, int], object]
+"""``on_progress(done, total)``: parts finished of a long-form or dialogue call."""
 
 if TYPE_CHECKING:
     import asyncio
@@ -112,6 +121,27 @@ class _BaseClient:
             raise TypeError("Pass settings= or individual settings, not both.")
         self._settings = settings or Settings.load(**options)
         self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
+        # Text longer than this takes the long-form path (the configured model's limit).
+        self._split_at = self._split_limit(None)
+
+    def _split_limit(self, model: str | None) -> int:
+        """Characters one request of ``model`` (default: the configured one) takes here.
+
+        ``chunk_chars`` when set, else the model's documented limit (DEFAULT_PART_CHARS
+        when it has none; LOCAL_PART_CHARS when the local engine may serve the call),
+        never more than ``max_text_chars``. Settings only: no engine is loaded.
+        """
+        s = self._settings
+        if s.engine == "local" or (s.engine == "auto" and not s.has_key):
+            limit = s.chunk_chars or LOCAL_PART_CHARS
+        else:
+            name = s.model if model is None else model.strip() if isinstance(model, str) else ""
+            spec = MODELS.get(name)
+            documented = spec.max_text_chars if spec is not None else None
+            limit = s.chunk_chars or documented or DEFAULT_PART_CHARS
+            if documented is not None:
+                limit = min(limit, documented)
+        return min(limit, s.max_text_chars)
 
     @property
     def settings(self) -> Settings:
@@ -349,6 +379,7 @@ class OctaveClient(_BaseClient):
         format: str | None = None,
         model: str | None = None,
         speed: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
@@ -357,7 +388,20 @@ class OctaveClient(_BaseClient):
         against that model and mapped into its own fields. Raises InvalidInputError
         before any request for bad arguments, BudgetExceededError when a spend limit
         would be passed, and another OctaveError subclass when the call fails.
+
+        Text longer than one request takes (the model's limit, or ``chunk_chars``; up to
+        ``max_text_chars``) is split at paragraphs, sentences, clauses or spaces, the parts
+        are synthesised ``max_concurrency`` at a time and joined into one file; the
+        result's ``parts`` say which text each request spoke and what it cost, and
+        ``on_progress(done, total)`` is called as parts finish. The whole call may take
+        ``timeout`` times the number of rounds, ``ceil(parts / max_concurrency)``.
         """
+        if isinstance(text, str) and len(text) > (
+            self._split_at if model is None else self._split_limit(model)
+        ):
+            from . import _longform
+
+            return _longform.synthesize_text(self, text, voice, format, model, speed, on_progress)
         job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
@@ -412,7 +456,28 @@ class OctaveClient(_BaseClient):
         self._spend.settle(speech, job.text, job.cache_key, held)
         return speech
 
-    def _run(self, job: _Job) -> Speech:
+    def synthesize_dialogue(
+        self,
+        lines: Sequence[DialogueLine | Mapping[str, Any]],
+        *,
+        format: str | None = None,
+        model: str | None = None,
+        pause_ms: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Speech:
+        """Speak ``lines`` in order, each in its own voice, into one audio file.
+
+        Each line is a ``DialogueLine(voice, text, model=None, speaker=None)`` or a mapping
+        with those keys. Every line is checked (voice, text, model) before anything is
+        sent; an error names the line ("line 3: unknown voice ..."). Long lines are split
+        like long text; ``pause_ms`` of silence (default: the ``pause_ms`` setting, else
+        400) goes between parts. Budget, cache, parts and progress as in ``synthesize``.
+        """
+        from . import _longform
+
+        return _longform.synthesize_dialogue(self, lines, format, model, pause_ms, on_progress)
+
+    def _run(self, job: _Job, deadline: float | None = None) -> Speech:
         call = job.call
         if call is None:
             from . import _local
@@ -422,7 +487,8 @@ class OctaveClient(_BaseClient):
             )
         if not _net_loaded:
             _load_net()
-        deadline = self._deadline()
+        if deadline is None:
+            deadline = self._deadline()
         attempt = 0
         while True:
             try:
@@ -539,8 +605,20 @@ class AsyncOctaveClient(_BaseClient):
         format: str | None = None,
         model: str | None = None,
         speed: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> Speech:
-        """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
+        """Turn ``text`` into speech and return where the audio is (see OctaveClient).
+
+        ``on_progress(done, total)`` may return an awaitable; it is awaited.
+        """
+        if isinstance(text, str) and len(text) > (
+            self._split_at if model is None else self._split_limit(model)
+        ):
+            from . import _longform
+
+            return await _longform.asynthesize_text(
+                self, text, voice, format, model, speed, on_progress
+            )
         job = self._plan(text, voice, format, model, speed)
         key = job.cache_key
         if key is None:
@@ -628,7 +706,23 @@ class AsyncOctaveClient(_BaseClient):
         else:
             await asyncio.to_thread(spend.settle, speech, text, cache_key, held)
 
-    async def _run(self, job: _Job) -> Speech:
+    async def synthesize_dialogue(
+        self,
+        lines: Sequence[DialogueLine | Mapping[str, Any]],
+        *,
+        format: str | None = None,
+        model: str | None = None,
+        pause_ms: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Speech:
+        """Speak ``lines`` in order into one file (see OctaveClient.synthesize_dialogue)."""
+        from . import _longform
+
+        return await _longform.asynthesize_dialogue(
+            self, lines, format, model, pause_ms, on_progress
+        )
+
+    async def _run(self, job: _Job, deadline: float | None = None) -> Speech:
         call = job.call
         if call is None:
             from . import _local
@@ -636,7 +730,8 @@ class AsyncOctaveClient(_BaseClient):
             return await _local.asynthesize(
                 job.text, voice=job.voice, format=job.format, settings=self._settings
             )
-        deadline = self._deadline()
+        if deadline is None:
+            deadline = self._deadline()
         attempt = 0
         while True:
             try:

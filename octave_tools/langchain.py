@@ -1,4 +1,5 @@
-"""LangChain tools over the octave-tools client: ``text_to_speech``, ``list_voices``, a toolkit.
+"""LangChain tools over the octave-tools client: ``text_to_speech``, ``text_to_dialogue``,
+``list_voices``, ``usage`` and a toolkit.
 
 Install with ``pip install "octave-tools[langchain]"``. The tools read the same settings as
 the clients (arguments first, then ``AIMLAPI_API_KEY`` and the ``OCTAVE_TOOLS_*`` variables),
@@ -17,6 +18,10 @@ Who sees a failure depends on who can fix it:
 
 With ``handle_tool_error=False`` the first kind is raised too, as ``ToolException`` whose
 ``__cause__`` is the ``OctaveError``. No message ever contains the API key.
+
+A long call (text spoken in parts, or a dialogue) dispatches a custom event named
+``octave_tools_progress`` with ``{"done", "total", "message"}`` after each part, which
+``astream_events`` and callback handlers' ``on_custom_event`` receive.
 """
 
 # No ``from __future__ import annotations``: LangChain resolves the type hints of ``_run``
@@ -26,7 +31,7 @@ import asyncio
 import functools
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
@@ -63,11 +68,16 @@ from . import (
 from .toolspec import ToolSet, ToolSpec, explain_arguments, tools_for
 
 __all__ = [
+    "PROGRESS_EVENT",
+    "OctaveDialogueTool",
     "OctaveTTSTool",
     "OctaveToolkit",
     "OctaveUsageTool",
     "OctaveVoicesTool",
 ]
+
+PROGRESS_EVENT = "octave_tools_progress"
+"""The custom event a long call dispatches after each part: ``{"done", "total", "message"}``."""
 
 # Raised to the caller: no retry by the model can fix these (see the module docstring).
 _NEEDS_A_PERSON = (ConfigurationError, AuthenticationError, NotFoundError, BudgetExceededError)
@@ -229,20 +239,52 @@ class _SpecTool(_ClientOptions, BaseTool):
         _render(self, self._spec_of(tools_for(self._core)))
 
 
-class OctaveTTSTool(_SpecTool):
-    """Text-to-speech on the AIML API (``hume/octave-2`` by default) as a LangChain tool.
+def _progress_event(done: int, total: int) -> dict[str, Any]:
+    return {"done": done, "total": total, "message": f"{done} of {total} parts"}
 
-    Invoked with a ``ToolCall`` it returns a ``ToolMessage`` whose content is one sentence
-    with the audio URL, voice and format, and whose ``artifact`` is the ``Speech`` record
-    as a dict (URL, voice, format, model, characters, credits_used, request_id, ...).
 
-    Construct it with no arguments (settings from the environment), with any client
-    setting (``api_key=``, ``voice=``, ``cache_ttl=``, ``max_credits_per_day=``, ...), or
-    with ready clients (``client=``, ``async_client=``). ``ainvoke`` runs on the async
-    client, with no thread pool.
-    """
+def _sync_progress(
+    run_manager: CallbackManagerForToolRun | None,
+) -> Callable[[int, int], None] | None:
+    """The core's ``on_progress`` as custom events of this tool run (None: nobody listens)."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    events = run_manager.get_child()
 
-    name: str = "text_to_speech"
+    def report(done: int, total: int) -> None:
+        if total > 1:
+            events.on_custom_event(
+                PROGRESS_EVENT, _progress_event(done, total), run_id=run_manager.run_id
+            )
+
+    return report
+
+
+def _async_progress(
+    run_manager: AsyncCallbackManagerForToolRun | None,
+) -> Callable[[int, int], Awaitable[None]] | None:
+    """The async twin of ``_sync_progress``."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    events = run_manager.get_child()
+
+    async def report(done: int, total: int) -> None:
+        if total > 1:
+            await events.on_custom_event(
+                PROGRESS_EVENT, _progress_event(done, total), run_id=run_manager.run_id
+            )
+
+    return report
+
+
+def _plain(line: Any) -> dict[str, Any]:
+    """A validated dialogue line as the mapping the core takes (unset model left out)."""
+    fields: dict[str, Any] = line.model_dump() if isinstance(line, BaseModel) else dict(line)
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+class _SpeakingTool(_SpecTool):
+    """A tool that makes speech: a sync client for ``invoke``, one async client per loop."""
 
     _sync: OctaveClient | None = PrivateAttr(default=None)
     # One async client per event loop: an httpx pool cannot outlive the loop it was used on.
@@ -250,39 +292,6 @@ class OctaveTTSTool(_SpecTool):
         default_factory=weakref.WeakKeyDictionary
     )
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    def _spec_of(self, tools: ToolSet) -> ToolSpec:
-        return tools.text_to_speech
-
-    def _run(
-        self,
-        text: str,
-        voice: str | None = None,
-        format: str | None = None,
-        speed: float | None = None,
-        model: str | None = None,
-        run_manager: CallbackManagerForToolRun | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        with _model_can_fix():
-            speech = self._sync_client().synthesize(
-                text, voice=voice, format=format, speed=speed, model=model
-            )
-        return speech.summary(), speech.model_dump()
-
-    async def _arun(
-        self,
-        text: str,
-        voice: str | None = None,
-        format: str | None = None,
-        speed: float | None = None,
-        model: str | None = None,
-        run_manager: AsyncCallbackManagerForToolRun | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        with _model_can_fix():
-            speech = await self._async_client().synthesize(
-                text, voice=voice, format=format, speed=speed, model=model
-            )
-        return speech.summary(), speech.model_dump()
 
     def _sync_client(self) -> OctaveClient:
         if self.client is not None:
@@ -306,6 +315,109 @@ class OctaveTTSTool(_SpecTool):
                 if client is None:
                     client = self._async[loop] = AsyncOctaveClient(settings=self._settings)
         return client
+
+
+class OctaveTTSTool(_SpeakingTool):
+    """Text-to-speech on the AIML API (``hume/octave-2`` by default) as a LangChain tool.
+
+    Invoked with a ``ToolCall`` it returns a ``ToolMessage`` whose content is one sentence
+    with the audio URL, voice and format, and whose ``artifact`` is the ``Speech`` record
+    as a dict (URL, voice, format, model, characters, credits_used, request_id, and
+    ``parts`` when long text was spoken in parts).
+
+    Construct it with no arguments (settings from the environment), with any client
+    setting (``api_key=``, ``voice=``, ``cache_ttl=``, ``max_credits_per_day=``, ...), or
+    with ready clients (``client=``, ``async_client=``). ``ainvoke`` runs on the async
+    client, with no thread pool.
+    """
+
+    name: str = "text_to_speech"
+
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        return tools.text_to_speech
+
+    def _run(
+        self,
+        text: str,
+        voice: str | None = None,
+        format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        with _model_can_fix():
+            speech = self._sync_client().synthesize(
+                text,
+                voice=voice,
+                format=format,
+                speed=speed,
+                model=model,
+                on_progress=_sync_progress(run_manager),
+            )
+        return speech.summary(), speech.model_dump()
+
+    async def _arun(
+        self,
+        text: str,
+        voice: str | None = None,
+        format: str | None = None,
+        speed: float | None = None,
+        model: str | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        with _model_can_fix():
+            speech = await self._async_client().synthesize(
+                text,
+                voice=voice,
+                format=format,
+                speed=speed,
+                model=model,
+                on_progress=_async_progress(run_manager),
+            )
+        return speech.summary(), speech.model_dump()
+
+
+class OctaveDialogueTool(_SpeakingTool):
+    """A dialogue in several voices, spoken in order into one audio file, as a LangChain tool.
+
+    Takes ``lines`` (each ``{"voice", "text"}``, and ``"model"`` when several are offered)
+    and an optional ``format``. The ``ToolMessage`` content is one sentence with the audio
+    URL; the ``artifact`` is the ``Speech`` record as a dict, with ``parts`` (each part's
+    speaker, voice, character range, URL and credits). Settings as for ``OctaveTTSTool``.
+    """
+
+    name: str = "text_to_dialogue"
+
+    def _spec_of(self, tools: ToolSet) -> ToolSpec:
+        return tools.text_to_dialogue
+
+    def _run(
+        self,
+        lines: list[Any],
+        format: str | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        with _model_can_fix():
+            speech = self._sync_client().synthesize_dialogue(
+                [_plain(line) for line in lines],
+                format=format,
+                on_progress=_sync_progress(run_manager),
+            )
+        return speech.summary(), speech.model_dump()
+
+    async def _arun(
+        self,
+        lines: list[Any],
+        format: str | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        with _model_can_fix():
+            speech = await self._async_client().synthesize_dialogue(
+                [_plain(line) for line in lines],
+                format=format,
+                on_progress=_async_progress(run_manager),
+            )
+        return speech.summary(), speech.model_dump()
 
 
 class OctaveVoicesTool(_SpecTool):
@@ -364,19 +476,23 @@ class OctaveUsageTool(_SpecTool):
 
 
 class OctaveToolkit(_ClientOptions, BaseToolkit):
-    """``text_to_speech`` and ``list_voices`` with one set of settings.
+    """``text_to_speech``, ``text_to_dialogue`` and ``list_voices`` with one set of settings.
 
-    Takes the same arguments as the tools; ``get_tools()`` returns the same two tool
-    instances on every call, so their HTTP connections are reused.
+    Takes the same arguments as the tools; ``get_tools()`` returns the same tool instances
+    on every call, so their HTTP connections are reused.
     """
 
     _tools: list[BaseTool] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
-        """Build both tools from this toolkit's settings."""
+        """Build the tools from this toolkit's settings."""
         super().model_post_init(context)
         options = self._options()
-        self._tools = [OctaveTTSTool(**options), OctaveVoicesTool(**options)]
+        self._tools = [
+            OctaveTTSTool(**options),
+            OctaveDialogueTool(**options),
+            OctaveVoicesTool(**options),
+        ]
 
     def get_tools(self) -> list[BaseTool]:
         """The tools, ready to pass to ``create_agent`` or ``bind_tools``."""

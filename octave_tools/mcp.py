@@ -1,20 +1,24 @@
 """The MCP face: text-to-speech as tools for Claude Desktop and any MCP client.
 
-``create_server()`` registers three tools and two resources over the core client:
+``create_server()`` registers four tools and three resources over the core client:
 
 - ``text_to_speech``: the audio URL as one sentence of text, plus ``structuredContent``
   (a ``SpeechResult``: the ``Speech`` fields and that sentence as ``message``) under a
-  declared output schema. Never ``AudioContent``.
+  declared output schema. Never ``AudioContent``. Long text is spoken in parts, each
+  reported as progress ("3 of 10 parts") to a client that sent a progress token.
+- ``text_to_dialogue``: lines of ``{voice, text}`` spoken in order into one file; the
+  same result and progress.
 - ``list_voices``: the voice catalogue with the default marked; read-only, offline.
 - ``usage``: what the local ledger says was spent; read-only, offline.
 - resources ``octave://voices`` (``voice_catalogue``) and ``octave://usage``
   (``usage_report``): the same as JSON, under names no tool has.
 - resource ``ui://octave-tools/player.html``: an inline audio player, an MCP App (the
-  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech``
-  links in its ``_meta.ui.resourceUri``. Hosts that render MCP Apps show it with the
+  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech`` and
+  ``text_to_dialogue`` link in their ``_meta.ui.resourceUri``. Hosts that render MCP Apps show it with the
   result; every other client sees the same result and ignores the link.
 
-``text_to_speech`` results hold the sentence as a text block first, then a
+``text_to_speech`` and ``text_to_dialogue`` results hold the sentence as a text block
+first, then a
 ``resource_link`` block to the audio (its URL, audio MIME type and a name), except for
 clients that name themselves only as the Python SDK's default (``mcp``) on a protocol of
 2025-11-25 or before, or name nothing there: the adapters built on the 1.x SDK
@@ -177,6 +181,46 @@ def _as_tool_errors(tool: str) -> Iterator[None]:
         ) from None
 
 
+class _Progress:
+    """Progress notifications for one call: one per part of a long call, never backwards
+    (the protocol wants each one above the last), and nothing without a progress token."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        self._ctx = ctx
+        self._last = -1
+        self._parts = False
+
+    async def _report(self, done: int, total: int, message: str) -> None:
+        if done > self._last:
+            self._last = done
+            await self._ctx.report_progress(done, total, message)
+
+    async def start(self) -> None:
+        await self._report(0, 1, "Generating speech")
+
+    async def part(self, done: int, total: int) -> None:
+        """The core's ``on_progress``: parts done of parts (one part is the short path)."""
+        if total > 1:
+            self._parts = True
+            await self._report(done, total, f"{done} of {total} parts")
+
+    async def finish(self) -> None:
+        if not self._parts:
+            await self._report(1, 1, "Speech ready")
+
+
+def _speech_result(
+    speech: Speech, publish: Callable[[Speech], Speech] | None, ctx: _Ctx
+) -> CallToolResult:
+    """The speech as the caller may see it: one sentence, the link to the audio where the
+    client takes it (``_takes_links``), and the record under the schema."""
+    if publish is not None:
+        speech = publish(speech)
+    sentence = speech.summary()
+    structured = {**speech.model_dump(mode="json"), "message": sentence}
+    return _result(sentence, structured, audio_link(speech) if _takes_links(ctx) else None)
+
+
 def _result(
     text: str, structured: dict[str, Any], link: ResourceLink | None = None
 ) -> CallToolResult:
@@ -250,8 +294,8 @@ class _Apps(Extension):
             uri=PLAYER_URI,
             name="speech_player",
             title="Speech player",
-            description="Plays the audio of a text_to_speech result inline: play/pause, seek, "
-            "download, with the voice, model and credits.",
+            description="Plays the audio of a text_to_speech or text_to_dialogue result inline: "
+            "play/pause, seek, download, with the voice, model, credits and who speaks.",
             mime_type=APP_MIME_TYPE,
             meta={"ui": {"csp": {"resourceDomains": audio_origins}, "prefersBorder": True}},
             fn=_read_player,
@@ -259,6 +303,12 @@ class _Apps(Extension):
 
     def resources(self) -> list[ResourceBinding]:
         return [ResourceBinding(resource=self._player)]
+
+
+def _plain(line: Any) -> dict[str, Any]:
+    """A validated dialogue line as the mapping the core takes (unset model left out)."""
+    fields: dict[str, Any] = line.model_dump() if isinstance(line, BaseModel) else dict(line)
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 # pydantic ends each error with "For further information visit https://errors.pydantic.dev/..."
@@ -324,7 +374,8 @@ def create_server(
     audio_origins: MutableSequence[str] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
-    """An MCP server with the ``text_to_speech``, ``list_voices`` and ``usage`` tools.
+    """An MCP server with the ``text_to_speech``, ``text_to_dialogue``, ``list_voices`` and
+    ``usage`` tools.
 
     Pass a ready ``client`` (yours to close), or any setting of ``AsyncOctaveClient``
     (``api_key``, ``model``, ``models``, ``voice``, ``cache_ttl``,
@@ -369,17 +420,31 @@ def create_server(
         speed: float | None = None,
         model: str | None = None,
     ) -> Annotated[CallToolResult, SpeechResult]:
-        await ctx.report_progress(0, 1, "Generating speech")
+        progress = _Progress(ctx)
+        await progress.start()
         with _as_tool_errors("text_to_speech"):
             speech = await ctx.request_context.lifespan_context.client().synthesize(
-                text, voice=voice, format=format, speed=speed, model=model
+                text,
+                voice=voice,
+                format=format,
+                speed=speed,
+                model=model,
+                on_progress=progress.part,
             )
-        if publish is not None:
-            speech = publish(speech)
-        await ctx.report_progress(1, 1, "Speech ready")
-        sentence = speech.summary()
-        structured = {**speech.model_dump(mode="json"), "message": sentence}
-        return _result(sentence, structured, audio_link(speech) if _takes_links(ctx) else None)
+        await progress.finish()
+        return _speech_result(speech, publish, ctx)
+
+    async def text_to_dialogue(
+        ctx: _Ctx, lines: list[Any], format: str | None = None
+    ) -> Annotated[CallToolResult, SpeechResult]:
+        progress = _Progress(ctx)
+        await progress.start()
+        with _as_tool_errors("text_to_dialogue"):
+            speech = await ctx.request_context.lifespan_context.client().synthesize_dialogue(
+                [_plain(line) for line in lines], format=format, on_progress=progress.part
+            )
+        await progress.finish()
+        return _speech_result(speech, publish, ctx)
 
     async def list_voices(model: str | None = None) -> Annotated[CallToolResult, VoiceList]:
         with _as_tool_errors("list_voices"):
@@ -408,9 +473,12 @@ def create_server(
     speak = _tool(text_to_speech, specs.text_to_speech)
     # MCP Apps: hosts that render them show the player with the result. The flat key is
     # the spec's deprecated form, still read by hosts that predate 2026-01-26.
-    speak.meta = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_URI}
+    talk = _tool(text_to_dialogue, specs.text_to_dialogue)
+    for tool in (speak, talk):
+        tool.meta = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_URI}
     tools: list[Tool] = [
         speak,
+        talk,
         _tool(list_voices, specs.list_voices),
         _tool(usage, specs.usage),
     ]

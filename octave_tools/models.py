@@ -2,13 +2,65 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
+__all__ = [
+    "DialogueLine",
+    "Engine",
+    "Speech",
+    "SpeechPart",
+    "UsageGroup",
+    "UsageReport",
+    "VoiceList",
+]
 
 Engine = Literal["aimlapi", "local"]
+
+
+@dataclass(frozen=True)
+class DialogueLine:
+    """One line of a dialogue: who speaks it (``voice``) and the words.
+
+    ``model`` picks another offered model for this line (default: the call's);
+    ``speaker`` is a label kept in the result's parts (default: the voice).
+    """
+
+    voice: str
+    text: str
+    model: str | None = None
+    speaker: str | None = None
+
+
+class SpeechPart(BaseModel):
+    """One request of a long-form or dialogue call: which text it spoke and what it cost."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    index: int = Field(description="Position of the part in the joined audio, from 0.")
+    start: int = Field(
+        description="Start of the part's text: a character offset into the text (for "
+        "dialogue, into its line's text)."
+    )
+    end: int = Field(description="End of the part's text (exclusive), as ``start``.")
+    characters: int = Field(description="Characters of text this part synthesised.")
+    audio_url: str = Field(description="The part's own audio URL, as the provider gave it.")
+    credits_used: int | float | None = Field(
+        default=None, description="Credits this part cost (0 when reused, None if unknown)."
+    )
+    request_id: str | None = Field(default=None, description="The provider's id for the part.")
+    voice: str | None = Field(default=None, description="The voice of the part.")
+    cached: bool = Field(
+        default=False, description="True when an earlier, paid result was reused at no charge."
+    )
+    speaker: str | None = Field(
+        default=None, description="Dialogue only: the line's speaker (else None)."
+    )
+    line: int | None = Field(
+        default=None, description="Dialogue only: the index of the line, from 0 (else None)."
+    )
 
 
 class Speech(BaseModel):
@@ -32,6 +84,16 @@ class Speech(BaseModel):
     )
     engine: Engine = Field(default="aimlapi", description="Which engine produced the audio.")
     cached: bool = Field(default=False, description="True when served from the local cache.")
+    parts: tuple[SpeechPart, ...] | None = Field(
+        default=None,
+        description="Long text and dialogue: the requests joined into this file, in order "
+        "(None when one request did it all).",
+    )
+    job_id: str | None = Field(
+        default=None,
+        description="Long text and dialogue: the id shared by the parts' ledger rows and "
+        "request ids (None for one request).",
+    )
 
     def summary(self) -> str:
         """One short sentence with the URL, for an LLM or a person to read."""
@@ -40,6 +102,10 @@ class Speech(BaseModel):
             details.append(f"{self.credits_used:,} credits")
         if self.cached:
             details.append("from cache, no charge")
+        if self.parts is not None:
+            reused = sum(1 for p in self.parts if p.cached)
+            joined = f"{len(self.parts)} parts joined into one file"
+            details.append(joined + (f", {reused} reused at no charge" if reused else ""))
         where = (
             "offline with the local engine (not Octave)" if self.engine == "local" else self.model
         )
@@ -47,12 +113,17 @@ class Speech(BaseModel):
 
 
 class UsageGroup(BaseModel):
-    """Spend for one day, model, voice or engine."""
+    """Spend for one day, model, voice, engine or job."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    key: str = Field(description="The day (YYYY-MM-DD, UTC), model, voice or engine.")
-    calls: int = Field(description="Calls recorded, cached ones included.")
+    key: str = Field(
+        description="The day (YYYY-MM-DD, UTC), model, voice or engine; or a long-form or "
+        "dialogue call's job id (by job)."
+    )
+    calls: int = Field(
+        description="Calls recorded, cached ones included (by job: a job is one call)."
+    )
     cached_calls: int = Field(description="Calls served from the cache at no charge.")
     characters: int = Field(description="Characters synthesised.")
     credits: float = Field(description="Credits spent.")
@@ -65,7 +136,7 @@ class UsageReport(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
-    by: str = Field(description="How the groups are formed: day, model, voice or engine.")
+    by: str = Field(description="How the groups are formed: day, model, voice, engine or job.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
     total_credits: float

@@ -93,7 +93,7 @@ def test_say_out_into_a_missing_folder_fails_before_spending(
         (["say", ""], 2, "text is empty"),
         (["say", "hi", "--voice", "Ava Sung"], 2, "Did you mean 'Ava Song'?"),
         (["say", "hi", "--format", "ogg"], 2, "argument --format: invalid choice: 'ogg'"),
-        (["say"], 2, "the following arguments are required: TEXT"),
+        (["say"], 2, "say takes one of TEXT, --file or --script (got none)"),
         (["fly"], 2, "invalid choice: 'fly'"),
     ],
 )

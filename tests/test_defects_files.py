@@ -26,7 +26,6 @@ from octave_tools._spend import Spend
 from octave_tools._store import LedgerEntry, SQLiteStore
 from octave_tools.cli import run
 from octave_tools.testing import FakeAIMLAPI
-from octave_tools.voices import MAX_TEXT_CHARS
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and FIFOs")
 
@@ -575,10 +574,10 @@ def test_stdin_is_read_only_up_to_the_text_limit(
     code, out, err = cli(capsys, "say", "-")
     assert (code, out) == (2, "")
     assert err == (
-        "octave-tools: error: stdin holds more than the 500,000-character limit; shorten the "
-        "text or split it into several calls.\n"
+        "octave-tools: error: stdin holds more than the 200,000-character limit of one call; "
+        "shorten it, or raise OCTAVE_TOOLS_MAX_TEXT_CHARS.\n"
     )
-    assert stdin.read_bytes <= 4 * (MAX_TEXT_CHARS + 1)
+    assert stdin.read_bytes <= 4 * (200_000 + 1)
     assert api_env.requests == []
 
 
@@ -608,7 +607,7 @@ def test_an_endless_stdin_is_refused_in_a_real_process(api_env: FakeAIMLAPI) -> 
         writer.join(timeout=10)
     assert code == 2
     stderr = proc.stderr.read()  # type: ignore[union-attr]
-    assert b"stdin holds more than the 500,000-character limit" in stderr
+    assert b"stdin holds more than the 200,000-character limit of one call" in stderr
     assert api_env.requests == []
 
 

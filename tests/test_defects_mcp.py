@@ -28,7 +28,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from mcp import Client
 
 from octave_tools._mcp_http import _Demote, _listen
-from octave_tools.langchain import OctaveTTSTool
+from octave_tools.langchain import OctaveDialogueTool, OctaveTTSTool
 from octave_tools.mcp import SpeechResult, create_server
 from octave_tools.testing import FakeAIMLAPI
 
@@ -295,6 +295,11 @@ async def test_every_tool_schema_converts_to_openai_strict_mode() -> None:
     assert converted["list_voices"]["properties"] == {}
     assert converted["usage"]["required"] == ["since", "by"]
     assert converted["text_to_speech"]["required"] == ["text", "voice", "format"]
+    assert converted["text_to_dialogue"]["required"] == ["lines", "format"]
+    assert converted["text_to_dialogue"]["properties"]["lines"]["items"]["required"] == [
+        "voice",
+        "text",
+    ]
     for tool in tools:
         assert tool.input_schema["additionalProperties"] is False
 
@@ -307,6 +312,15 @@ def test_the_langchain_schema_is_closed_and_strict() -> None:
     assert openai_strict(schema)["required"] == ["text", "voice", "format"]
     strict = convert_to_openai_tool(tool, strict=True)["function"]
     assert openai_strict(strict["parameters"])["required"] == ["text", "voice", "format"]
+
+
+def test_the_langchain_dialogue_schema_is_closed_and_strict_down_to_each_line() -> None:
+    tool = OctaveDialogueTool(api_key="k", engine="aimlapi", models="hume/octave-2,openai/tts-1")
+    strict = convert_to_openai_tool(tool, strict=True)["function"]["parameters"]
+
+    converted = openai_strict(strict)
+    assert converted["required"] == ["lines", "format"]
+    assert converted["properties"]["lines"]["items"]["required"] == ["voice", "text", "model"]
 
 
 async def test_the_structured_result_alone_says_what_the_url_is(fake_aimlapi: FakeAIMLAPI) -> None:

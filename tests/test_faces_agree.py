@@ -17,7 +17,12 @@ from langchain_core.tools import BaseTool
 from mcp import Client
 
 from octave_tools import BudgetExceededError
-from octave_tools.langchain import OctaveTTSTool, OctaveUsageTool, OctaveVoicesTool
+from octave_tools.langchain import (
+    OctaveDialogueTool,
+    OctaveTTSTool,
+    OctaveUsageTool,
+    OctaveVoicesTool,
+)
 from octave_tools.mcp import create_server
 from octave_tools.testing import FakeAIMLAPI
 
@@ -65,21 +70,57 @@ async def test_both_faces_show_the_same_tools(config: dict[str, Any]) -> None:
         t.name: _langchain_view(t)
         for t in (
             OctaveTTSTool(**settings),
+            OctaveDialogueTool(**settings),
             OctaveVoicesTool(**settings),
             OctaveUsageTool(**settings),
         )
     }
 
-    assert sorted(mcp_tools) == ["list_voices", "text_to_speech", "usage"]
+    assert sorted(mcp_tools) == ["list_voices", "text_to_dialogue", "text_to_speech", "usage"]
     for name, seen_by_mcp in mcp_tools.items():
         assert langchain_tools[name] == seen_by_mcp, name
     assert mcp_tools["text_to_speech"]["closed"] is False
-    assert mcp_tools["text_to_speech"]["hints"] == {
-        "readOnlyHint": False,
-        "destructiveHint": False,
-        "idempotentHint": False,
-        "openWorldHint": True,
-    }
+    for speaking in ("text_to_speech", "text_to_dialogue"):
+        assert mcp_tools[speaking]["hints"] == {
+            "readOnlyHint": False,
+            "destructiveHint": False,
+            "idempotentHint": False,
+            "openWorldHint": True,
+        }
+    assert mcp_tools["text_to_dialogue"]["properties"]["lines"]["items"][
+        "additionalProperties"
+    ] is (False)
+
+
+def test_the_dialogue_lines_take_a_model_only_when_several_are_offered() -> None:
+    one = OctaveDialogueTool(engine="aimlapi", model="openai/tts-1").args
+    several = OctaveDialogueTool(engine="aimlapi", models="hume/octave-2,openai/tts-1").args
+
+    assert list(one) == ["lines", "format"]
+    assert list(one["lines"]["items"]["properties"]) == ["voice", "text"]
+    assert one["lines"]["items"]["required"] == ["voice", "text"]
+    assert "alloy" in one["lines"]["items"]["properties"]["voice"]["description"]
+    assert "Leave it out" not in one["lines"]["items"]["properties"]["voice"]["description"]
+    assert list(several["lines"]["items"]["properties"]) == ["voice", "text", "model"]
+    assert several["lines"]["items"]["properties"]["model"]["anyOf"][0]["enum"] == [
+        "hume/octave-2",
+        "openai/tts-1",
+    ]
+
+
+def test_the_speaking_tools_state_the_limit_of_one_call_and_that_it_is_one_file() -> None:
+    tts = OctaveTTSTool(engine="aimlapi", model="openai/tts-1")
+    dialogue = OctaveDialogueTool(engine="aimlapi", model="openai/tts-1", max_text_chars=9_000)
+
+    assert tts.args["text"]["description"] == (
+        "The exact words to speak, 1 to 200,000 characters. Text longer than one request of "
+        "openai/tts-1 takes, 4,096 characters, is split where sentences end and comes back as "
+        "one audio file. Write numbers, abbreviations and symbols the way they should be said."
+    )
+    assert "up to 200,000 characters" in tts.description
+    assert "comes back as one audio file, so never split it yourself" in tts.description
+    assert "the lines together may hold up to 9,000 characters" in dialogue.description
+    assert dialogue.args["lines"]["description"].endswith("at most 9,000 characters.")
 
 
 def test_several_models_add_model_and_speed_arguments() -> None:

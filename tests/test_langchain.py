@@ -33,7 +33,12 @@ from octave_tools import (
     NotFoundError,
     OctaveClient,
 )
-from octave_tools.langchain import OctaveToolkit, OctaveTTSTool, OctaveVoicesTool
+from octave_tools.langchain import (
+    OctaveDialogueTool,
+    OctaveToolkit,
+    OctaveTTSTool,
+    OctaveVoicesTool,
+)
 from octave_tools.testing import CREDITS_PER_CHAR, FakeAIMLAPI
 
 SECRET = "sk-live-7f3a9c2e11d04b"
@@ -176,11 +181,12 @@ def test_schema_for_a_model_without_a_known_voice_list() -> None:
 
 
 def test_descriptions_say_when_to_use_the_tools_and_what_they_return() -> None:
-    tts, voices = OctaveToolkit(engine="aimlapi").get_tools()
+    tts, dialogue, voices = OctaveToolkit(engine="aimlapi").get_tools()
 
     assert tts.description.startswith("Turn text into natural speech with hume/octave-2")
     assert "Returns one sentence with the audio URL" in tts.description
     assert "find the exact name of a voice" in voices.description
+    assert dialogue.description.startswith("Speak a dialogue in several voices with hume/octave-2")
     assert voices.args == {}
 
 
@@ -709,9 +715,14 @@ async def test_list_voices_for_a_model_it_does_not_know() -> None:
 def test_toolkit_gives_both_tools_with_one_set_of_settings(fake_aimlapi: FakeAIMLAPI) -> None:
     toolkit = OctaveToolkit(**api_options(fake_aimlapi, voice="Charming Cowgirl"))
 
-    tts, voices = toolkit.get_tools()
+    tts, dialogue, voices = toolkit.get_tools()
 
-    assert [t.name for t in toolkit.get_tools()] == ["text_to_speech", "list_voices"]
+    assert [t.name for t in toolkit.get_tools()] == [
+        "text_to_speech",
+        "text_to_dialogue",
+        "list_voices",
+    ]
+    assert isinstance(dialogue, OctaveDialogueTool)
     assert toolkit.get_tools()[0] is tts
     assert isinstance(tts, OctaveTTSTool) and isinstance(voices, OctaveVoicesTool)
     assert tts.invoke(call({"text": "Howdy"})).artifact["voice"] == "Charming Cowgirl"

@@ -65,7 +65,11 @@ def speak(text: str, voice: str) -> Policy:
     """Call text_to_speech once; follow a "did you mean" once; then answer with the result."""
 
     def policy(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> AIMessage:
-        assert [t["function"]["name"] for t in tools] == ["text_to_speech", "list_voices"]
+        assert [t["function"]["name"] for t in tools] == [
+            "text_to_speech",
+            "text_to_dialogue",
+            "list_voices",
+        ]
         last = messages[-1]
         if isinstance(last, HumanMessage):
             return tool_call({"text": text, "voice": voice}, id="call-1")

@@ -1,4 +1,4 @@
-"""The langchain-tests standard suites for both tools; integration runs against the fake API."""
+"""The langchain-tests standard suites for the tools; integration runs against the fake API."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 
 from octave_tools._settings import Settings
-from octave_tools.langchain import OctaveTTSTool, OctaveVoicesTool
+from octave_tools.langchain import OctaveDialogueTool, OctaveTTSTool, OctaveVoicesTool
 from octave_tools.testing import FakeAIMLAPI
 
 EXAMPLE_TEXT = "Hello from the LangChain standard tests."
@@ -43,6 +43,29 @@ class TestTTSToolUnit(ToolsUnitTests):
     @property
     def tool_invoke_params_example(self) -> dict[str, Any]:
         return {"text": EXAMPLE_TEXT, "voice": "Ava Song", "format": "mp3"}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+        return ENV, {}, {"settings": settings_from(ENV)}
+
+
+DIALOGUE = {
+    "lines": [
+        {"voice": "Ava Song", "text": "Welcome to the show."},
+        {"voice": "Vince Douglas", "text": "Thanks for having me."},
+    ],
+    "format": "mp3",
+}
+
+
+class TestDialogueToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self) -> type[OctaveDialogueTool]:
+        return OctaveDialogueTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return DIALOGUE
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
@@ -88,3 +111,21 @@ class TestVoicesToolIntegration(ToolsIntegrationTests):
     @property
     def tool_constructor(self) -> type[OctaveVoicesTool]:
         return OctaveVoicesTool
+
+
+class TestDialogueToolIntegration(ToolsIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _api(self, api_env: FakeAIMLAPI, request: pytest.FixtureRequest) -> Iterator[None]:
+        yield
+        calls = 0 if request.node.name == "test_no_overrides_DO_NOT_OVERRIDE" else 1
+        spoken = sorted((r.json["voice"], r.json["text"]) for r in api_env.tts_requests)
+        lines = sorted((line["voice"], line["text"]) for line in DIALOGUE["lines"])
+        assert spoken == lines * calls
+
+    @property
+    def tool_constructor(self) -> type[OctaveDialogueTool]:
+        return OctaveDialogueTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return DIALOGUE

@@ -63,8 +63,13 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     async with connect(peer, api_env(fake_aimlapi), monkeypatch) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
 
-    assert sorted(tools) == ["list_voices", "text_to_speech", "usage"]
+    assert sorted(tools) == ["list_voices", "text_to_dialogue", "text_to_speech", "usage"]
     tts, voices, usage = tools["text_to_speech"], tools["list_voices"], tools["usage"]
+    dialogue = tools["text_to_dialogue"]
+    assert dialogue.title == "Text to dialogue"
+    assert dialogue.annotations == tts.annotations.model_copy(update={"title": "Text to dialogue"})
+    assert dialogue.input_schema["required"] == ["lines"]
+    assert dialogue.output_schema == SpeechResult.model_json_schema()
     assert tts.title == "Text to speech"
     assert tts.annotations.model_dump(exclude_none=True) == {
         "title": "Text to speech",
@@ -200,7 +205,7 @@ async def test_without_a_key_the_server_starts_lists_and_explains_how_to_set_it(
         voices = await client.call_tool("list_voices", {})
         result = await client.call_tool("text_to_speech", {"text": "Hi"})
 
-    assert names == ["text_to_speech", "list_voices", "usage"]
+    assert names == ["text_to_speech", "text_to_dialogue", "list_voices", "usage"]
     assert voices.is_error is False
     assert result.is_error is True
     assert text_of(result) == TOOL_ERROR + str(expected.value)
@@ -549,8 +554,10 @@ def test_the_stdio_client_example_runs_offline() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     lines = done.stdout.splitlines()
-    assert lines[:5] == [
+    assert lines[:6] == [
         "[tool] text_to_speech: read_only_hint=False, destructive_hint=False, "
+        "idempotent_hint=False, open_world_hint=True",
+        "[tool] text_to_dialogue: read_only_hint=False, destructive_hint=False, "
         "idempotent_hint=False, open_world_hint=True",
         "[tool] list_voices: read_only_hint=True, destructive_hint=False, "
         "idempotent_hint=True, open_world_hint=False",
@@ -566,9 +573,9 @@ def test_the_stdio_client_example_runs_offline() -> None:
     assert re.fullmatch(
         r"\[result\] Speech generated hume/octave-2: http://127\.0\.0\.1:\d+/files/[0-9a-f]{32}"
         r"\.wav \(voice 'Campfire Narrator', wav, 5,250 credits\)\.",
-        lines[6],
+        lines[7],
     )
-    assert lines[7].startswith("[structured] {'audio_url': 'http://127.0.0.1:")
+    assert lines[8].startswith("[structured] {'audio_url': 'http://127.0.0.1:")
 
 
 @pytest.mark.parametrize("peer", PEERS)

@@ -132,7 +132,7 @@ def test_langchain_mcp_adapters_load_our_tools_and_a_tool_message_carries_the_ur
         (request,) = api.tts_requests
 
     out = json.loads(run.stdout)
-    assert out["tools"] == ["list_voices", "text_to_speech", "usage"]
+    assert out["tools"] == ["list_voices", "text_to_dialogue", "text_to_speech", "usage"]
     assert request.json["voice"] == "Ava Song"
     ok, bad = out["results"]["ok"], out["results"]["bad_voice"]
     assert ok["type"] == "ToolMessage"
