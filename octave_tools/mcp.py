@@ -13,17 +13,18 @@
 - resources ``octave://voices`` (``voice_catalogue``) and ``octave://usage``
   (``usage_report``): the same as JSON, under names no tool has.
 - resource ``ui://octave-tools/player.html``: an inline audio player, an MCP App (the
-  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech`` and
-  ``text_to_dialogue`` link in their ``_meta.ui.resourceUri``. Hosts that render MCP Apps show it with the
-  result; every other client sees the same result and ignores the link.
+  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech``
+  and ``text_to_dialogue`` link in their ``_meta.ui.resourceUri``. Hosts that render
+  MCP Apps show it with the result; every other client sees the same result and ignores
+  the link.
 
 ``text_to_speech`` and ``text_to_dialogue`` results hold the sentence as a text block
-first, then a
-``resource_link`` block to the audio (its URL, audio MIME type and a name), except for
-clients that name themselves only as the Python SDK's default (``mcp``) on a protocol of
-2025-11-25 or before, or name nothing there: the adapters built on the 1.x SDK
-(LangChain's, LlamaIndex's, smolagents') hand every block to the model, and a chat model
-refuses an audio file (OpenAI Chat Completions raises on it), so they get the text alone.
+first, then a ``resource_link`` block to the audio (its URL, audio MIME type and a
+name), except for clients that name themselves only as the Python SDK's default
+(``mcp``) on a protocol of 2025-11-25 or before, or name nothing there: the adapters
+built on the 1.x SDK (LangChain's, LlamaIndex's, smolagents') hand every block to the
+model, and a chat model refuses an audio file (OpenAI Chat Completions raises on it), so
+they get the text alone.
 
 Every tool's input schema is closed (``additionalProperties: false``, no non-null
 default), so an unknown or misspelt argument is a tool error naming the valid ones.
