@@ -336,6 +336,39 @@ def test_say_script_with_an_unknown_voice_names_the_script_line(
 
 
 @pytest.mark.parametrize(
+    ("script", "extra", "message"),
+    [
+        ("# nothing yet\n", {}, "{path} has no lines to speak; write each as 'Speaker: words'"),
+        (
+            SCRIPT,
+            {"OCTAVE_TOOLS_MAX_TEXT_CHARS": "40"},
+            "The dialogue is 54 characters; one call takes at most 40 (max_text_chars).",
+        ),
+    ],
+    ids=["no-lines", "over-the-limit"],
+)
+def test_say_script_with_nothing_to_say_or_too_much_exits_2_before_any_request(
+    capsys: pytest.CaptureFixture[str],
+    api_env: FakeAIMLAPI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: str,
+    extra: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "show.txt"
+    path.write_text(script, encoding="utf-8")
+
+    code, out, err = cli(capsys, "say", "--script", str(path))
+
+    assert (code, out) == (2, "")
+    assert err.startswith(f"octave-tools: error: {message.format(path=path)}")
+    assert api_env.requests == []
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["say"], "say takes one of TEXT, --file or --script (got none)"),
