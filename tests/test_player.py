@@ -349,3 +349,49 @@ async def test_dialogue_parts_show_who_speaks_as_text(
         finally:
             await browser.close()
             await manager.__aexit__(None, None, None)
+
+
+async def test_a_dialogue_result_names_its_speakers_and_a_local_file_is_not_loaded(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path
+) -> None:
+    """Over stdio the joined dialogue is a file:// URL: the facts and who speaks show,
+    the page says where the file is, and loads nothing (a sandboxed page cannot)."""
+    binary = chromium_binary()
+    server = create_server(
+        api_key=fake_aimlapi.api_key,
+        base_url=fake_aimlapi.base_url,
+        engine="aimlapi",
+        output_dir=str(tmp_path),
+    )
+    lines = [
+        {"voice": "Ava Song", "text": "Shall we?"},
+        {"voice": "Vince Douglas", "text": "We shall."},
+        {"voice": "Ava Song", "text": "Good."},
+    ]
+    async with Client(server) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert (tools["text_to_dialogue"].meta or {})["ui"] == {"resourceUri": PLAYER_URI}
+        result = await client.call_tool("text_to_dialogue", {"lines": lines})
+        (page,) = (await client.read_resource(PLAYER_URI)).contents
+    assert isinstance(page, TextResourceContents)
+    wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    url = wire["structuredContent"]["audio_url"]
+    assert url.startswith("file://")
+    fetched = len(fake_aimlapi.requests)  # the server fetched the parts to join them
+    with host_for(wire, page.text, page.meta or {}) as (host_url, _, asked):
+        manager, browser, tab = await run_host(binary, host_url)
+        try:
+            view = tab.frame_locator("#view")
+            await view.locator("body[data-state=local]").wait_for(state="attached", timeout=15_000)
+            speakers = await view.locator("#speakers li").all_inner_texts()
+            assert speakers == ["Ava Song", "Vince Douglas", "Ava Song"]
+            assert await view.locator("#note").inner_text() == (
+                f"This audio was saved on the computer that ran the tool: {url}"
+            )
+            assert await view.locator("#controls").is_hidden()
+            assert await view.locator("#audio").get_attribute("src") is None
+        finally:
+            await browser.close()
+            await manager.__aexit__(None, None, None)
+    assert len(fake_aimlapi.requests) == fetched
+    assert asked == ["/view.html"]
