@@ -87,8 +87,10 @@ HOST_PAGE = """<!DOCTYPE html>
       post({jsonrpc: "2.0", id: m.id, result: {
         protocolVersion: "2026-01-26",
         hostInfo: {name: "test-host", version: "1"},
-        hostCapabilities: {},
+        hostCapabilities: {openLinks: {}},
         hostContext: {theme: "dark", displayMode: "inline", platform: "web"}}});
+    } else if (m.method === "ui/open-link") {
+      post({jsonrpc: "2.0", id: m.id, result: {}});
     } else if (m.method === "ui/notifications/initialized") {
       if (MODE !== "early") {
         const input = {arguments: {text: "Hi"}};
@@ -238,12 +240,20 @@ async def test_the_player_shows_the_result_and_plays_the_served_wav(
             await view.locator("body[data-state=ended]").wait_for(timeout=20_000)
             frame = page.frames[1]
             played = await frame.evaluate(
-                "(() => { const a = document.getElementById('audio');"
-                " return [a.ended, a.currentSrc, a.duration > 0.2 && a.duration < 0.3]; })()"
+                "(() => { const a = document.getElementById('audio'); return [a.ended,"
+                " a.currentSrc, a.duration > 0 && a.currentTime === a.duration]; })()"
             )
-            assert played == [True, url, True]  # the served tone is 0.25 s
+            assert played == [True, url, True]  # played from its URL to its very end
             heard = [r.path for r in fake_aimlapi.requests if r.method == "GET"]
             assert heard and set(heard) == {url.removeprefix(fake_aimlapi.origin)}
+            await view.locator("#download").click()  # the host opens links: it asks
+            await page.wait_for_function(
+                "window.received.some(m => m.method === 'ui/open-link')", timeout=5_000
+            )
+            opened = await page.evaluate(
+                "window.received.filter(m => m.method === 'ui/open-link').map(m => m.params)"
+            )
+            assert opened == [{"url": url}]
             methods = await page.evaluate("window.received.map(m => m.method)")
             assert methods[:2] == ["ui/initialize", "ui/notifications/initialized"]
             first = await page.evaluate("window.received[0].params")
