@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "packaging"))
 import build_mcpb  # noqa: E402
 
-TOOLS = ["list_voices", "text_to_speech", "usage"]
+TOOLS = ["list_voices", "text_to_dialogue", "text_to_speech", "usage"]
 # Read at import: each test's clean environment drops OCTAVE_TOOLS_* variables.
 NPM_PREFIX = os.environ.get("OCTAVE_TOOLS_TEST_NPM_PREFIX")
 

@@ -150,7 +150,7 @@ async def test_each_snippet_starts_the_server_with_its_key(
     async with Client(params) as client:
         tools = sorted(t.name for t in (await client.list_tools()).tools)
         result = await client.call_tool("text_to_speech", {"text": "Set up."})
-    assert tools == ["list_voices", "text_to_speech", "usage"]
+    assert tools == ["list_voices", "text_to_dialogue", "text_to_speech", "usage"]
     assert result.is_error is False
     first = result.content[0]
     assert isinstance(first, TextContent)
