@@ -16,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2
 import pytest
-from harness import api_env, child_env
+from harness import api_env, child_env, http_server
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Implementation, ResourceLink, TextContent
 
 from octave_tools.mcp import PLAYER_URI, create_server
@@ -155,3 +157,26 @@ def test_the_typescript_client_validates_the_result_and_keeps_the_link(
     assert out["meta"]["ui"] == {"resourceUri": PLAYER_URI}
     assert out["player"]["mimeType"] == "text/html;profile=mcp-app"
     assert out["player"]["length"] > 1000
+
+
+async def test_over_http_the_player_may_load_audio_the_server_serves(
+    fake_aimlapi: FakeAIMLAPI,
+) -> None:
+    """The HTTP host serves its own clips: once its port is bound, its origin joins the
+    player's media-src (``_meta.ui.csp.resourceDomains``)."""
+    token = "t" * 32
+    env = {**api_env(fake_aimlapi), "OCTAVE_TOOLS_SERVER_TOKEN": token}
+    with http_server(env) as (url, _):
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            resources = {str(r.uri): r for r in (await client.list_resources()).resources}
+    origin = url.removesuffix("/mcp")
+    assert resources[PLAYER_URI].meta == {
+        "ui": {
+            "csp": {"resourceDomains": ["https://cdn.aimlapi.com", fake_aimlapi.origin, origin]},
+            "prefersBorder": True,
+        }
+    }
