@@ -168,7 +168,9 @@ def run_server(
         else default_output_dir() / "served"
     )
     shelf = _AudioShelf(folder, audio_ttl, public_url)
-    server = create_server(output_dir=str(folder), publish=shelf.publish)
+    server = create_server(
+        output_dir=str(folder), publish=shelf.publish, audio_origins=shelf.origins
+    )
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
     extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
     _serve_http(server, host, port, token, security, level, limits, extras)
@@ -419,6 +421,11 @@ class _AudioShelf:
         self.ttl = ttl
         self.public_url = public_url
         self.base = public_url or ""  # set once the port is known
+        # The origins of the URLs it serves: the player page may load audio from them.
+        self.origins: list[str] = []
+        if public_url:
+            parts = urlsplit(public_url)
+            self.origins.append(f"{parts.scheme}://{parts.netloc}")
 
     def publish(self, speech: Speech) -> Speech:
         """``speech`` with its URL served over HTTP when it names a clip of the folder."""
@@ -1234,6 +1241,7 @@ def _serve_http(
         )
     if extras is not None and not extras.shelf.base:
         extras.shelf.base = f"http://{shown}:{bound_port}"
+        extras.shelf.origins.append(extras.shelf.base)
     _quiet_client_noise(level)
     grace = math.ceil(extras.grace) if extras is not None else None
     pool = _Pool()

@@ -198,7 +198,8 @@ class Settings:
         if self.api_key is None:
             raise ConfigurationError(
                 f"No AIML API key. Set {ENV_API_KEY[0]} in the environment (or pass "
-                "api_key=...); get a key at https://aimlapi.com/app/keys."
+                "api_key=...; in the Claude Desktop extension, enter it as the AIML API key "
+                "in the extension's settings); get a key at https://aimlapi.com/app/keys."
             )
         return self.api_key.get()
 

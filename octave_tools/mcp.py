@@ -12,6 +12,19 @@
 - ``usage``: what the local ledger says was spent; read-only, offline.
 - resources ``octave://voices`` (``voice_catalogue``) and ``octave://usage``
   (``usage_report``): the same as JSON, under names no tool has.
+- resource ``ui://octave-tools/player.html``: an inline audio player, an MCP App (the
+  ``io.modelcontextprotocol/ui`` extension, spec 2026-01-26) that ``text_to_speech``
+  and ``text_to_dialogue`` link in their ``_meta.ui.resourceUri``. Hosts that render
+  MCP Apps show it with the result; every other client sees the same result and ignores
+  the link.
+
+``text_to_speech`` and ``text_to_dialogue`` results hold the sentence as a text block
+first, then a ``resource_link`` block to the audio (its URL, audio MIME type and a
+name), except for clients that name themselves only as the Python SDK's default
+(``mcp``) on a protocol of 2025-11-25 or before, or name nothing there: the adapters
+built on the 1.x SDK (LangChain's, LlamaIndex's, smolagents') hand every block to the
+model, and a chat model refuses an audio file (OpenAI Chat Completions raises on it), so
+they get the text alone.
 
 Every tool's input schema is closed (``additionalProperties: false``, no non-null
 default), so an unknown or misspelt argument is a tool error naming the valid ones.
@@ -36,7 +49,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableSequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
@@ -45,11 +58,19 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import Unpack
 
 try:
+    from mcp.server.extension import Extension, ResourceBinding
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+    from mcp.server.mcpserver.resources import FunctionResource
     from mcp.server.mcpserver.tools import Tool
     from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-    from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
+    from mcp.types import (
+        CallToolResult,
+        ContentBlock,
+        ResourceLink,
+        TextContent,
+        ToolAnnotations,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "The octave-tools MCP server needs the mcp extra: pip install 'octave-tools[mcp]'",
@@ -75,6 +96,24 @@ logger = logging.getLogger("octave_tools.mcp")
 VOICES_URI = "octave://voices"
 USAGE_URI = "octave://usage"
 MODELS_URI = "octave://models"
+PLAYER_URI = "ui://octave-tools/player.html"
+APPS_EXTENSION = "io.modelcontextprotocol/ui"  # MCP Apps, spec 2026-01-26
+APP_MIME_TYPE = "text/html;profile=mcp-app"
+# Where the upstream API puts the audio it makes (the player's media-src).
+UPSTREAM_AUDIO_ORIGIN = "https://cdn.aimlapi.com"
+# The MIME type of each format, for the resource_link (pcm: raw 16-bit samples, no header).
+AUDIO_MIME_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "ogg": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "m4a": "audio/mp4",
+    "mp4": "audio/mp4",
+    "webm": "audio/webm",
+    "pcm": "audio/pcm",
+}
 
 
 def _plain_nullables(schema: dict[str, Any]) -> None:
@@ -171,18 +210,106 @@ class _Progress:
             await self._report(1, 1, "Speech ready")
 
 
-def _speech_result(speech: Speech, publish: Callable[[Speech], Speech] | None) -> CallToolResult:
-    """The speech as the caller may see it: one sentence, and the record under the schema."""
+def _speech_result(
+    speech: Speech, publish: Callable[[Speech], Speech] | None, ctx: _Ctx
+) -> CallToolResult:
+    """The speech as the caller may see it: one sentence, the link to the audio where the
+    client takes it (``_takes_links``), and the record under the schema."""
     if publish is not None:
         speech = publish(speech)
     sentence = speech.summary()
-    return _result(sentence, {**speech.model_dump(mode="json"), "message": sentence})
+    structured = {**speech.model_dump(mode="json"), "message": sentence}
+    return _result(sentence, structured, audio_link(speech) if _takes_links(ctx) else None)
 
 
-def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
-    """One sentence for the model, and the same facts as structured content."""
+def _result(
+    text: str, structured: dict[str, Any], link: ResourceLink | None = None
+) -> CallToolResult:
+    """One sentence for the model, and the same facts as structured content.
+
+    ``link`` (the audio) follows the text, which stays first: some clients show only
+    the first block, or only the text.
+    """
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
+    if link is not None:
+        content.append(link)
     return CallToolResult(content=content, structured_content=structured)
+
+
+def audio_link(speech: Speech) -> ResourceLink:
+    """The ``resource_link`` content block of a ``Speech``: its URL, MIME type and a name."""
+    name = speech.audio_url.rsplit("/", 1)[-1].split("?", 1)[0] or f"speech.{speech.format}"
+    return ResourceLink(
+        type="resource_link",
+        uri=speech.audio_url,
+        name=name,
+        title=f"Speech ({speech.voice or speech.model})",
+        mime_type=AUDIO_MIME_TYPES.get(speech.format, f"audio/{speech.format}"),
+    )
+
+
+# The last protocol version of the 1.x Python SDK; 2.x clients speak a later one.
+_LEGACY_PROTOCOL = "2025-11-25"
+
+
+def _takes_links(ctx: Any) -> bool:
+    """Whether a ``resource_link`` reaches this client safely (see the module docstring)."""
+    version = ctx.protocol_version
+    if version is not None and version > _LEGACY_PROTOCOL:
+        return True
+    params = getattr(ctx.session, "client_params", None)
+    info = getattr(params, "client_info", None)
+    return info is not None and info.name != "mcp"
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, or None."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if scheme.lower() not in ("http", "https") or not host:
+        return None
+    return f"{scheme.lower()}://{host.lower()}"
+
+
+def _read_player() -> str:
+    """The player page, read from the package on each request (never at start-up)."""
+    from importlib.resources import files
+
+    return files("octave_tools").joinpath("_data/player.html").read_text(encoding="utf-8")
+
+
+class _Apps(Extension):
+    """The MCP Apps extension (``io.modelcontextprotocol/ui``) with the player page.
+
+    The SDK's ``mcp.server.apps.Apps`` does the same; this one only adds a resource and
+    skips that module's import (stdio cold start).
+    """
+
+    identifier = APPS_EXTENSION
+
+    def __init__(self, audio_origins: MutableSequence[str]) -> None:
+        # The list is kept by reference in the resource's ``_meta.ui.csp``, so a host
+        # that learns its own address later (the HTTP server, once its port is bound)
+        # adds to it.
+        self._player = FunctionResource(
+            uri=PLAYER_URI,
+            name="speech_player",
+            title="Speech player",
+            description="Plays the audio of a text_to_speech or text_to_dialogue result inline: "
+            "play/pause, seek, download, with the voice, model, credits and who speaks.",
+            mime_type=APP_MIME_TYPE,
+            meta={"ui": {"csp": {"resourceDomains": audio_origins}, "prefersBorder": True}},
+            fn=_read_player,
+        )
+
+    def resources(self) -> list[ResourceBinding]:
+        return [ResourceBinding(resource=self._player)]
+
+
+def _plain(line: Any) -> dict[str, Any]:
+    """A validated dialogue line as the mapping the core takes (unset model left out)."""
+    fields: dict[str, Any] = line.model_dump() if isinstance(line, BaseModel) else dict(line)
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 # pydantic ends each error with "For further information visit https://errors.pydantic.dev/..."
@@ -245,6 +372,7 @@ def create_server(
     *,
     http_client: httpx.AsyncClient | None = None,
     publish: Callable[[Speech], Speech] | None = None,
+    audio_origins: MutableSequence[str] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
     """An MCP server with the ``text_to_speech``, ``text_to_dialogue``, ``list_voices`` and
@@ -259,6 +387,9 @@ def create_server(
 
     ``publish``, when given, turns each ``Speech`` into the one the caller gets before
     it is worded (the HTTP host swaps a file:// URL for one it serves).
+
+    ``audio_origins``: origins, besides the upstream API's, that audio URLs may name (the
+    player page's ``media-src``); the list is kept, so appending to it later counts.
     """
     if client is not None and (options or http_client is not None):
         raise TypeError("create_server() takes a client or client options, not both")
@@ -266,6 +397,10 @@ def create_server(
     probe = client if client is not None else AsyncOctaveClient(**options)
     settings = probe.settings
     specs = tools_for(probe)
+    origins = audio_origins if audio_origins is not None else []
+    for origin in (UPSTREAM_AUDIO_ORIGIN, _origin(settings.base_url)):
+        if origin is not None and origin not in origins:
+            origins.append(origin)
 
     def make_client() -> AsyncOctaveClient:
         return AsyncOctaveClient(http_client=http_client, settings=settings)
@@ -298,7 +433,7 @@ def create_server(
                 on_progress=progress.part,
             )
         await progress.finish()
-        return _speech_result(speech, publish)
+        return _speech_result(speech, publish, ctx)
 
     async def text_to_dialogue(
         ctx: _Ctx, lines: list[Any], format: str | None = None
@@ -310,7 +445,7 @@ def create_server(
                 dialogue_lines(lines), format=format, on_progress=progress.part
             )
         await progress.finish()
-        return _speech_result(speech, publish)
+        return _speech_result(speech, publish, ctx)
 
     async def list_voices(model: str | None = None) -> Annotated[CallToolResult, VoiceList]:
         with _as_tool_errors("list_voices"):
@@ -336,9 +471,15 @@ def create_server(
         records = [MODELS[m].describe() for m in offered if m in MODELS]
         return json.dumps({"default": settings.model, "models": records}, ensure_ascii=False)
 
+    speak = _tool(text_to_speech, specs.text_to_speech)
+    # MCP Apps: hosts that render them show the player with the result. The flat key is
+    # the spec's deprecated form, still read by hosts that predate 2026-01-26.
+    talk = _tool(text_to_dialogue, specs.text_to_dialogue)
+    for tool in (speak, talk):
+        tool.meta = {"ui": {"resourceUri": PLAYER_URI}, "ui/resourceUri": PLAYER_URI}
     tools: list[Tool] = [
-        _tool(text_to_speech, specs.text_to_speech),
-        _tool(text_to_dialogue, specs.text_to_dialogue),
+        speak,
+        talk,
         _tool(list_voices, specs.list_voices),
         _tool(usage, specs.usage),
     ]
@@ -351,6 +492,7 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
         tools=tools,
+        extensions=[_Apps(origins)],
     )
     # Resource names differ from every tool name: clients that turn resources into tools
     # (LlamaIndex) would otherwise get two tools called `usage`, one hiding the other.

@@ -32,7 +32,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, ResourceLink, TextContent
 
 from octave_tools import AsyncOctaveClient, OctaveClient, Speech
 from octave_tools._mcp_http import ENV_SERVER_TOKEN
@@ -317,10 +317,16 @@ async def connect(
 
 
 def text_of(result: CallToolResult) -> str:
-    """The one text block of an MCP tool result."""
-    assert len(result.content) == 1
+    """The one text block of an MCP tool result (first); a ``text_to_speech`` result also
+    holds one ``resource_link`` after it, to the URL of its structured content."""
     block = result.content[0]
     assert isinstance(block, TextContent)
+    links = result.content[1:]
+    if links:
+        assert len(links) == 1 and isinstance(links[0], ResourceLink), result.content
+        structured = result.structured_content or {}
+        assert links[0].uri == structured["audio_url"] and links[0].uri in block.text
+        assert links[0].mime_type is not None and links[0].mime_type.startswith("audio/")
     return block.text
 
 

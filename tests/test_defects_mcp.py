@@ -223,7 +223,7 @@ async def test_no_resource_has_the_name_of_a_tool() -> None:
         resources = {r.name for r in (await client.list_resources()).resources}
 
     assert tools & resources == set()
-    assert resources == {"voice_catalogue", "usage_report", "model_catalogue"}
+    assert resources == {"voice_catalogue", "usage_report", "model_catalogue", "speech_player"}
 
 
 class NotStrict(Exception):

@@ -169,6 +169,7 @@ async def test_list_voices_and_the_resource_give_the_catalogue_with_the_default(
         ("octave://models", "model_catalogue", "application/json"),
         ("octave://usage", "usage_report", "application/json"),
         ("octave://voices", "voice_catalogue", "application/json"),
+        ("ui://octave-tools/player.html", "speech_player", "text/html;profile=mcp-app"),
     ]
     (contents,) = read.contents
     assert contents.mime_type == "application/json"

@@ -53,7 +53,8 @@ CLIENT = textwrap.dedent(
                 "type": type(message).__name__,
                 "tool_call_id": message.tool_call_id,
                 "status": message.status,
-                "text": [block["text"] for block in message.content],
+                "text": [block["text"] for block in message.content if block["type"] == "text"],
+                "content": message.content,
                 "artifact": message.artifact,
             }
         print(json.dumps({"tools": sorted(tools), "results": results}))
@@ -139,6 +140,9 @@ def test_langchain_mcp_adapters_load_our_tools_and_a_tool_message_carries_the_ur
     assert ok["text"] == [
         f"Speech generated {DEFAULT_MODEL}: {url} (voice 'Ava Song', wav, 2,500 credits)."
     ]
+    # Only the text: the adapters would hand a resource_link to the model as a file block,
+    # which OpenAI Chat Completions refuses, so a 1.x client gets none (octave_tools.mcp).
+    assert [block["type"] for block in ok["content"]] == ["text"]
     assert ok["artifact"]["structured_content"]["audio_url"] == url
     assert ok["artifact"]["structured_content"]["credits_used"] == 2500
     assert (bad["tool_call_id"], bad["status"]) == ("bad_voice", "error")
