@@ -49,7 +49,9 @@ from . import (
     default_output_dir,
     is_loopback,
 )
+from .keys import KeyBook, KeyGrant, current_key, key_id_of, open_key_book
 from .mcp import create_server
+from .observe import call_key
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -248,40 +250,81 @@ def _transport_security(host: str, extra_hosts: str | None) -> TransportSecurity
 
 
 class _BearerTokenGate:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``,
+    where the token is the operator's (``OCTAVE_TOOLS_SERVER_TOKEN``) or a client key
+    (``octave-tools keys add``). A client key's name and limits go with the request to
+    the tool call (``keys.current_key``); the operator's calls are the ``operator``'s.
 
-    Not the SDK's ``token_verifier``: that one is OAuth (``AuthSettings`` needs an issuer
-    URL, is fixed when ``MCPServer`` is made, and guards only the ``/mcp`` route), while
-    a static token is a hosting matter checked here before any body is read.
+    Not the SDK's ``TokenVerifier``: that seam is OAuth's (``AuthSettings`` needs an
+    issuer URL, is fixed when ``MCPServer`` is made, and guards only the ``/mcp`` route),
+    while these tokens are hosting matters checked here before any body is read, for
+    ``/audio`` and ``/metrics`` too.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, keys: KeyBook | None = None) -> None:
         self._app = app
         self._token = token.encode()
+        self._keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        credential = self._credential(scope)
+        if credential is not None and hmac.compare_digest(credential, self._token):
+            await self._app(scope, receive, send)
+            return
+        grant = None
+        unavailable = False
+        if credential is not None and self._keys is not None:
+            text = credential.decode("ascii", "replace")
+            if key_id_of(text) is not None:
+                try:
+                    verified = await anyio.to_thread.run_sync(self._keys.verify, text)
+                except OctaveError:
+                    verified, unavailable = None, True  # the store is down: fail closed
+                if verified is not None:
+                    grant = KeyGrant(verified.key, self._keys)
+        if grant is None:
+            await self._refuse(scope, receive, send, unavailable)
+            return
+        tokens = (current_key.set(grant), call_key.set(grant.key.name))
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            call_key.reset(tokens[1])
+            current_key.reset(tokens[0])
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, unavailable: bool) -> None:
+        if unavailable:
+            response = JSONResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "Client keys cannot be checked right now; retry soon.",
+                },
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        else:
             response = JSONResponse(
                 {
                     "error": "invalid_token",
-                    "error_description": "Missing or wrong bearer token. Send "
-                    f"'Authorization: Bearer <{ENV_SERVER_TOKEN}>'.",
+                    "error_description": "Missing, wrong, revoked or expired token. Send "
+                    f"'Authorization: Bearer <{ENV_SERVER_TOKEN} or your client key>'.",
                 },
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="octave-tools"'},
             )
-            await response(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
+        await response(scope, receive, send)
 
-    def _authorized(self, scope: Scope) -> bool:
+    @staticmethod
+    def _credential(scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credential = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    credential.strip(), self._token
-                )
-        return False
+                return credential.strip() if scheme.lower() == b"bearer" else None
+        return None
 
 
 class _RequestCap:

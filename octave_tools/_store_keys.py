@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
-from .keys import ClientKey
+from .models import ClientKey
 
 __all__ = ["PostgresKeys", "SQLiteKeys", "open_keys"]
 

@@ -19,6 +19,7 @@ from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
 from .errors import ConfigurationError, InvalidInputError
+from .keys import current_key
 from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
@@ -154,7 +155,11 @@ class _BaseClient:
         return tuple(dict.fromkeys((s.model, *s.models)))
 
     def _check_model(self, model: str | None) -> str:
-        """``model`` or the configured one; refused when the ``models`` setting excludes it."""
+        """``model`` or the configured one; refused when the ``models`` setting excludes it
+        (or, on a shared server, the caller's client key)."""
+        grant = current_key.get()
+        if grant is not None:
+            model = grant.model(model, self._settings.model)
         if model is None:
             return self._settings.model
         allowed = self.allowed_models()
@@ -250,7 +255,7 @@ class _BaseClient:
         speed: float | None = None,
     ) -> _Job:
         """Validate and route one call; raises before anything is spent."""
-        if model is not None:
+        if model is not None or current_key.get() is not None:
             model = self._check_model(model)
         if self._engine() == "local":
             from . import _local
@@ -359,6 +364,9 @@ class OctaveClient(_BaseClient):
         would be passed, and another OctaveError subclass when the call fails.
         """
         job = self._plan(text, voice, format, model, speed)
+        grant = current_key.get()
+        if grant is not None:
+            grant.admit()  # the client key's requests per minute, shared by every replica
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
@@ -542,6 +550,9 @@ class AsyncOctaveClient(_BaseClient):
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
         job = self._plan(text, voice, format, model, speed)
+        grant = current_key.get()
+        if grant is not None:
+            await asyncio.to_thread(grant.admit)
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)

@@ -18,21 +18,25 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from ._redact import register_secret, shown
 from ._settings import Settings
-from .errors import ConfigurationError, InvalidInputError
+from .errors import ClientKeyLimitError, ConfigurationError, InvalidInputError
+from .models import ClientKey
 
 __all__ = [
     "ENV_KEYS_SECRET",
     "KEY_PREFIX",
     "ClientKey",
     "KeyBook",
+    "KeyGrant",
     "KeyStore",
     "Verified",
+    "current_key",
     "new_key",
     "open_key_book",
     "parse_duration",
@@ -45,29 +49,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # How long a replica trusts what it read of a key: a revoked or expired key is refused
 # on every replica at most this long after `keys revoke` (or its expiry).
 VERIFY_TTL = 5.0
-
-
-@dataclass(frozen=True)
-class ClientKey:
-    """A client key's record: never the key, never its hash."""
-
-    name: str
-    key_id: str
-    created: float
-    expires: float | None = None
-    revoked: float | None = None
-    max_credits_per_day: float | None = None
-    rpm: int | None = None
-    models: tuple[str, ...] = ()
-    last_used: float | None = None
-
-    @property
-    def prefix(self) -> str:
-        """What ``keys list`` shows: enough to tell keys apart, useless to an attacker."""
-        return f"{KEY_PREFIX}{self.key_id}"
-
-    def usable(self, now: float) -> bool:
-        return self.revoked is None and (self.expires is None or self.expires > now)
 
 
 class KeyStore(Protocol):
@@ -243,6 +224,51 @@ class KeyBook:
             return None
         self.store.key_touch(key_id, now)
         return replace(verified)
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """The client key a call runs under (set by the HTTP server per request), with the
+    book that counts its requests."""
+
+    key: ClientKey
+    book: KeyBook
+
+    def model(self, model: str | None, default: str) -> str | None:
+        """The model to use: ``model`` if the key allows it (else an error naming its
+        models), or for none asked, the default when allowed, else the key's first."""
+        allowed = self.key.models
+        if not allowed:
+            return model
+        if model is None:
+            return None if default in allowed else allowed[0]
+        if model.strip() not in allowed:
+            raise ClientKeyLimitError(
+                f"This key may use only {', '.join(allowed)}; {shown(model)} is not one of "
+                "them. Leave model out, or ask the operator for a key with more models.",
+                limit="models",
+            )
+        return model
+
+    def admit(self) -> None:
+        """Count one request against the key's requests per minute, or refuse it."""
+        rpm = self.key.rpm
+        if rpm is None:
+            return
+        now = self.book.clock()
+        minute = int(now // 60)
+        if not self.book.store.key_rate(self.key.name, minute, rpm):
+            resets = (minute + 1) * 60.0
+            raise ClientKeyLimitError(
+                f"This key's limit of {rpm} requests per minute is reached; it resets in "
+                f"{max(1, round(resets - now))} s (at the start of the next minute).",
+                limit="rpm",
+                resets_at=resets,
+            )
+
+
+# The client key of the call in progress (None: the operator, or no server at all).
+current_key: ContextVar[KeyGrant | None] = ContextVar("octave_tools_client_key", default=None)
 
 
 def open_key_book(settings: Settings) -> KeyBook:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
+__all__ = ["ClientKey", "Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
 
 Engine = Literal["aimlapi", "local"]
 
@@ -131,3 +132,26 @@ class VoiceList(BaseModel):
         return [f"Voices for {self.model} (engine: {engine}); * marks the default:"] + [
             f"{'*' if name == self.default else ' '} {name}" for name in self.voices
         ]
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client key's record: never the key, never its hash."""
+
+    name: str
+    key_id: str
+    created: float
+    expires: float | None = None
+    revoked: float | None = None
+    max_credits_per_day: float | None = None
+    rpm: int | None = None
+    models: tuple[str, ...] = ()
+    last_used: float | None = None
+
+    @property
+    def prefix(self) -> str:
+        """What ``keys list`` shows: enough to tell keys apart, useless to an attacker."""
+        return f"otk_{self.key_id}"
+
+    def usable(self, now: float) -> bool:
+        return self.revoked is None and (self.expires is None or self.expires > now)
