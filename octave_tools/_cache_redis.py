@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import cast
 
+from . import observe as _observe
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
 
@@ -78,6 +79,8 @@ class RedisCache:
         self._redis.close()
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error(what)
         if not self._warned:
             self._warned = True
             logger.warning(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from typing_extensions import Unpack
 
 from . import _protocol as proto
+from . import observe as _observe
 from ._body import BodyTooLarge, CappedBody
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
@@ -291,6 +292,8 @@ class _BaseClient:
                 attempt, self._settings.max_retries, retry_after, deadline - time.monotonic()
             )
             if wait is not None:
+                if _observe.SINKS:
+                    _observe.report_retry(call.model, str(raw.status_code))
                 logger.info(
                     "octave-tools: %s from the API, retry %d in %.2f s",
                     raw.status_code,
@@ -314,6 +317,8 @@ class _BaseClient:
         )
         if wait is None:
             raise proto.connection_error(call, exc, attempt + 1) from None
+        if _observe.SINKS:
+            _observe.report_retry(call.model, type(exc).__name__)
         logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
         return wait
 
@@ -364,6 +369,8 @@ class OctaveClient(_BaseClient):
             return self._spend_and_run(job)
         hit = self._spend.cached(key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             self._spend.settle(hit, job.text, None)
             return hit
         import concurrent.futures  # only calls with the cache on get here
@@ -375,6 +382,8 @@ class OctaveClient(_BaseClient):
                 self._inflight[key] = future
         if leader is not None:
             speech = reused(leader.result())  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(speech, job.text, None)
             return speech
         try:
@@ -393,6 +402,8 @@ class OctaveClient(_BaseClient):
         """Make the call, unless another replica is making the same one right now."""
         token, earlier = self._spend.follow_or_lead(key)
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -424,12 +435,20 @@ class OctaveClient(_BaseClient):
             _load_net()
         deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 raw = self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step
@@ -547,6 +566,8 @@ class AsyncOctaveClient(_BaseClient):
             return await self._spend_and_run(job)
         hit = await asyncio.to_thread(self._spend.cached, key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             await self._settle(hit, job.text, None)
             return hit
         while (leader := self._inflight.get(key)) is not None:
@@ -557,6 +578,8 @@ class AsyncOctaveClient(_BaseClient):
                     continue  # the leading caller was cancelled, not this one: go on alone
                 raise
             speech = reused(earlier)  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(speech, job.text, None)
             return speech
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
@@ -587,6 +610,8 @@ class AsyncOctaveClient(_BaseClient):
         else:
             token, earlier = None, None
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -638,7 +663,9 @@ class AsyncOctaveClient(_BaseClient):
             )
         deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 if self._slots is None:
                     raw = await self._send(call, deadline)
@@ -646,8 +673,14 @@ class AsyncOctaveClient(_BaseClient):
                     async with self._slots:
                         raw = await self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step
