@@ -171,6 +171,25 @@ _CACHES: dict[str, RedisCache] = {}
 _CACHES_LOCK = threading.Lock()
 
 
+def ping(url: str, timeout: float = 3.0, *, setting: str = "OCTAVE_TOOLS_CACHE_URL") -> None:
+    """Return if Redis at ``url`` answers a PING within ``timeout``, else raise
+    ConfigurationError naming the setting (never the password)."""
+    if redis is None:
+        raise ConfigurationError(
+            f"{setting} needs the Redis client: pip install 'octave-tools[redis]'."
+        )
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        reason = scrub(str(exc), url) or type(exc).__name__
+        raise ConfigurationError(
+            f"The cache in {setting} ({redact_url(url)}) does not answer: {reason}."
+        ) from None
+    finally:
+        client.close()
+
+
 def open_redis_cache(url: str, *, setting: str = "OCTAVE_TOOLS_CACHE_URL") -> RedisCache:
     """The process-wide RedisCache for ``url``."""
     with _CACHES_LOCK:

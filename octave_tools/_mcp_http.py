@@ -49,6 +49,15 @@ from . import (
     default_output_dir,
     is_loopback,
 )
+from ._mcp_ops import (
+    METRICS_PATH,
+    READY_PATH,
+    MetricsEndpoint,
+    Readiness,
+    install_log_format,
+    readiness_checks,
+    start_metrics,
+)
 from .mcp import create_server
 
 if TYPE_CHECKING:
@@ -107,6 +116,9 @@ def run_server(
     insecure_no_auth: bool = False,
     log_level: str = "WARNING",
     limits: HttpLimits | None = None,
+    log_format: str = "text",
+    metrics_host: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until the client hangs up (stdio) or the process is interrupted (http).
 
@@ -136,6 +148,7 @@ def run_server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    install_log_format(log_format)
     if transport == "stdio":
         create_server().run("stdio")  # a local client reads file:// URLs itself
         return
@@ -153,7 +166,14 @@ def run_server(
     shelf = _AudioShelf(folder, audio_ttl, public_url)
     server = create_server(output_dir=str(folder), publish=shelf.publish)
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
-    extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
+    metrics, _ = start_metrics(probe, metrics_host, metrics_port)
+    extras = _Extras(
+        shelf=shelf,
+        health=probe.health,
+        grace=settings.timeout,
+        ready=Readiness(readiness_checks(probe)),
+        metrics=MetricsEndpoint(metrics),
+    )
     _serve_http(server, host, port, token, security, level, limits, extras)
 
 
@@ -579,6 +599,8 @@ class _Extras:
     shelf: _AudioShelf
     health: Callable[[], None]
     grace: float  # seconds in-flight calls get to finish on SIGTERM
+    ready: ASGIApp | None = None  # /readyz, open to all like /healthz
+    metrics: ASGIApp | None = None  # /metrics, behind the server token
 
 
 # ---------------------------------------------------------------- the connection
@@ -760,11 +782,15 @@ def _http_app(
     app: ASGIApp = _NoStandaloneStream(mcp_app)
     if extras is not None:
         app = _Route(_is_audio, extras.shelf, app)
+        if extras.metrics is not None:
+            app = _Route(lambda path: path == METRICS_PATH, extras.metrics, app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token)
     if extras is not None:
         app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
+        if extras.ready is not None:
+            app = _Route(lambda path: path == READY_PATH, extras.ready, app)
     return app
 
 

@@ -191,6 +191,12 @@ class _BaseClient:
                 f"The usage ledger at {spend.ledger_name} is unusable: {problem}."
             )
 
+    def budget_left(self) -> float | None:
+        """Credits left in the daily budget (``max_credits_per_day``) now, across every
+        process on the store; None when no daily budget is set. Blocking (reads the store).
+        """
+        return self._spend.budget_left()
+
     def voices(self, model: str | None = None) -> VoiceList:
         """The voices a call would be checked against, with the default a call gets.
 
