@@ -54,9 +54,11 @@ from ._mcp_ops import (
     READY_PATH,
     MetricsEndpoint,
     Readiness,
+    TraceContext,
     install_log_format,
     readiness_checks,
     start_metrics,
+    start_tracing,
 )
 from .mcp import create_server
 
@@ -138,8 +140,9 @@ def run_server(
             f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
-    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
-    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL)) if transport == "http" else 0.0
+    if transport == "http":  # checked before anything starts
+        _public_url(os.environ.get(ENV_PUBLIC_URL))
+        _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
     # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
     configure_logging(
@@ -149,9 +152,41 @@ def run_server(
         force=True,
     )
     install_log_format(log_format)
+    stop_tracing = start_tracing()
+    try:
+        _run_transport(
+            transport,
+            host,
+            port,
+            token,
+            level,
+            limits,
+            metrics_host,
+            metrics_port,
+            traced=stop_tracing is not None,
+        )
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+
+
+def _run_transport(
+    transport: str,
+    host: str,
+    port: int,
+    token: str | None,
+    level: LogLevel,
+    limits: HttpLimits,
+    metrics_host: str | None,
+    metrics_port: int | None,
+    *,
+    traced: bool,
+) -> None:
     if transport == "stdio":
         create_server().run("stdio")  # a local client reads file:// URLs itself
         return
+    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL))
+    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # The server's own settings (the environment), for the health check and the audio
     # folder; no I/O until used, and it shares the server's store (one per URL/file).
     probe = OctaveClient()
@@ -173,6 +208,7 @@ def run_server(
         grace=settings.timeout,
         ready=Readiness(readiness_checks(probe)),
         metrics=MetricsEndpoint(metrics),
+        traced=traced,
     )
     _serve_http(server, host, port, token, security, level, limits, extras)
 
@@ -601,6 +637,7 @@ class _Extras:
     grace: float  # seconds in-flight calls get to finish on SIGTERM
     ready: ASGIApp | None = None  # /readyz, open to all like /healthz
     metrics: ASGIApp | None = None  # /metrics, behind the server token
+    traced: bool = False  # an incoming traceparent header continues the caller's trace
 
 
 # ---------------------------------------------------------------- the connection
@@ -791,6 +828,8 @@ def _http_app(
         app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
         if extras.ready is not None:
             app = _Route(lambda path: path == READY_PATH, extras.ready, app)
+        if extras.traced:
+            app = TraceContext(app)
     return app
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import OctaveClient, OctaveError
 from . import observe as _observe
@@ -28,8 +28,10 @@ __all__ = [
     "READY_PATH",
     "MetricsEndpoint",
     "Readiness",
+    "TraceContext",
     "install_log_format",
     "start_metrics",
+    "start_tracing",
 ]
 
 READY_PATH = "/readyz"
@@ -164,6 +166,49 @@ def start_metrics(
     url = f"http://{shown}:{bound_port}{METRICS_PATH}"
     print(f"Prometheus metrics on {url} (no authentication).", file=sys.stderr, flush=True)
     return metrics, url
+
+
+class TraceContext:
+    """ASGI: a W3C ``traceparent`` (and ``tracestate``) on the incoming HTTP request
+    becomes the current trace context, so the SDK's ``tools/call`` span continues the
+    caller's trace. (A ``traceparent`` in the request's ``_meta`` wins: the SDK reads it.)
+    Installed only when traces are on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        from opentelemetry import context, propagate
+
+        self._app = app
+        self._context = context
+        self._propagate = propagate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate") and len(value) <= 512
+        }
+        if "traceparent" not in carrier:
+            await self._app(scope, receive, send)
+            return
+        token = self._context.attach(self._propagate.extract(carrier))
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._context.detach(token)
+
+
+def start_tracing() -> Callable[[], None] | None:
+    """Traces per ``OTEL_*`` (None when not asked for, or the extra is missing): returns
+    the shutdown that flushes the last spans."""
+    from ._tracing import configure, wanted
+
+    if not wanted():
+        return None
+    provider = configure()
+    return provider.shutdown if provider is not None else None
 
 
 def install_log_format(log_format: str) -> None:

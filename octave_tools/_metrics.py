@@ -107,6 +107,13 @@ class Metrics:
             ["tool"],
             registry=r,
         )
+        self.store_seconds = Histogram(
+            "octave_tools_store_operation_duration_seconds",
+            "Latency of store operations (budget.reserve, ledger.settle, cache.get), by operation.",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.store_errors = Counter(
             "octave_tools_store_errors_total",
             "Failed store operations (ledger, budget, cache), by operation.",
@@ -148,6 +155,9 @@ class Metrics:
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()
+
+    def store(self, operation: str, seconds: float, ok: bool) -> None:
+        self.store_seconds.labels(operation).observe(seconds)
 
     # ------------------------------------------------------------ exposition
 

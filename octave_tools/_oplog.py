@@ -101,3 +101,6 @@ class CallLog:
 
     def store_error(self, operation: str) -> None:
         pass
+
+    def store(self, operation: str, seconds: float, ok: bool) -> None:
+        pass

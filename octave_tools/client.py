@@ -373,7 +373,7 @@ class OctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
-        hit = self._spend.cached(key)
+        hit = _observe.in_store("cache.get", self._spend.cached, key)
         if hit is not None:
             if _observe.SINKS:
                 _observe.report_cache_hit(job.model)
@@ -420,13 +420,15 @@ class OctaveClient(_BaseClient):
         return speech
 
     def _spend_and_run(self, job: _Job) -> Speech:
-        held = self._spend.reserve(job.model, job.characters)
+        held = _observe.in_store("budget.reserve", self._spend.reserve, job.model, job.characters)
         try:
             speech = self._run(job)
         except BaseException:
             self._spend.release(held)
             raise
-        self._spend.settle(speech, job.text, job.cache_key, held)
+        _observe.in_store(
+            "ledger.settle", self._spend.settle, speech, job.text, job.cache_key, held
+        )
         return speech
 
     def _run(self, job: _Job) -> Speech:
@@ -570,7 +572,7 @@ class AsyncOctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)
-        hit = await asyncio.to_thread(self._spend.cached, key)
+        hit = await asyncio.to_thread(_observe.in_store, "cache.get", self._spend.cached, key)
         if hit is not None:
             if _observe.SINKS:
                 _observe.report_cache_hit(job.model)
@@ -635,7 +637,10 @@ class AsyncOctaveClient(_BaseClient):
             held = NO_HOLD
         elif spend.reserve_needs_io():
             held = await _in_thread(
-                lambda: spend.reserve(job.model, job.characters), undo=spend.release
+                lambda: _observe.in_store(
+                    "budget.reserve", spend.reserve, job.model, job.characters
+                ),
+                undo=spend.release,
             )
         else:
             held = spend.reserve(job.model, job.characters)
@@ -655,9 +660,12 @@ class AsyncOctaveClient(_BaseClient):
     ) -> None:
         spend = self._spend
         if spend.settle_is_cheap(held, cache_key):
-            spend.settle(speech, text, cache_key, held)  # only an in-memory queue put
+            # Only an in-memory queue put.
+            _observe.in_store("ledger.settle", spend.settle, speech, text, cache_key, held)
         else:
-            await asyncio.to_thread(spend.settle, speech, text, cache_key, held)
+            await asyncio.to_thread(
+                _observe.in_store, "ledger.settle", spend.settle, speech, text, cache_key, held
+            )
 
     async def _run(self, job: _Job) -> Speech:
         call = job.call

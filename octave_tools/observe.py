@@ -9,11 +9,11 @@ pays nothing else. Sinks never see the text, the key or an audio URL.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .models import Speech
@@ -24,6 +24,7 @@ __all__ = [
     "Sink",
     "add_sink",
     "call_key",
+    "in_store",
     "observed_call",
     "outcome_of",
     "remove_sink",
@@ -32,7 +33,10 @@ __all__ = [
     "report_retry",
     "report_store_error",
     "report_upstream",
+    "store_operation",
 ]
+
+_T = TypeVar("_T")
 
 # The client key a call runs under ("operator": the server token, or no server at all).
 call_key: ContextVar[str] = ContextVar("octave_tools_call_key", default="operator")
@@ -93,6 +97,7 @@ class Sink(Protocol):
     def cache_hit(self, model: str) -> None: ...
     def coalesced(self, model: str) -> None: ...
     def store_error(self, operation: str) -> None: ...
+    def store(self, operation: str, seconds: float, ok: bool) -> None: ...
 
 
 SINKS: list[Sink] = []
@@ -129,6 +134,28 @@ def report_cache_hit(model: str) -> None:
 def report_coalesced(model: str) -> None:
     for sink in SINKS:
         sink.coalesced(model)
+
+
+@contextmanager
+def store_operation(operation: str) -> Iterator[None]:
+    """Time one store operation (a budget reservation, a settle, a cache read)."""
+    started = time.perf_counter()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        seconds = time.perf_counter() - started
+        for sink in SINKS:
+            sink.store(operation, seconds, ok)
+
+
+def in_store(operation: str, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, timed as store ``operation`` when anyone watches."""
+    if not SINKS:
+        return fn(*args)
+    with store_operation(operation):
+        return fn(*args)
 
 
 def report_store_error(operation: str) -> None:
