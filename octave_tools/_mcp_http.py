@@ -49,6 +49,17 @@ from . import (
     default_output_dir,
     is_loopback,
 )
+from ._mcp_ops import (
+    METRICS_PATH,
+    READY_PATH,
+    MetricsEndpoint,
+    Readiness,
+    TraceContext,
+    install_log_format,
+    readiness_checks,
+    start_metrics,
+    start_tracing,
+)
 from .keys import KeyBook, KeyGrant, current_key, key_id_of, open_key_book
 from .mcp import create_server
 from .observe import call_key
@@ -81,6 +92,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MCP_PATH = "/mcp"
 MIN_TOKEN_CHARS = 16
+OPERATOR_PATHS = frozenset({METRICS_PATH})
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 
@@ -109,6 +121,9 @@ def run_server(
     insecure_no_auth: bool = False,
     log_level: str = "WARNING",
     limits: HttpLimits | None = None,
+    log_format: str = "text",
+    metrics_host: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until the client hangs up (stdio) or the process is interrupted (http).
 
@@ -128,8 +143,9 @@ def run_server(
             f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
-    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
-    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL)) if transport == "http" else 0.0
+    if transport == "http":  # checked before anything starts
+        _public_url(os.environ.get(ENV_PUBLIC_URL))
+        _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
     # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
     configure_logging(
@@ -138,9 +154,42 @@ def run_server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    install_log_format(log_format)
+    stop_tracing = start_tracing()
+    try:
+        _run_transport(
+            transport,
+            host,
+            port,
+            token,
+            level,
+            limits,
+            metrics_host,
+            metrics_port,
+            traced=stop_tracing is not None,
+        )
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+
+
+def _run_transport(
+    transport: str,
+    host: str,
+    port: int,
+    token: str | None,
+    level: LogLevel,
+    limits: HttpLimits,
+    metrics_host: str | None,
+    metrics_port: int | None,
+    *,
+    traced: bool,
+) -> None:
     if transport == "stdio":
         create_server().run("stdio")  # a local client reads file:// URLs itself
         return
+    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL))
+    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # The server's own settings (the environment), for the health check and the audio
     # folder; no I/O until used, and it shares the server's store (one per URL/file).
     probe = OctaveClient()
@@ -155,7 +204,16 @@ def run_server(
     shelf = _AudioShelf(folder, audio_ttl, public_url)
     server = create_server(output_dir=str(folder), publish=shelf.publish)
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
-    extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
+    metrics, _ = start_metrics(probe, metrics_host, metrics_port)
+    extras = _Extras(
+        shelf=shelf,
+        health=probe.health,
+        grace=settings.timeout,
+        ready=Readiness(readiness_checks(probe)),
+        metrics=MetricsEndpoint(metrics),
+        traced=traced,
+        keys=open_key_book(settings) if token is not None else None,
+    )
     _serve_http(server, host, port, token, security, level, limits, extras)
 
 
@@ -276,6 +334,9 @@ class _BearerTokenGate:
             return
         grant = None
         unavailable = False
+        if scope["path"] in OPERATOR_PATHS:  # every key's figures: the operator's only
+            await self._refuse(scope, receive, send, False)
+            return
         if credential is not None and self._keys is not None:
             text = credential.decode("ascii", "replace")
             if key_id_of(text) is not None:
@@ -622,6 +683,10 @@ class _Extras:
     shelf: _AudioShelf
     health: Callable[[], None]
     grace: float  # seconds in-flight calls get to finish on SIGTERM
+    ready: ASGIApp | None = None  # /readyz, open to all like /healthz
+    metrics: ASGIApp | None = None  # /metrics, behind the server token
+    traced: bool = False  # an incoming traceparent header continues the caller's trace
+    keys: KeyBook | None = None  # client keys the gate accepts beside the server token
 
 
 # ---------------------------------------------------------------- the connection
@@ -803,11 +868,17 @@ def _http_app(
     app: ASGIApp = _NoStandaloneStream(mcp_app)
     if extras is not None:
         app = _Route(_is_audio, extras.shelf, app)
+        if extras.metrics is not None:
+            app = _Route(lambda path: path == METRICS_PATH, extras.metrics, app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
-        app = _BearerTokenGate(app, token)
+        app = _BearerTokenGate(app, token, extras.keys if extras is not None else None)
     if extras is not None:
         app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
+        if extras.ready is not None:
+            app = _Route(lambda path: path == READY_PATH, extras.ready, app)
+        if extras.traced:
+            app = TraceContext(app)
     return app
 
 

@@ -372,6 +372,13 @@ class Spend:
             )
         return Hold(estimate, got)
 
+    def budget_left(self) -> float | None:
+        """Credits left in the daily budget's window now; None without a daily budget."""
+        if self.daily_limit is None:
+            return None
+        spent, _ = self._spent_in_window(self._clock())
+        return self.daily_limit - spent
+
     def release(self, hold: Hold) -> None:
         """Give back what a call that failed held: it was not billed."""
         self._unhold(hold)

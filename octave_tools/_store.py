@@ -22,6 +22,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from . import observe as _observe
+
 __all__ = [
     "LedgerEntry",
     "LedgerLockedError",
@@ -309,6 +311,8 @@ class SQLiteStore:
         self._disable(exc)
 
     def _disable(self, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error("the ledger file")
         with self._lock:
             self._broken_at = self._monotonic()
             if self._broken:

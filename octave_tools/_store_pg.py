@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import astuple
 from typing import TypeVar
 
+from . import observe as _observe
 from ._redact import redact_url, scrub
 from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict, usage_rows
 from .errors import ConfigurationError
@@ -206,6 +207,8 @@ class PostgresStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error(what)
         with self._lock:
             first, self._warned = not self._warned, True
         if first:

@@ -158,6 +158,24 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="HTTP: requests handled at once; more get 503 (default 64)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="server log lines as text (default) or one JSON object per line",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="HTTP: serve /metrics on a listener of its own, without auth (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="HTTP: port of that metrics listener (0: any free one); else /metrics is on the "
+        "main port behind the server token",
+    )
 
 
 # Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
@@ -372,6 +390,9 @@ def _serve(args: argparse.Namespace) -> int:
         insecure_no_auth=args.insecure_no_auth,
         log_level=args.log_level,
         limits=HttpLimits(request_timeout=args.request_timeout, max_requests=args.max_requests),
+        log_format=args.log_format,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from typing_extensions import Unpack
 
 from . import _protocol as proto
+from . import observe as _observe
 from ._body import BodyTooLarge, CappedBody
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
@@ -195,6 +196,12 @@ class _BaseClient:
                 f"The usage ledger at {spend.ledger_name} is unusable: {problem}."
             )
 
+    def budget_left(self) -> float | None:
+        """Credits left in the daily budget (``max_credits_per_day``) now, across every
+        process on the store; None when no daily budget is set. Blocking (reads the store).
+        """
+        return self._spend.budget_left()
+
     def voices(self, model: str | None = None) -> VoiceList:
         """The voices a call would be checked against, with the default a call gets.
 
@@ -296,6 +303,8 @@ class _BaseClient:
                 attempt, self._settings.max_retries, retry_after, deadline - time.monotonic()
             )
             if wait is not None:
+                if _observe.SINKS:
+                    _observe.report_retry(call.model, str(raw.status_code))
                 logger.info(
                     "octave-tools: %s from the API, retry %d in %.2f s",
                     raw.status_code,
@@ -319,6 +328,8 @@ class _BaseClient:
         )
         if wait is None:
             raise proto.connection_error(call, exc, attempt + 1) from None
+        if _observe.SINKS:
+            _observe.report_retry(call.model, type(exc).__name__)
         logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
         return wait
 
@@ -370,8 +381,10 @@ class OctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
-        hit = self._spend.cached(key)
+        hit = _observe.in_store("cache.get", self._spend.cached, key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             self._spend.settle(hit, job.text, None)
             return hit
         import concurrent.futures  # only calls with the cache on get here
@@ -383,6 +396,8 @@ class OctaveClient(_BaseClient):
                 self._inflight[key] = future
         if leader is not None:
             speech = reused(leader.result())  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(speech, job.text, None)
             return speech
         try:
@@ -401,6 +416,8 @@ class OctaveClient(_BaseClient):
         """Make the call, unless another replica is making the same one right now."""
         token, earlier = self._spend.follow_or_lead(key)
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -411,13 +428,15 @@ class OctaveClient(_BaseClient):
         return speech
 
     def _spend_and_run(self, job: _Job) -> Speech:
-        held = self._spend.reserve(job.model, job.characters)
+        held = _observe.in_store("budget.reserve", self._spend.reserve, job.model, job.characters)
         try:
             speech = self._run(job)
         except BaseException:
             self._spend.release(held)
             raise
-        self._spend.settle(speech, job.text, job.cache_key, held)
+        _observe.in_store(
+            "ledger.settle", self._spend.settle, speech, job.text, job.cache_key, held
+        )
         return speech
 
     def _run(self, job: _Job) -> Speech:
@@ -432,12 +451,20 @@ class OctaveClient(_BaseClient):
             _load_net()
         deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 raw = self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step
@@ -556,8 +583,10 @@ class AsyncOctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)
-        hit = await asyncio.to_thread(self._spend.cached, key)
+        hit = await asyncio.to_thread(_observe.in_store, "cache.get", self._spend.cached, key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             await self._settle(hit, job.text, None)
             return hit
         while (leader := self._inflight.get(key)) is not None:
@@ -568,6 +597,8 @@ class AsyncOctaveClient(_BaseClient):
                     continue  # the leading caller was cancelled, not this one: go on alone
                 raise
             speech = reused(earlier)  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(speech, job.text, None)
             return speech
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
@@ -598,6 +629,8 @@ class AsyncOctaveClient(_BaseClient):
         else:
             token, earlier = None, None
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -615,7 +648,10 @@ class AsyncOctaveClient(_BaseClient):
             held = NO_HOLD
         elif spend.reserve_needs_io():
             held = await _in_thread(
-                lambda: spend.reserve(job.model, job.characters), undo=spend.release
+                lambda: _observe.in_store(
+                    "budget.reserve", spend.reserve, job.model, job.characters
+                ),
+                undo=spend.release,
             )
         else:
             held = spend.reserve(job.model, job.characters)
@@ -635,9 +671,12 @@ class AsyncOctaveClient(_BaseClient):
     ) -> None:
         spend = self._spend
         if spend.settle_is_cheap(held, cache_key):
-            spend.settle(speech, text, cache_key, held)  # only an in-memory queue put
+            # Only an in-memory queue put.
+            _observe.in_store("ledger.settle", spend.settle, speech, text, cache_key, held)
         else:
-            await asyncio.to_thread(spend.settle, speech, text, cache_key, held)
+            await asyncio.to_thread(
+                _observe.in_store, "ledger.settle", spend.settle, speech, text, cache_key, held
+            )
 
     async def _run(self, job: _Job) -> Speech:
         call = job.call
@@ -649,7 +688,9 @@ class AsyncOctaveClient(_BaseClient):
             )
         deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 if self._slots is None:
                     raw = await self._send(call, deadline)
@@ -657,8 +698,14 @@ class AsyncOctaveClient(_BaseClient):
                     async with self._slots:
                         raw = await self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step

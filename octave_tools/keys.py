@@ -16,10 +16,11 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -123,19 +124,37 @@ class Verified:
     checked_at: float
 
 
-@dataclass
 class KeyBook:
     """Key management and verification over a store (every replica sees the same keys).
 
-    Verification answers from a short-lived cache (``VERIFY_TTL``), so a call does not
-    read the store each time; a key is never trusted longer than that after it was
-    revoked, rotated or expired.
+    The store is opened on first use (a server starts while its database is down; keys
+    then fail closed until it answers). Verification answers from a short-lived cache
+    (``VERIFY_TTL``), so a call does not read the store each time; a key is never
+    trusted longer than that after it was revoked, rotated or expired.
     """
 
-    store: KeyStore
-    clock: Callable[[], float] = time.time
-    _pepper: bytes | None = None
-    _seen: dict[str, tuple[float, str, Verified | None]] = field(default_factory=dict)
+    def __init__(
+        self, store: KeyStore | Callable[[], KeyStore], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store: KeyStore | None = None
+        self._open: Callable[[], KeyStore] | None = None
+        if callable(store) and not hasattr(store, "key_find"):
+            self._open = store
+        else:
+            self._store = store  # type: ignore[assignment]
+        self.clock = clock
+        self._pepper: bytes | None = None
+        self._seen: dict[str, tuple[float, str, Verified | None]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> KeyStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    assert self._open is not None
+                    self._store = self._open()
+        return self._store
 
     def _digest(self, key: str) -> str:
         if self._pepper is None:
@@ -278,7 +297,7 @@ def open_key_book(settings: Settings) -> KeyBook:
     from ._store_url import LEDGER_FILE
 
     data_dir = Path(settings.data_dir).expanduser() if settings.data_dir else default_data_dir()
-    return KeyBook(open_keys(settings.store_url, data_dir / LEDGER_FILE))
+    return KeyBook(lambda: open_keys(settings.store_url, data_dir / LEDGER_FILE))
 
 
 def reject_unknown_models(models: Sequence[str]) -> tuple[str, ...]:

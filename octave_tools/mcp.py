@@ -63,6 +63,7 @@ from . import (
     VoiceList,
     __version__,
 )
+from .observe import observed_call
 from .toolspec import ToolSpec, explain_arguments, tools_for
 
 __all__ = ["SpeechResult", "VoiceList", "create_server"]
@@ -247,10 +248,11 @@ def create_server(
         model: str | None = None,
     ) -> Annotated[CallToolResult, SpeechResult]:
         await ctx.report_progress(0, 1, "Generating speech")
-        with _as_tool_errors("text_to_speech"):
+        with _as_tool_errors("text_to_speech"), observed_call("text_to_speech") as record:
             speech = await ctx.request_context.lifespan_context.client().synthesize(
                 text, voice=voice, format=format, speed=speed, model=model
             )
+            record.finish(speech)
         if publish is not None:
             speech = publish(speech)
         await ctx.report_progress(1, 1, "Speech ready")
