@@ -250,7 +250,13 @@ class PostgresKeys:
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         self._pool = ConnectionPool(
-            url, min_size=0, max_size=2, kwargs=options, timeout=_TIMEOUT, name="octave-keys"
+            url,
+            min_size=0,
+            max_size=2,
+            kwargs=options,
+            timeout=_TIMEOUT,
+            name="octave-keys",
+            open=True,
         )
 
     def _unreachable(self, exc: BaseException) -> ConfigurationError:

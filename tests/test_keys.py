@@ -1,0 +1,261 @@
+"""Client keys on a shared HTTP server: made once, stored hashed, accepted beside the
+operator's token, refused on every replica soon after revocation, limited per key."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _services import postgres_database
+from harness import MCP_HEADERS, api_env, cli, http_server, rpc_result, tool_call
+
+from octave_tools import ClientKeyLimitError, Settings
+from octave_tools.keys import VERIFY_TTL, KeyBook, KeyGrant, open_key_book
+from octave_tools.testing import FakeAIMLAPI
+
+TOKEN = secrets.token_urlsafe(24)
+KEY = re.compile(r"otk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+def post(url: str, credential: str, arguments: dict[str, Any]) -> httpx.Response:
+    body = tool_call("")
+    body["params"]["arguments"] = arguments
+    headers = MCP_HEADERS | {"Authorization": f"Bearer {credential}"}
+    return httpx.post(url, json=body, headers=headers, timeout=30)
+
+
+def make_key(capsys: pytest.CaptureFixture[str], name: str, *options: str) -> str:
+    code, out, err = cli(capsys, "keys", "add", name, *options)
+    assert code == 0, err
+    assert KEY.fullmatch(out.strip())
+    return out.strip()
+
+
+@pytest.fixture
+def shared(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The environment of a server and of the operator's CLI, on one SQLite store."""
+    env = api_env(
+        fake_aimlapi,
+        OCTAVE_TOOLS_SERVER_TOKEN=TOKEN,
+        OCTAVE_TOOLS_DATA_DIR=str(tmp_path / "store"),
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def test_a_client_key_is_printed_once_and_stored_only_as_a_keyed_hash(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str], tmp_path: Path
+) -> None:
+    key = make_key(capsys, "team-a", "--max-credits-per-day", "5000", "--rpm", "10")
+    code, out, _ = cli(capsys, "keys", "list")
+    assert code == 0
+    assert key not in out
+    assert key[:16] in out  # the prefix: otk_ and the id
+    database = tmp_path / "store" / "ledger.sqlite3"
+    raw = b"".join(p.read_bytes() for p in database.parent.iterdir() if p.is_file())
+    assert key.encode() not in raw
+    assert key.split("_")[2].encode() not in raw  # not even the secret part
+    rows = sqlite3.connect(database).execute("SELECT name, digest FROM client_keys").fetchall()
+    assert [(n, len(d)) for n, d in rows] == [("team-a", 64)]
+
+
+def test_adding_a_name_twice_says_to_rotate(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    make_key(capsys, "team-a")
+    code, out, err = cli(capsys, "keys", "add", "team-a")
+    assert (code, out) == (2, "")
+    assert err == (
+        "octave-tools: error: A key named 'team-a' exists already; use `keys rotate team-a` "
+        "for a new key with the same limits, or another name.\n"
+    )
+
+
+def test_the_server_takes_the_operator_token_or_a_client_key_and_nothing_else(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str], fake_aimlapi: FakeAIMLAPI
+) -> None:
+    key = make_key(capsys, "team-a")
+    other = make_key(capsys, "team-b")
+    cli(capsys, "keys", "revoke", "team-b")
+    with http_server(shared) as (url, server):
+        assert rpc_result(post(url, TOKEN, {"text": "Hi"}))["isError"] is False
+        assert rpc_result(post(url, key, {"text": "Hi"}))["isError"] is False
+        forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+        unknown = "otk_" + "0" * 12 + "_" + "A" * 43
+        for bad in (forged, unknown, other, "otk_short", "x" * 5000):
+            answer = post(url, bad, {"text": "Hi"})
+            assert answer.status_code == 401, bad
+            assert answer.json()["error"] == "invalid_token"
+            assert bad[:12] not in answer.text
+        base = url.removesuffix("/mcp")
+        assert (
+            httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code
+            == 401
+        )
+    assert key not in server.stderr and other not in server.stderr
+    assert len(fake_aimlapi.tts_requests) == 2
+
+
+def test_a_revoked_key_is_refused_on_every_replica_within_the_verify_ttl(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    key = make_key(capsys, "team-a")
+    with ExitStack() as stack:
+        urls = [stack.enter_context(http_server(shared))[0] for _ in range(2)]
+        for url in urls:  # each replica has seen (and cached) the key
+            assert post(url, key, {"text": "Hi"}).status_code == 200
+        code, _, _ = cli(capsys, "keys", "revoke", "team-a")
+        revoked_at = time.monotonic()
+        refused: dict[str, float] = {}
+        while len(refused) < len(urls) and time.monotonic() - revoked_at < VERIFY_TTL + 5:
+            for url in urls:
+                if url not in refused and post(url, key, {"text": "Hi"}).status_code == 401:
+                    refused[url] = time.monotonic() - revoked_at
+            time.sleep(0.2)
+    assert code == 0
+    assert sorted(refused) == sorted(urls)
+    assert max(refused.values()) <= VERIFY_TTL + 1.0
+
+
+def test_a_rotated_key_replaces_the_old_one(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    old = make_key(capsys, "team-a")
+    code, out, _ = cli(capsys, "keys", "rotate", "team-a")
+    new = out.strip()
+    assert code == 0 and KEY.fullmatch(new) and new != old
+    book = open_key_book(Settings.load())
+    assert book.verify(old) is None
+    verified = book.verify(new)
+    assert verified is not None and verified.key.name == "team-a"
+
+
+def test_a_key_limited_to_models_uses_them_and_refuses_others(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str], fake_aimlapi: FakeAIMLAPI
+) -> None:
+    key = make_key(capsys, "openai-only", "--models", "openai/tts-1")
+    env = {**shared, "OCTAVE_TOOLS_MODELS": "hume/octave-2,openai/tts-1"}
+    with http_server(env) as (url, _):
+        spoke = rpc_result(post(url, key, {"text": "Hi"}))
+        refused = rpc_result(post(url, key, {"text": "Hi", "model": "hume/octave-2"}))
+    assert spoke["structuredContent"]["model"] == "openai/tts-1"
+    assert refused["isError"] is True
+    assert refused["content"][0]["text"] == (
+        "Error executing tool text_to_speech: This key may use only openai/tts-1; 'hume/octave-2' is not one of them. Leave model "
+        "out, or ask the operator for a key with more models."
+    )
+    assert [r.json["model"] for r in fake_aimlapi.tts_requests] == ["openai/tts-1"]
+
+
+def test_a_keys_requests_per_minute_are_counted_across_replicas(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str], fake_aimlapi: FakeAIMLAPI
+) -> None:
+    key = make_key(capsys, "slow", "--rpm", "2")
+    with ExitStack() as stack:
+        urls = [stack.enter_context(http_server(shared))[0] for _ in range(2)]
+        while time.time() % 60 > 50:  # three calls inside one minute
+            time.sleep(0.5)
+        answers = [rpc_result(post(urls[i % 2], key, {"text": f"Call {i}"})) for i in range(3)]
+    assert [a["isError"] for a in answers] == [False, False, True]
+    assert re.fullmatch(
+        r"Error executing tool text_to_speech: This key's limit of 2 requests per minute is reached; it resets in \d+ s \(at the "
+        r"start of the next minute\)\.",
+        answers[2]["content"][0]["text"],
+    )
+    assert len(fake_aimlapi.tts_requests) == 2
+
+
+def test_keys_fail_closed_when_the_store_is_down(fake_aimlapi: FakeAIMLAPI) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = api_env(
+        fake_aimlapi,
+        OCTAVE_TOOLS_SERVER_TOKEN=TOKEN,
+        OCTAVE_TOOLS_STORE_URL=f"postgresql://u:pw@127.0.0.1:{port}/db?connect_timeout=1",
+    )
+    key = "otk_" + "a" * 12 + "_" + "B" * 43
+    with http_server(env) as (url, _):
+        answer = post(url, key, {"text": "Hi"})
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "temporarily_unavailable"
+    assert fake_aimlapi.tts_requests == []
+
+
+# ---------------------------------------------------------------- the book itself
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    yield from postgres_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def book(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyBook]:
+    from octave_tools._store_keys import open_keys
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    store = open_keys(url, tmp_path / "ledger.sqlite3")
+    try:
+        yield KeyBook(store, clock=Clock())
+    finally:
+        store.close()
+
+
+def test_expiry_and_rpm_follow_the_clock_on_both_stores(book: KeyBook) -> None:
+    clock = book.clock
+    assert isinstance(clock, Clock)
+    name = f"k{secrets.token_hex(4)}"
+    key = book.add(name, rpm=2, expires_in=3600)
+    verified = book.verify(key)
+    assert verified is not None
+    grant = KeyGrant(verified.key, book)
+    clock.now = 60 * 20_000 + 1.0
+    grant.admit()
+    grant.admit()
+    with pytest.raises(ClientKeyLimitError) as caught:
+        grant.admit()
+    assert (caught.value.limit, caught.value.resets_at) == ("rpm", 60 * 20_001.0)
+    clock.now += 60
+    grant.admit()  # a new minute
+    clock.now = 1_000_000.0 + 3600 + VERIFY_TTL + 1
+    assert book.verify(key) is None  # expired
+
+
+def test_a_guess_with_a_known_id_is_compared_in_constant_time(
+    book: KeyBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    key = book.add(f"k{secrets.token_hex(4)}")
+    compared: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert book.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert len(compared) == 1
