@@ -152,8 +152,9 @@ def test_a_key_limited_to_models_uses_them_and_refuses_others(
     assert spoke["structuredContent"]["model"] == "openai/tts-1"
     assert refused["isError"] is True
     assert refused["content"][0]["text"] == (
-        "Error executing tool text_to_speech: This key may use only openai/tts-1; 'hume/octave-2' is not one of them. Leave model "
-        "out, or ask the operator for a key with more models."
+        "Error executing tool text_to_speech: This key may use only openai/tts-1; "
+        "'hume/octave-2' is not one of them. Leave model out, or ask the operator for a key "
+        "with more models."
     )
     assert [r.json["model"] for r in fake_aimlapi.tts_requests] == ["openai/tts-1"]
 
@@ -169,8 +170,8 @@ def test_a_keys_requests_per_minute_are_counted_across_replicas(
         answers = [rpc_result(post(urls[i % 2], key, {"text": f"Call {i}"})) for i in range(3)]
     assert [a["isError"] for a in answers] == [False, False, True]
     assert re.fullmatch(
-        r"Error executing tool text_to_speech: This key's limit of 2 requests per minute is reached; it resets in \d+ s \(at the "
-        r"start of the next minute\)\.",
+        r"Error executing tool text_to_speech: This key's limit of 2 requests per minute is "
+        r"reached; it resets in \d+ s \(at the start of the next minute\)\.",
         answers[2]["content"][0]["text"],
     )
     assert len(fake_aimlapi.tts_requests) == 2
