@@ -18,13 +18,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from . import observe as _observe
 
 __all__ = [
+    "LEDGER_COLUMNS",
     "LedgerEntry",
     "LedgerLockedError",
     "ReservationRefused",
@@ -83,6 +84,41 @@ class LedgerEntry:
     request_id: str | None
     text_sha256: str
     cached: bool
+    entry_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Made before the write: writing the same entry again (a retry) is a no-op."""
+    estimated: bool = False
+    """``credits`` is our estimate: the API did not say what it billed (or said nonsense)."""
+    job_id: str | None = None
+    """Shared by the parts of one long-form or dialogue call."""
+    key_name: str | None = None
+    """The client key the call was made with (None: the operator)."""
+
+    def row(self) -> tuple[object, ...]:
+        """The values for LEDGER_COLUMNS, in that order."""
+        return (
+            self.ts,
+            self.engine,
+            self.model,
+            self.voice,
+            self.format,
+            self.characters,
+            self.credits,
+            self.usd,
+            self.request_id,
+            self.text_sha256,
+            self.cached,
+            self.entry_id,
+            self.estimated,
+            self.job_id,
+            self.key_name,
+        )
+
+
+# The ledger's columns as every write names them (the v1 ones, then the v2 additions).
+LEDGER_COLUMNS = (
+    "ts, engine, model, voice, format, characters, credits, usd, request_id, text_sha256, "
+    "cached, entry_id, estimated, job_id, key_name"
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +131,8 @@ class UsageRow:
     characters: int
     credits: float
     usd: float
+    estimated_credits: float = 0.0
+    """The part of ``credits`` that is our estimate (the API did not bill a figure)."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +181,27 @@ def usage_rows(
             "voice": e.voice or "(default)",
             "engine": e.engine,
         }[by]
-        acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0])
-        for i, value in enumerate((1, int(e.cached), e.characters, e.credits, e.usd or 0.0)):
+        acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
+        values = (
+            1,
+            int(e.cached),
+            e.characters,
+            e.credits,
+            e.usd or 0.0,
+            e.credits if e.estimated else 0.0,
+        )
+        for i, value in enumerate(values):
             acc[i] += value
     result = [
-        UsageRow(k, int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]))
+        UsageRow(
+            k,
+            int(v[0]),
+            int(v[1]),
+            int(v[2]),
+            float(v[3]),
+            float(v[4]),
+            float(v[5]) if len(v) > 5 else 0.0,
+        )
         for k, v in rows.items()
     ]
     return sorted(result, key=lambda r: (-r.credits, r.key))
@@ -158,7 +212,7 @@ def _rates(
 ) -> dict[str, float]:
     """Credits per character by model, from stored totals and entries not yet written."""
     for e in unwritten:
-        if e.ts >= since and not e.cached and e.credits > 0:
+        if e.ts >= since and not e.cached and not e.estimated and e.credits > 0:
             acc = totals.setdefault(e.model, [0.0, 0.0])
             acc[0] += e.credits
             acc[1] += e.characters
@@ -187,6 +241,45 @@ CREATE TABLE IF NOT EXISTS cache (
     expires_at REAL NOT NULL
 );
 """
+# Schema revision 2, applied in place to a revision-1 file (see _migrate): additive only,
+# so a process still running the previous release keeps writing and reading it (its
+# INSERT names the v1 columns; the new ones take their defaults).
+SCHEMA_REVISION = 2
+_V2_COLUMNS = (
+    ("entry_id", "TEXT"),
+    ("estimated", "INTEGER NOT NULL DEFAULT 0"),
+    ("job_id", "TEXT"),
+    ("key_name", "TEXT"),
+)
+_V2_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_entry_id ON calls (entry_id)"
+_INSERT_CALL = (
+    f"INSERT OR IGNORE INTO calls ({LEDGER_COLUMNS}) "  # noqa: S608 - constants only
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a ledger file to SCHEMA_REVISION, in place, nothing lost.
+
+    Idempotent and safe with other processes opening the file at once: the check and
+    the ALTERs run under the file's write lock. ``PRAGMA user_version`` records the
+    revision; the previous release never reads it.
+    """
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_REVISION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(calls)")}
+        for name, decl in _V2_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE calls ADD COLUMN {name} {decl}")
+        db.execute(_V2_INDEX)
+        db.execute(f"PRAGMA user_version = {SCHEMA_REVISION}")
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
 
 _GROUP_SQL: dict[str, str] = {
     "day": "strftime('%Y-%m-%d', ts, 'unixepoch')",
@@ -287,6 +380,7 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
         except BaseException:
             db.close()
             raise
@@ -430,12 +524,7 @@ class SQLiteStore:
                     # (or a later reopen) never writes a row twice.
                     db.execute("BEGIN IMMEDIATE")
                     try:
-                        db.executemany(
-                            "INSERT INTO calls (ts, engine, model, voice, format, characters, "
-                            "credits, usd, request_id, text_sha256, cached) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            [astuple(e) for e in batch],
-                        )
+                        db.executemany(_INSERT_CALL, [e.row() for e in batch])
                         db.execute("COMMIT")
                     finally:
                         if db.in_transaction:
@@ -585,7 +674,8 @@ class SQLiteStore:
                         self._ensure_db()
                         .execute(
                             "SELECT model, sum(credits), sum(characters) FROM calls "
-                            "WHERE ts >= ? AND cached = 0 AND credits > 0 GROUP BY 1",
+                            "WHERE ts >= ? AND cached = 0 AND estimated = 0 AND credits > 0 "
+                            "GROUP BY 1",
                             (since,),
                         )
                         .fetchall()
@@ -607,11 +697,13 @@ class SQLiteStore:
                     db = self._ensure_db()
                     found = db.execute(
                         f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
-                        "sum(credits), coalesce(sum(usd), 0) FROM calls WHERE ts >= ? GROUP BY 1",
+                        "sum(credits), coalesce(sum(usd), 0), "
+                        "coalesce(sum(CASE WHEN estimated THEN credits END), 0) "
+                        "FROM calls WHERE ts >= ? GROUP BY 1",
                         (since,),
                     ).fetchall()
-                for key, calls, cached, chars, credits, usd in found:
-                    rows[str(key)] = [calls, cached, chars, credits, usd]
+                for key, calls, cached, chars, credits, usd, estimated in found:
+                    rows[str(key)] = [calls, cached, chars, credits, usd, estimated]
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
                 if _is_lock(exc):
                     logger.warning(
@@ -798,12 +890,7 @@ class SQLiteStore:
                     db = self._begin_reservations()
                     try:
                         db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-                        db.execute(
-                            "INSERT INTO calls (ts, engine, model, voice, format, characters, "
-                            "credits, usd, request_id, text_sha256, cached) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            astuple(entry),
-                        )
+                        db.execute(_INSERT_CALL, entry.row())
                         db.execute("COMMIT")
                     finally:
                         self._rollback(db)

@@ -20,12 +20,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import astuple
 from typing import TypeVar
 
 from . import observe as _observe
 from ._redact import redact_url, scrub
-from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict, usage_rows
+from ._store import (
+    LEDGER_COLUMNS,
+    GroupBy,
+    LedgerEntry,
+    ReservationRefused,
+    UsageRow,
+    _rates,
+    _verdict,
+    usage_rows,
+)
 from .errors import ConfigurationError
 
 try:
@@ -35,11 +43,16 @@ except ImportError:  # pragma: no cover - exercised without the extra
     psycopg = None  # type: ignore[assignment]
     ConnectionPool = None  # type: ignore[assignment,misc]
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "open_postgres_store"]
+__all__ = ["SCHEMA_REVISION", "SCHEMA_VERSION", "PostgresStore", "open_postgres_store"]
 
 logger = logging.getLogger("octave_tools")
 
+# octave_schema.version is the compatibility level: a store whose version is higher than
+# this code's is refused (every release so far refuses one newer than it knows). Additive
+# changes, which older replicas keep working with, do not raise it: they raise the
+# revision instead (octave_schema.revision, a column older releases never read).
 SCHEMA_VERSION = 1
+SCHEMA_REVISION = 2
 # Two-key advisory locks, first key = this number: apart from other apps' locks.
 _LOCK_SPACE = 0x6F637476  # "octv"
 _CACHE_PURGE_EVERY = 60.0
@@ -80,6 +93,21 @@ CREATE TABLE IF NOT EXISTS octave_cache (
 );
 """
 
+# Revision 2 (idempotent ledger writes, estimated charges, attribution): new nullable or
+# defaulted columns and a unique index, nothing renamed or dropped. ADD COLUMN with a
+# constant default is a catalog change in PostgreSQL 11+ (no table rewrite); the index
+# scans the table once. Rows written by an older replica after this get a NULL
+# entry_id (NULLs never conflict) and estimated = false.
+_SCHEMA_V2 = """
+ALTER TABLE octave_schema ADD COLUMN IF NOT EXISTS revision INTEGER;
+ALTER TABLE octave_calls
+    ADD COLUMN IF NOT EXISTS entry_id TEXT,
+    ADD COLUMN IF NOT EXISTS estimated BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS job_id TEXT,
+    ADD COLUMN IF NOT EXISTS key_name TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS octave_calls_entry_id ON octave_calls (entry_id);
+"""
+
 _GROUP_SQL: dict[str, str] = {
     "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "model": "model",
@@ -87,19 +115,23 @@ _GROUP_SQL: dict[str, str] = {
     "engine": "engine",
 }
 
-_INSERT_CALL = (
-    "INSERT INTO octave_calls (ts, engine, model, voice, format, characters, credits, usd, "
-    "request_id, text_sha256, cached) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+# One ledger row and, when it was paid, its minute total (see below), in one statement:
+# a row already written (same entry_id: a retried write) adds nothing to either.
+_INSERT_CALL = f"""
+WITH added AS (
+    INSERT INTO octave_calls ({LEDGER_COLUMNS})
+    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+    ON CONFLICT (entry_id) DO NOTHING
+    RETURNING ts, credits
 )
-
+INSERT INTO octave_spend_minutes (minute, credits, oldest)
+SELECT floor(ts / 60)::bigint, credits, ts FROM added WHERE credits > 0
+ON CONFLICT (minute) DO UPDATE SET
+    credits = octave_spend_minutes.credits + excluded.credits,
+    oldest = least(octave_spend_minutes.oldest, excluded.oldest)
+"""  # noqa: S608 - constants only
 # Paid spend per minute, kept with each ledger write: a window total reads at most a
 # day's 1,441 minute rows plus the calls of its first, partial minute, not every call.
-_ADD_MINUTE = (
-    "INSERT INTO octave_spend_minutes (minute, credits, oldest) "
-    "VALUES (floor(%s::float8 / 60)::bigint, %s, %s) ON CONFLICT (minute) DO UPDATE SET "
-    "credits = octave_spend_minutes.credits + excluded.credits, "
-    "oldest = least(octave_spend_minutes.oldest, excluded.oldest)"
-)
 # Exact: the window's first minute is summed from its calls (ts >= since), the rest
 # from whole minutes. Named parameter: since.
 _WINDOW_SPENT = """
@@ -186,6 +218,12 @@ class PostgresStore:
                     f"version {version}, newer than this octave-tools knows "
                     f"({SCHEMA_VERSION}); upgrade octave-tools."
                 )
+            if _revision(conn) < SCHEMA_REVISION:
+                # In place, under the same lock: replicas of the previous release keep
+                # running on it (they never read the revision, and their writes name
+                # only the columns they know).
+                conn.execute(_SCHEMA_V2)
+                conn.execute("UPDATE octave_schema SET revision = %s", (SCHEMA_REVISION,))
 
     def close(self) -> None:
         """Write what is left if possible, then close the pool."""
@@ -290,7 +328,7 @@ class PostgresStore:
             found = self._run(
                 lambda conn: conn.execute(
                     "SELECT model, sum(credits), sum(characters) FROM octave_calls "
-                    "WHERE ts >= %s AND NOT cached AND credits > 0 GROUP BY 1",
+                    "WHERE ts >= %s AND NOT cached AND NOT estimated AND credits > 0 GROUP BY 1",
                     (since,),
                 ).fetchall()
             )
@@ -306,16 +344,17 @@ class PostgresStore:
             found = self._run(
                 lambda conn: conn.execute(
                     f"SELECT {group}, count(*), sum(cached::int), sum(characters), "  # noqa: S608
-                    "sum(credits), coalesce(sum(usd), 0) FROM octave_calls WHERE ts >= %s "
-                    "GROUP BY 1",
+                    "sum(credits), coalesce(sum(usd), 0), "
+                    "coalesce(sum(credits) FILTER (WHERE estimated), 0) "
+                    "FROM octave_calls WHERE ts >= %s GROUP BY 1",
                     (since,),
                 ).fetchall()
             )
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         rows: dict[str, list[float]] = {}
-        for key, calls, cached, chars, credits, usd in found:
-            rows[str(key)] = [float(str(v)) for v in (calls, cached, chars, credits, usd)]
+        for key, *values in found:
+            rows[str(key)] = [float(str(v)) for v in values]
         return usage_rows(rows, list(self._unwritten_in(since)), by)
 
     # ------------------------------------------------------------ budget (see Store)
@@ -457,13 +496,27 @@ class PostgresStore:
             self._failed("writing the cache", exc)
 
 
+def _revision(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """The store's schema revision (1: made by a release before revisions existed)."""
+    has_column = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'octave_schema' "
+        "AND column_name = 'revision' AND table_schema = current_schema()"
+    ).fetchone()
+    if has_column is None:
+        return 1
+    row = conn.execute("SELECT max(revision) FROM octave_schema").fetchone()
+    return int(str(row[0])) if row and row[0] is not None else 1
+
+
 def _insert(conn: psycopg.Connection[tuple[object, ...]], entries: list[LedgerEntry]) -> None:
-    """Ledger rows and their minute totals; inside the caller's transaction."""
-    paid = sorted((e for e in entries if e.credits > 0), key=lambda e: e.ts)  # lock order
+    """Ledger rows and their minute totals; inside the caller's transaction.
+
+    Idempotent per entry (its entry_id): a write retried after a commit whose answer
+    was lost adds nothing.
+    """
+    ordered = sorted(entries, key=lambda e: e.ts)  # minute rows locked in one order
     with conn.cursor() as cur:
-        cur.executemany(_INSERT_CALL, [astuple(e) for e in entries])
-        if paid:
-            cur.executemany(_ADD_MINUTE, [(e.ts, e.credits, e.ts) for e in paid])
+        cur.executemany(_INSERT_CALL, [e.row() for e in ordered])
 
 
 _STORES: dict[str, PostgresStore] = {}
