@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ._context import current_key
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
 from ._redact import redact_url
@@ -39,7 +40,7 @@ CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
 # No other model's price is documented. The highest known rate is used, so a budget
 # errs on refusing a call it could have afforded rather than overspending.
 DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
-GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine")
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "key")
 # A learned rate comes from this much of the ledger, and is re-read at most this often.
 RATE_WINDOW = 30 * DAY
 RATE_REFRESH = 60.0
@@ -91,6 +92,7 @@ def reused(speech: Speech) -> Speech:
 
 
 def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+    grant = current_key.get()
     return LedgerEntry(
         ts=ts,
         engine=speech.engine,
@@ -103,6 +105,7 @@ def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
         request_id=speech.request_id,
         text_sha256=text_digest(text),
         cached=speech.cached,
+        key_name=grant.key.name if grant is not None else None,
     )
 
 
@@ -468,7 +471,10 @@ class Spend:
             )
         start = parse_since(since)
         store = self.store
-        rows = store.usage(start, by) if store is not None else []
+        # On a shared server a client key sees its own calls only; the operator sees all.
+        grant = current_key.get()
+        only = grant.key.name if grant is not None else None
+        rows = store.usage(start, by, only) if store is not None else []
         groups = [
             UsageGroup(
                 key=r.key,

@@ -37,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger("octave_tools")
 
-GroupBy = Literal["day", "model", "voice", "engine"]
+GroupBy = Literal["day", "model", "voice", "engine", "key"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
 # How long one statement waits for another connection's lock before it gives up.
@@ -158,7 +158,7 @@ class Store(Protocol):
 
     def add(self, entry: LedgerEntry) -> None: ...
     def spent_since(self, since: float) -> tuple[float, float | None]: ...
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]: ...
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]: ...
     def rates(self, since: float) -> dict[str, float]: ...
     def cache_get(self, key: str, now: float) -> str | None: ...
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
@@ -171,15 +171,22 @@ class Store(Protocol):
 
 
 def usage_rows(
-    rows: dict[str, list[float]], unwritten: Sequence[LedgerEntry], by: GroupBy
+    rows: dict[str, list[float]],
+    unwritten: Sequence[LedgerEntry],
+    by: GroupBy,
+    only_key: str | None = None,
 ) -> list[UsageRow]:
-    """Stored totals per group plus entries not yet written, largest spend first."""
+    """Stored totals per group plus entries not yet written (of ``only_key``'s calls, if
+    given), largest spend first."""
     for e in unwritten:
+        if only_key is not None and (e.key_name or "operator") != only_key:
+            continue
         key = {
             "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
             "model": e.model,
             "voice": e.voice or "(default)",
             "engine": e.engine,
+            "key": e.key_name or "operator",
         }[by]
         acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
         values = (
@@ -286,6 +293,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "key": "coalesce(key_name, 'operator')",
 }
 
 
@@ -686,8 +694,9 @@ class SQLiteStore:
                 pass  # the estimate falls back to the default rate
         return _rates(totals, self._unwritten(), since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        """Totals per group since ``since``, largest spend first."""
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        """Totals per group since ``since`` (of client ``key``'s calls only, if given;
+        ``operator`` for the operator's), largest spend first."""
         rows: dict[str, list[float]] = {}
         self._maybe_reopen()
         if not self._broken:
@@ -699,11 +708,12 @@ class SQLiteStore:
                         f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
                         "sum(credits), coalesce(sum(usd), 0), "
                         "coalesce(sum(CASE WHEN estimated THEN credits END), 0) "
-                        "FROM calls WHERE ts >= ? GROUP BY 1",
-                        (since,),
+                        "FROM calls WHERE ts >= ? "
+                        "AND (? IS NULL OR coalesce(key_name, 'operator') = ?) GROUP BY 1",
+                        (since, key, key),
                     ).fetchall()
-                for key, calls, cached, chars, credits, usd, estimated in found:
-                    rows[str(key)] = [calls, cached, chars, credits, usd, estimated]
+                for group_key, calls, cached, chars, credits, usd, estimated in found:
+                    rows[str(group_key)] = [calls, cached, chars, credits, usd, estimated]
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
                 if _is_lock(exc):
                     logger.warning(
@@ -713,7 +723,7 @@ class SQLiteStore:
                     )
                 else:
                     self._disable(exc)
-        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by)
+        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by, key)
 
     # ------------------------------------------------------------ cache
 

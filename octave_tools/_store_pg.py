@@ -113,6 +113,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "key": "coalesce(key_name, 'operator')",
 }
 
 # One ledger row and, when it was paid, its minute total (see below), in one statement:
@@ -337,8 +338,9 @@ class PostgresStore:
         totals = {str(m): [float(str(c)), float(str(n))] for m, c, n in found}
         return _rates(totals, list(self._unwritten_in(since)), since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        """Totals per group since ``since``, largest spend first."""
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        """Totals per group since ``since`` (of client ``key``'s calls only, if given),
+        largest spend first."""
         group = _GROUP_SQL[by]
         try:
             found = self._run(
@@ -346,16 +348,17 @@ class PostgresStore:
                     f"SELECT {group}, count(*), sum(cached::int), sum(characters), "  # noqa: S608
                     "sum(credits), coalesce(sum(usd), 0), "
                     "coalesce(sum(credits) FILTER (WHERE estimated), 0) "
-                    "FROM octave_calls WHERE ts >= %s GROUP BY 1",
-                    (since,),
+                    "FROM octave_calls WHERE ts >= %s "
+                    "AND (%s::text IS NULL OR coalesce(key_name, 'operator') = %s) GROUP BY 1",
+                    (since, key, key),
                 ).fetchall()
             )
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         rows: dict[str, list[float]] = {}
-        for key, *values in found:
-            rows[str(key)] = [float(str(v)) for v in values]
-        return usage_rows(rows, list(self._unwritten_in(since)), by)
+        for group_key, *values in found:
+            rows[str(group_key)] = [float(str(v)) for v in values]
+        return usage_rows(rows, list(self._unwritten_in(since)), by, key)
 
     # ------------------------------------------------------------ budget (see Store)
 

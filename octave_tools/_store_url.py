@@ -61,8 +61,8 @@ class SplitStore:
     def rates(self, since: float) -> dict[str, float]:
         return self.base.rates(since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        return self.base.usage(since, by)
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        return self.base.usage(since, by, key)
 
     def cache_get(self, key: str, now: float) -> str | None:
         return self.cache.cache_get(key, now)

@@ -15,12 +15,12 @@ from typing_extensions import Unpack
 from . import _protocol as proto
 from . import observe as _observe
 from ._body import BodyTooLarge, CappedBody
+from ._context import current_key
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
 from .errors import ConfigurationError, InvalidInputError
-from .keys import current_key
 from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
@@ -151,7 +151,11 @@ class _BaseClient:
         return fetch_audio(speech.audio_url, self._settings)
 
     def allowed_models(self) -> tuple[str, ...]:
-        """The models a call may name: the configured one first, then ``models``."""
+        """The models a call may name: the configured one first, then ``models``; on a
+        shared server, a client key limited to some models gets those."""
+        grant = current_key.get()
+        if grant is not None and grant.key.models:
+            return grant.key.models
         s = self._settings
         return tuple(dict.fromkeys((s.model, *s.models)))
 
@@ -176,7 +180,7 @@ class _BaseClient:
 
     def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
-        (day, model, voice or engine), across every process sharing the ledger.
+        (day, model, voice, engine or client key), across every process sharing the ledger.
 
         Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
         """
@@ -474,7 +478,7 @@ class OctaveClient(_BaseClient):
 
     def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
-        (day, model, voice or engine), across every process sharing the ledger."""
+        (day, model, voice, engine or client key), across every process sharing the ledger."""
         return self.usage_report(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:

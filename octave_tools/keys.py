@@ -19,11 +19,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from ._context import current_key
 from ._redact import register_secret, shown
 from ._settings import Settings
 from .errors import ClientKeyLimitError, ConfigurationError, InvalidInputError
@@ -286,8 +286,6 @@ class KeyGrant:
             )
 
 
-# The client key of the call in progress (None: the operator, or no server at all).
-current_key: ContextVar[KeyGrant | None] = ContextVar("octave_tools_client_key", default=None)
 
 
 def open_key_book(settings: Settings) -> KeyBook:

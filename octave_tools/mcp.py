@@ -63,6 +63,7 @@ from . import (
     VoiceList,
     __version__,
 )
+from .keys import current_key
 from .observe import observed_call
 from .toolspec import ToolSpec, explain_arguments, tools_for
 
@@ -202,6 +203,33 @@ def _tool(fn: Callable[..., Any], spec: ToolSpec) -> _SpecTool:
     return tool
 
 
+class _KeyView:
+    """``tools/list`` as the caller's client key sees it: a key limited to some models
+    finds only those in every ``model`` argument (the HTTP host sets the key)."""
+
+    def __init__(self, probe: AsyncOctaveClient) -> None:
+        self._probe = probe
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        grant = current_key.get()
+        if ctx.method != "tools/list" or grant is None or not grant.key.models:
+            return result
+        models = list(self._probe.allowed_models())
+        data = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+        for tool in data.get("tools", []):
+            prop = tool.get("inputSchema", {}).get("properties", {}).get("model")
+            if prop is None:
+                continue
+            for option in prop.get("anyOf", [prop]):
+                if "enum" in option:
+                    option["enum"] = models
+            prop["description"] = (
+                f"Which model speaks: {', '.join(models)}. Leave it out for {models[0]}."
+            )
+        return data
+
+
 def create_server(
     client: AsyncOctaveClient | None = None,
     *,
@@ -290,6 +318,7 @@ def create_server(
     ]
     server: MCPServer[_Backend] = MCPServer(
         "octave-tools",
+        middleware=[_KeyView(probe)],
         title="Octave text-to-speech",
         description="Text-to-speech on the AIML API: returns a URL of the generated audio.",
         instructions=specs.instructions,

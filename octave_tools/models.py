@@ -48,11 +48,14 @@ class Speech(BaseModel):
 
 
 class UsageGroup(BaseModel):
-    """Spend for one day, model, voice or engine."""
+    """Spend for one day, model, voice, engine or client key."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    key: str = Field(description="The day (YYYY-MM-DD, UTC), model, voice or engine.")
+    key: str = Field(
+        description="The day (YYYY-MM-DD, UTC), model, voice, engine or client key "
+        "(operator: the server token)."
+    )
     calls: int = Field(description="Calls recorded, cached ones included.")
     cached_calls: int = Field(description="Calls served from the cache at no charge.")
     characters: int = Field(description="Characters synthesised.")
@@ -66,7 +69,7 @@ class UsageReport(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
-    by: str = Field(description="How the groups are formed: day, model, voice or engine.")
+    by: str = Field(description="How the groups are formed: day, model, voice, engine or key.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
     total_credits: float

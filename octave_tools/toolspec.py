@@ -346,8 +346,9 @@ def usage_spec() -> ToolSpec:
             ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
             ArgSpec(
                 "by",
-                "How to group the figures: day, model, voice or engine. Default day.",
-                choices=("day", "model", "voice", "engine"),
+                "How to group the figures: day, model, voice, engine or key (client key). "
+                "Default day.",
+                choices=("day", "model", "voice", "engine", "key"),
             ),
         ),
     )
