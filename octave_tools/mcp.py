@@ -30,6 +30,7 @@ if __name__ == "__main__":
 # so the annotations must be real objects, not strings resolved in module globals.
 
 import asyncio
+import copy
 import json
 import logging
 import re
@@ -216,7 +217,11 @@ class _KeyView:
         if ctx.method != "tools/list" or grant is None or not grant.key.models:
             return result
         models = list(self._probe.allowed_models())
-        data = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+        data = (
+            result.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if hasattr(result, "model_dump")
+            else copy.deepcopy(result)
+        )
         for tool in data.get("tools", []):
             prop = tool.get("inputSchema", {}).get("properties", {}).get("model")
             if prop is None:

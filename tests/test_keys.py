@@ -260,3 +260,75 @@ def test_a_guess_with_a_known_id_is_compared_in_constant_time(
     monkeypatch.setattr(hmac, "compare_digest", spy)
     assert book.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
     assert len(compared) == 1
+
+
+# ---------------------------------------------------------------- attribution
+
+
+def list_tools(url: str, credential: str) -> list[dict[str, Any]]:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = MCP_HEADERS | {"Authorization": f"Bearer {credential}"}
+    return rpc_result(httpx.post(url, json=body, headers=headers, timeout=30))["tools"]  # type: ignore[no-any-return]
+
+
+def test_every_ledger_row_carries_its_key_and_each_key_sees_only_its_own_usage(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str], fake_aimlapi: FakeAIMLAPI
+) -> None:
+    a = make_key(capsys, "team-a")
+    b = make_key(capsys, "team-b")
+    with http_server(shared) as (url, _):
+        for credential, text in ((a, "One."), (a, "Two, two."), (b, "Three!"), (TOKEN, "Four")):
+            assert rpc_result(post(url, credential, {"text": text}))["isError"] is False
+        body = {
+            "jsonrpc": "2.0",
+            "id": 9,
+            "method": "tools/call",
+            "params": {"name": "usage", "arguments": {"by": "key"}},
+        }
+
+        def usage(credential: str) -> dict[str, Any]:
+            headers = MCP_HEADERS | {"Authorization": f"Bearer {credential}"}
+            return rpc_result(httpx.post(url, json=body, headers=headers, timeout=30))[
+                "structuredContent"
+            ]
+
+        seen_by_a, seen_by_b, seen_by_operator = usage(a), usage(b), usage(TOKEN)
+    billed = {r.json["text"]: len(r.json["text"]) * 125 for r in fake_aimlapi.tts_requests}
+
+    def groups(report: dict[str, Any]) -> dict[str, tuple[int, float]]:
+        return {g["key"]: (g["calls"], g["credits"]) for g in report["groups"]}
+
+    assert groups(seen_by_a) == {"team-a": (2, billed["One."] + billed["Two, two."])}
+    assert groups(seen_by_b) == {"team-b": (1, billed["Three!"])}
+    assert groups(seen_by_operator) == {
+        "team-a": (2, billed["One."] + billed["Two, two."]),
+        "team-b": (1, billed["Three!"]),
+        "operator": (1, billed["Four"]),
+    }
+    code, out, _ = cli(capsys, "usage", "--by", "key", "--json")
+    assert code == 0
+    import json as _json
+
+    assert groups(_json.loads(out)) == groups(seen_by_operator)
+
+
+def test_tools_list_shows_a_key_only_its_models(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    key = make_key(capsys, "openai-only", "--models", "openai/tts-1")
+    env = {**shared, "OCTAVE_TOOLS_MODELS": "hume/octave-2,openai/tts-1,deepgram/aura"}
+    with http_server(env) as (url, _):
+        for_key = {t["name"]: t for t in list_tools(url, key)}
+        for_operator = {t["name"]: t for t in list_tools(url, TOKEN)}
+
+    def enum(tool: dict[str, Any]) -> list[str]:
+        (choice,) = [o for o in tool["inputSchema"]["properties"]["model"]["anyOf"] if "enum" in o]
+        return choice["enum"]  # type: ignore[no-any-return]
+
+    assert enum(for_key["text_to_speech"]) == ["openai/tts-1"]
+    assert enum(for_key["list_voices"]) == ["openai/tts-1"]
+    assert enum(for_operator["text_to_speech"]) == [
+        "hume/octave-2",
+        "openai/tts-1",
+        "deepgram/aura",
+    ]
