@@ -431,11 +431,14 @@ def _keys(args: argparse.Namespace) -> int:
             f"Key {args.name!r} revoked; every replica refuses it within seconds.", file=sys.stderr
         )
     else:
-        _print_keys(book.list(), as_json=args.json)
+        with OctaveClient() as client:
+            report = client.usage_report("24h", "key")
+        spent = {group.key: group.credits for group in report.groups}
+        _print_keys(book.list(), spent, as_json=args.json)
     return EXIT_OK
 
 
-def _print_keys(records: Sequence[Any], *, as_json: bool) -> None:
+def _print_keys(records: Sequence[Any], spent: dict[str, float], *, as_json: bool) -> None:
     import time as _time
 
     def when(ts: float | None) -> str | None:
@@ -452,13 +455,17 @@ def _print_keys(records: Sequence[Any], *, as_json: bool) -> None:
             "expires": when(r.expires),
             "revoked": when(r.revoked),
             "last_used": when(r.last_used),
+            "spent_24h": spent.get(r.name, 0.0),
         }
         for r in records
     ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'name':<20} {'prefix':<17} {'credits/day':>12} {'rpm':>5}  models  state")
+    print(
+        f"{'name':<20} {'prefix':<17} {'credits/day':>12} {'spent 24h':>12} {'rpm':>5}  "
+        "models  state"
+    )
     for row in rows:
         state = (
             "revoked"
@@ -469,8 +476,9 @@ def _print_keys(records: Sequence[Any], *, as_json: bool) -> None:
         )
         budget = f"{row['max_credits_per_day']:,.0f}" if row["max_credits_per_day"] else "-"
         print(
-            f"{row['name']:<20} {row['prefix']:<17} {budget:>12} {row['rpm'] or '-':>5}  "
-            f"{','.join(row['models']) or 'all'}  {state}; last used {row['last_used'] or 'never'}"
+            f"{row['name']:<20} {row['prefix']:<17} {budget:>12} {row['spent_24h']:>12,.0f} "
+            f"{row['rpm'] or '-':>5}  {','.join(row['models']) or 'all'}  {state}; "
+            f"last used {row['last_used'] or 'never'}"
         )
 
 
