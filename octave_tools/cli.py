@@ -159,6 +159,14 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTP: requests handled at once; more get 503 (default 64)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        metavar="N",
+        help="HTTP: connections open at once; a new one replaces the longest idle one "
+        "(default 512, fewer under a low ulimit -n)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
@@ -389,7 +397,11 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         insecure_no_auth=args.insecure_no_auth,
         log_level=args.log_level,
-        limits=HttpLimits(request_timeout=args.request_timeout, max_requests=args.max_requests),
+        limits=HttpLimits(
+            request_timeout=args.request_timeout,
+            max_requests=args.max_requests,
+            max_connections=args.max_connections,
+        ),
         log_format=args.log_format,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
