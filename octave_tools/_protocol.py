@@ -11,6 +11,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -25,7 +26,7 @@ from ._redact import MASK, shown
 from ._redact import redact as _redact_all
 from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
-from .catalogue import MODELS, BodyPath, ModelSpec
+from .catalogue import MODELS, UNDOCUMENTED_TEXT_LIMIT, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -194,10 +195,11 @@ def prepare(
     model_id = _model_id(model, settings)
     spec = MODELS.get(model_id)
     if spec is None:
-        text = validate_text(text, limit=None)
+        # No documented limit for an id outside the catalogue: the conservative one.
+        text = validate_text(text, limit=UNDOCUMENTED_TEXT_LIMIT, model=model_id)
         payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
     else:
-        text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
+        text = validate_text(text, limit=spec.text_limit, model=spec.id)
         payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
     key = settings.require_key()
     # 128 random bits, as uuid4 has, at a quarter of its cost.
@@ -366,8 +368,10 @@ def _generic_body(
     if first:
         logger.warning(
             "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
-            "and format, with no local checks of voice, format or text length.",
+            "and format, with no local checks of voice or format and a text limit of %s "
+            "characters (none is documented).",
             shown(model_id),
+            f"{UNDOCUMENTED_TEXT_LIMIT:,}",
         )
     chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
     chosen_format = fmt if fmt is not None else settings.format
@@ -486,6 +490,48 @@ def _usage(headers: Mapping[str, str], data: Any) -> tuple[int | float | None, f
     if usd is None:
         usd = _number(headers.get("x-aimlapi-usd-spent"))
     return credits, (float(usd) if usd is not None else None)
+
+
+# An upstream figure above this many credits a character is not believed: 100 times the
+# highest documented rate (hume/octave-2, ~125). A real model billed several times a
+# guessed estimate stays under it (and is charged as billed); an absurd figure does not.
+MAX_PLAUSIBLE_CREDITS_PER_CHAR = 100 * max(
+    (s.credits_per_char for s in MODELS.values() if s.credits_per_char), default=125.0
+)
+# USD: the same bound, at a credit's documented price or a dollar a character if higher.
+MAX_PLAUSIBLE_USD_PER_CHAR = 1.0
+
+
+def plausible_cost(
+    credits: int | float | None, usd: float | None, characters: int, model: str
+) -> tuple[int | float | None, float | None]:
+    """The upstream cost figures, or None for each that cannot be believed.
+
+    Negative, non-finite or implausibly large figures are treated as unknown (the
+    budget then charges the estimate) and logged once per call, the value bounded.
+    """
+    chars = max(1, characters)
+    if credits is not None and not (
+        math.isfinite(credits) and 0 <= credits <= MAX_PLAUSIBLE_CREDITS_PER_CHAR * chars
+    ):
+        logger.warning(
+            "octave-tools: the API reported %s credits for %d characters of %s; that figure "
+            "is not believed and the call is charged at its estimate.",
+            _bounded_figure(credits),
+            characters,
+            model[:64],
+        )
+        credits = None
+    if usd is not None and not (
+        math.isfinite(usd) and 0 <= usd <= MAX_PLAUSIBLE_USD_PER_CHAR * chars
+    ):
+        usd = None
+    return credits, usd
+
+
+def _bounded_figure(value: float) -> str:
+    """A number for a log line: a few significant digits whatever its size."""
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
 def _audio_url(data: Any) -> str | None:
@@ -691,7 +737,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
     if call.secret and call.secret in url:
         # Passed on, the URL would show the key to the model, the user and every log.
         raise _unexpected(call, raw, "an audio URL that contains the API key", request_id)
-    credits, usd = _usage(raw.headers, data)
+    credits, usd = plausible_cost(*_usage(raw.headers, data), call.text_chars, call.model)
     return Speech(
         audio_url=url,
         format=call.format,
@@ -707,14 +753,17 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
 
 def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech:
     """The Speech for raw audio that was saved to ``file_url``."""
+    credits, usd = plausible_cost(
+        payload.credits_used, payload.usd_spent, call.text_chars, call.model
+    )
     return Speech(
         audio_url=file_url,
         format=payload.extension if payload.extension in ("wav", "mp3") else call.format,
         voice=call.voice,
         model=call.model,
         characters=call.text_chars,
-        credits_used=payload.credits_used,
-        usd_spent=payload.usd_spent,
+        credits_used=credits,
+        usd_spent=usd,
         request_id=payload.request_id,
         engine="aimlapi",
     )

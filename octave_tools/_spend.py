@@ -18,10 +18,18 @@ from urllib.parse import unquote, urlsplit
 from ._calltime import remaining
 from ._context import current_key
 from ._files import default_output_dir, user_dir
-from ._protocol import check_audio_url
+from ._protocol import check_audio_url, clean_request_id
 from ._redact import redact_url
 from ._settings import ENV_MAX_CREDITS, Settings
-from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store
+from ._store import (
+    MARK_LIFETIME,
+    GroupBy,
+    LedgerEntry,
+    LedgerLockedError,
+    Probe,
+    ReservationRefused,
+    Store,
+)
 from ._store_url import open_store_url
 from .catalogue import MODELS
 from .errors import (
@@ -54,6 +62,14 @@ RATE_REFRESH = 60.0
 # A reservation on a shared store outlives the call it holds by this much; a process that
 # dies mid-call frees the budget after that (its call is then counted at the estimate).
 LEASE_MARGIN = 60.0
+# A model with no documented price (issue 22, item 3): until its rate is learned from a
+# settled call, one call of it at a time is admitted (across replicas on a shared store),
+# so a guess that was too low overshoots the budget by at most one call. A call waiting
+# for that one looks again this often, for at most the call's timeout.
+PROBE_RECHECK = 0.1
+# A call billed more than this many times what it held re-estimates the model (here at
+# once, on other replicas at their next reservation) before more calls are admitted.
+FAR_ABOVE = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,9 +79,52 @@ class Hold:
     amount: float
     reservation: str | None = None
     """The shared store's reservation id (None: held in this process only)."""
+    probe: str | None = None
+    """The model whose in-process probe this call is (see PROBE_RECHECK)."""
+
+
+class _Retry(Exception):
+    """A reservation to try again: a probe is taken, or the model's rate just changed."""
+
+    def __init__(self, rate: float | None = None, marked_at: float | None = None) -> None:
+        super().__init__()
+        self.rate = rate
+        self.marked_at = marked_at
 
 
 NO_HOLD = Hold(0.0)
+
+# A cache entry written this far in the future (another replica's clock) still counts.
+CLOCK_SKEW = 60.0
+# Voice names and ids are short; a longer one in a cache entry is a planted one.
+MAX_VOICE_CHARS = 256
+MAX_FORMAT_CHARS = 16
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What a cached or coalesced result for a call must say about it."""
+
+    engine: str
+    model: str
+    voice: str | None
+    characters: int
+
+
+class CacheKey(str):
+    """A cache key (a hex digest) that remembers what its result must look like."""
+
+    expected: _Expected | None
+
+    def __new__(cls, digest: str, expected: _Expected | None = None) -> CacheKey:
+        made = super().__new__(cls, digest)
+        made.expected = expected
+        return made
+
+
+def _plain(value: str, limit: int) -> bool:
+    """Short, with no control or format characters."""
+    return len(value) <= limit and value.isprintable()
 
 
 def default_data_dir() -> Path:
@@ -98,7 +157,9 @@ def reused(speech: Speech) -> Speech:
     return speech.model_copy(update={"cached": True, "credits_used": 0, "usd_spent": 0.0})
 
 
-def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
+def _entry(
+    speech: Speech, text: str, credits: float, ts: float, estimated: bool = False
+) -> LedgerEntry:
     grant = current_key.get()
     return LedgerEntry(
         ts=ts,
@@ -112,6 +173,7 @@ def _entry(speech: Speech, text: str, credits: float, ts: float) -> LedgerEntry:
         request_id=speech.request_id,
         text_sha256=text_digest(text),
         cached=speech.cached,
+        estimated=estimated,
         key_name=grant.key.name if grant is not None else None,
     )
 
@@ -151,6 +213,15 @@ class Spend:
         self.shared = settings.ledger and bool(url) and not url.lower().startswith("sqlite:")
         self._rates: dict[str, float] = {}
         self._rates_read = -math.inf
+        self._tenant: list[str] | None = None  # the cache key's API key fingerprint and URL
+        self._rates_read_wall = -math.inf  # the same moment, on the store's clock
+        # Rates this process saw settle (the only source when the ledger is off), and
+        # floors set by a call billed far above its hold: (rate, until) by model.
+        self._seen: dict[str, float] = {}
+        self._floors: dict[str, tuple[float, float]] = {}
+        self._marks_seen: dict[str, float] = {}  # the newest rate mark acted on, by model
+        self._probing: set[str] = set()  # models whose probe call runs in this process
+        self._probe_cond = threading.Condition()
 
     @property
     def data_dir(self) -> Path:
@@ -188,10 +259,12 @@ class Spend:
     def store_is_open(self) -> bool:
         return self._store_opened
 
-    def reserve_needs_io(self) -> bool:
-        """Whether reserve() may read the ledger file (else it is a few microseconds)."""
+    def reserve_needs_io(self, model: str | None = None) -> bool:
+        """Whether reserve() may read the ledger file or wait (else a few microseconds)."""
         if not self._store_opened:
             return True
+        if model is not None and self._may_probe(model):
+            return True  # may wait for another call of an unpriced model
         store = self._store
         if store is None:
             return False
@@ -207,26 +280,78 @@ class Spend:
     # ------------------------------------------------------------ cache
 
     def cache_key(self, engine: str, model: str, voice: str | None, fmt: str, text: str) -> str:
-        parts = json.dumps([engine, model, voice, fmt, text_digest(text)])
-        return hashlib.sha256(parts.encode()).hexdigest()
+        """The key of a call's result in the cache and for coalescing.
+
+        For the API it names the tenant too, the API key's fingerprint and the base URL,
+        so clients sharing a store never get each other's results. The returned key
+        also carries what a result for it must look like (see ``_vetted``).
+        """
+        tenant: list[str] = []
+        if engine == "aimlapi":
+            if self._tenant is None:
+                secret = self._settings.api_key.get() if self._settings.api_key else ""
+                digest = hashlib.sha256(b"octave-tools cache key\0" + secret.encode())
+                self._tenant = [digest.hexdigest(), self._settings.base_url.rstrip("/")]
+            tenant = self._tenant
+        parts = json.dumps([engine, model, voice, fmt, text_digest(text), *tenant])
+        return CacheKey(
+            hashlib.sha256(parts.encode()).hexdigest(),
+            _Expected(engine, model, voice, len(text)),
+        )
 
     def cached(self, key: str) -> Speech | None:
         """The earlier result for ``key`` within the TTL, marked cached and free."""
         store = self.store
         if self.cache_ttl <= 0 or store is None:
             return None
-        value = store.cache_get(key, self._clock())
+        now = self._clock()
+        value = store.cache_get(key, now)
         if value is None:
             return None
         try:
-            earlier = Speech.model_validate_json(value)
-        except ValueError:
+            entry = json.loads(value)
+            # Written at "at"; the TTL is checked again here, with today's setting: an
+            # entry that the store kept longer (planted, or written under a longer TTL)
+            # is a miss.
+            at = float(entry["at"])
+            if not (now - self.cache_ttl < at <= now + CLOCK_SKEW):
+                return None
+            earlier = Speech.model_validate(entry["speech"])
+        except (ValueError, TypeError, KeyError, RecursionError):
             return None
         # The cache table is a file anyone with access to it can edit: an entry is vetted
         # like a fresh answer, and one that fails is a miss.
-        if not self._safe_cached_url(earlier.audio_url):
+        if not self._vetted(earlier, key):
             return None
         return reused(earlier)
+
+    def _vetted(self, earlier: Speech, key: str) -> bool:
+        """Whether a cached or coalesced result may stand for a call under ``key``.
+
+        Every field, not only the URL: the engine, model and voice the call asked for;
+        a request id fit to show; no negative or non-finite figures; and an audio URL
+        that passes the same checks as a fresh one.
+        """
+        expected = getattr(key, "expected", None)
+        if expected is not None:
+            if (earlier.engine, earlier.model) != (expected.engine, expected.model):
+                return False
+            if expected.engine == "aimlapi" and earlier.voice != expected.voice:
+                return False
+            if earlier.characters != expected.characters:
+                return False
+        if earlier.voice is not None and not _plain(earlier.voice, MAX_VOICE_CHARS):
+            return False
+        if not (earlier.format.isalnum() and len(earlier.format) <= MAX_FORMAT_CHARS):
+            return False
+        if earlier.request_id is not None and (
+            clean_request_id(earlier.request_id, "") != earlier.request_id
+        ):
+            return False
+        for figure in (earlier.credits_used, earlier.usd_spent, earlier.characters):
+            if figure is not None and not (math.isfinite(figure) and figure >= 0):
+                return False
+        return self._safe_cached_url(earlier.audio_url)
 
     def _safe_cached_url(self, url: str) -> bool:
         """Whether a cached audio URL may be handed out again.
@@ -293,7 +418,7 @@ class Spend:
             return None, None
         # Redis is shared: its value is vetted like a cache entry, and one that fails
         # (or a file only another replica has) means this process makes the call itself.
-        if not self._safe_cached_url(earlier.audio_url):
+        if not self._vetted(earlier, key):
             return None, None
         return None, reused(earlier)
 
@@ -305,7 +430,7 @@ class Spend:
 
     # ------------------------------------------------------------ budget
 
-    def estimate(self, model: str, characters: int) -> float:
+    def estimate(self, model: str, characters: int, *, refresh: bool = True) -> float:
         """Credits a call is expected to cost, before it is made.
 
         The documented rate where there is one; else what the ledger has seen the model
@@ -313,8 +438,25 @@ class Spend:
         """
         rate = CREDITS_PER_CHAR_ESTIMATE.get(model)
         if rate is None:
-            rate = self._learned_rates().get(model, DEFAULT_CREDITS_PER_CHAR)
+            rates = self._learned_rates() if refresh else self._rates  # refresh: may read
+            rate = rates.get(model, self._seen.get(model, DEFAULT_CREDITS_PER_CHAR))
+            floor = self._floors.get(model)
+            if floor is not None and floor[1] > self._clock():
+                rate = max(rate, floor[0])
         return rate * characters
+
+    def _may_probe(self, model: str) -> bool:
+        """Whether a call of ``model`` may have to be its probe (no documented price)."""
+        return self.needs_budget_check and model not in CREDITS_PER_CHAR_ESTIMATE
+
+    def _is_learned(self, model: str) -> bool:
+        """Whether a settled call of ``model`` is known (here, or in the ledger)."""
+        if model in self._seen or model in self._learned_rates():
+            return True
+        if time.monotonic() - self._rates_read > PROBE_RECHECK:
+            self._rates_read = -math.inf  # another process's probe may have settled since
+            return model in self._learned_rates()
+        return False
 
     def _rate_is_stale(self) -> bool:
         return time.monotonic() - self._rates_read > RATE_REFRESH
@@ -327,12 +469,94 @@ class Spend:
             except (OctaveError, LedgerLockedError):
                 rates = self._rates  # keep what was known; the default covers the rest
             self._rates, self._rates_read = rates, time.monotonic()
+            self._rates_read_wall = self._clock()
         return self._rates
 
     def reserve(self, model: str, characters: int) -> Hold:
-        """Hold the estimated cost of a call, or raise BudgetExceededError."""
+        """Hold the estimated cost of a call, or raise BudgetExceededError.
+
+        A model with no documented price is admitted one call at a time until a call of
+        it has settled (its rate is then learned): waiting for that call at most the
+        call's timeout. On a shared store this holds across replicas.
+        """
         if not self.needs_budget_check:
             return NO_HOLD
+        if not self._may_probe(model):
+            return self._reserve(model, characters)
+        deadline = time.monotonic() + self._settings.timeout
+        while True:
+            exclusive = not self._is_learned(model)
+            local = exclusive and not self.shared
+            if local and not self._take_probe(model, characters, deadline):
+                continue  # the probe settled meanwhile: look again
+            probe = None
+            if self.shared:
+                seen = max(self._rates_read_wall, self._marks_seen.get(model, -math.inf))
+                probe = Probe(model, exclusive, seen)
+            try:
+                return self._reserve(model, characters, probe, model if local else None)
+            except _Retry as retry:
+                if local:
+                    self._give_probe(model)
+                if retry.rate is not None:  # re-estimate at the new rate, then try again
+                    self._set_floor(model, retry.rate)
+                    if retry.marked_at is not None:  # whatever the clocks of the replicas
+                        self._marks_seen[model] = retry.marked_at
+                    continue
+                if time.monotonic() + PROBE_RECHECK > deadline:
+                    raise self._probe_busy(model, characters) from None
+                time.sleep(PROBE_RECHECK)
+                self._rates_read = -math.inf  # the probe may have settled: read rates again
+            except BaseException:
+                if local:
+                    self._give_probe(model)
+                raise
+
+    def _take_probe(self, model: str, characters: int, deadline: float) -> bool:
+        """Become ``model``'s probe in this process; False after waiting for another."""
+        with self._probe_cond:
+            if model not in self._probing:
+                self._probing.add(model)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._probe_busy(model, characters)
+            self._probe_cond.wait(min(left, PROBE_RECHECK))
+            return False
+
+    def _give_probe(self, model: str | None) -> None:
+        if model is None:
+            return
+        with self._probe_cond:
+            self._probing.discard(model)
+            self._probe_cond.notify_all()
+
+    def _set_floor(self, model: str, rate: float) -> None:
+        now = self._clock()
+        with self._lock:
+            old = self._floors.get(model)
+            if old is None or old[1] <= now or rate > old[0]:
+                self._floors[model] = (rate, now + MARK_LIFETIME)
+        self._rates_read = -math.inf  # and re-read the ledger before the next estimate
+
+    def _probe_busy(self, model: str, characters: int) -> BudgetExceededError:
+        limit = self.daily_limit if self.daily_limit is not None else self.client_limit
+        return BudgetExceededError(
+            f"Another call of {model} is in flight and its price is not documented: the "
+            "budget admits one call of it at a time until its rate is known, and that call "
+            f"did not finish within {self._settings.timeout:g} s. Try again in a moment.",
+            limit=limit or 0.0,
+            spent=0.0,
+            estimate=self.estimate(model, characters, refresh=False),
+        )
+
+    def _reserve(
+        self,
+        model: str,
+        characters: int,
+        probe: Probe | None = None,
+        local_probe: str | None = None,
+    ) -> Hold:
         estimate = self.estimate(model, characters)
         now = self._clock()
         with self._lock:
@@ -351,9 +575,9 @@ class Spend:
             self._reserved += estimate  # held from here: a refusal below gives it back
         try:
             if self.daily_limit is None:
-                return Hold(estimate)
+                return Hold(estimate, probe=local_probe)
             if self.shared:
-                return self._reserve_shared(estimate, now)
+                return self._reserve_shared(estimate, now, probe)
             with self._budget_lock:
                 day_spent, oldest = self._spent_in_window(now)
                 with self._lock:
@@ -367,17 +591,22 @@ class Spend:
                         estimate=estimate,
                         frees_at=frees_at,
                     )
-            return Hold(estimate)
+            return Hold(estimate, probe=local_probe)
         except BaseException:
             self._unhold(Hold(estimate))
             raise
 
-    def _reserve_shared(self, estimate: float, now: float) -> Hold:
+    def _reserve_shared(self, estimate: float, now: float, probe: Probe | None = None) -> Hold:
         """Reserve on the shared store: one transaction, atomic across every replica."""
         store = self.store
         assert store is not None and self.daily_limit is not None
         lease = self._settings.timeout + LEASE_MARGIN
-        got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now)
+        if probe is None:  # documented price: the store's call as it always was
+            got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now)
+        else:
+            got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now, probe)
+        if isinstance(got, ReservationRefused) and (got.busy or got.rate is not None):
+            raise _Retry(got.rate, got.marked_at)
         if isinstance(got, ReservationRefused):
             spent = got.spent + got.held
             raise BudgetExceededError(
@@ -399,6 +628,7 @@ class Spend:
     def release(self, hold: Hold) -> None:
         """Give back what a call that failed held: it was not billed."""
         self._unhold(hold)
+        self._give_probe(hold.probe)
         if hold.reservation is not None and self._store is not None:
             self._store.release(hold.reservation)
 
@@ -450,20 +680,44 @@ class Spend:
     def settle(
         self, speech: Speech, text: str, cache_key: str | None, hold: Hold = NO_HOLD
     ) -> None:
-        """Record a finished call (and remember it for the cache); ends its ``hold``."""
-        credits = float(speech.credits_used or 0)
+        """Record a finished call (and remember it for the cache); ends its ``hold``.
+
+        A call whose cost the API did not report (or reported as a negative, non-finite
+        or absurd figure, which _protocol turns into None) is charged its estimate and
+        marked estimated: never 0, never the figure.
+        """
+        credits, estimated = self._charge(speech, hold)
         now = self._clock()
         with self._lock:
             self._client_spent += credits
+        try:
+            self._record(speech, text, cache_key, hold, credits, estimated, now)
+            # Only once the charge is in the ledger: a call admitted on the learned rate
+            # must also see this one's charge, not the smaller hold it replaced.
+            if speech.model not in CREDITS_PER_CHAR_ESTIMATE and not speech.cached:
+                self._learn(speech, hold, credits, estimated, now)
+        finally:
+            self._give_probe(hold.probe)  # after the rate is known here: waiters see it
+
+    def _record(
+        self,
+        speech: Speech,
+        text: str,
+        cache_key: str | None,
+        hold: Hold,
+        credits: float,
+        estimated: bool,
+        now: float,
+    ) -> None:
         store = self.store
         if store is None:
             if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
-                entry = _entry(speech, text, credits, now)
+                entry = _entry(speech, text, credits, now, estimated)
                 with self._budget_lock, self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
-        entry = _entry(speech, text, credits, now)
+        entry = _entry(speech, text, credits, now, estimated)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
             self._unhold(hold)
@@ -475,7 +729,34 @@ class Spend:
             store.add(entry)
             self._unhold(hold)
         if cache_key is not None and self.cache_ttl > 0 and not speech.cached:
-            store.cache_put(cache_key, speech.model_dump_json(), entry.ts + self.cache_ttl)
+            value = f'{{"at":{entry.ts!r},"speech":{speech.model_dump_json()}}}'
+            store.cache_put(cache_key, value, entry.ts + self.cache_ttl)
+
+    def _learn(
+        self, speech: Speech, hold: Hold, credits: float, estimated: bool, now: float
+    ) -> None:
+        """What a settled call of an unpriced model teaches: its rate, and a surprise."""
+        rate = credits / max(1, speech.characters)
+        with self._lock:
+            if speech.model not in self._seen or not estimated:
+                self._seen[speech.model] = rate
+        if not estimated and hold.amount > 0 and credits > FAR_ABOVE * hold.amount:
+            self._set_floor(speech.model, rate)
+            store = self.store
+            if self.shared and store is not None:
+                store.mark_rate(speech.model, rate, now)  # every replica re-estimates
+
+    def _charge(self, speech: Speech, hold: Hold) -> tuple[float, bool]:
+        """Credits to record for a finished call, and whether they are our estimate."""
+        reported = speech.credits_used
+        if speech.cached or speech.engine != "aimlapi":
+            return max(0.0, float(reported or 0)), False  # reused, or the offline engine
+        if reported is not None and math.isfinite(reported) and reported >= 0:
+            return float(reported), False
+        if hold.amount > 0:
+            return hold.amount, True  # what the budget held for it (documented or learned)
+        # No hold (no budget): the rates known now, without a read (settle may be on a loop).
+        return self.estimate(speech.model, speech.characters, refresh=False), True
 
     def usage(self, since: str | float | None = None, by: str = "day") -> UsageReport:
         """What the ledger holds since ``since`` (``"7d"``, ``"24h"``, epoch seconds)."""
@@ -497,6 +778,8 @@ class Spend:
                 characters=r.characters,
                 credits=r.credits,
                 usd=round(r.usd, 6),
+                billed_credits=r.credits - r.estimated_credits,
+                estimated_credits=r.estimated_credits,
             )
             for r in rows
         ]
@@ -507,6 +790,8 @@ class Spend:
             total_calls=sum(g.calls for g in groups),
             total_credits=sum(g.credits for g in groups),
             total_usd=round(sum(g.usd for g in groups), 6),
+            total_billed_credits=sum(g.billed_credits for g in groups),
+            total_estimated_credits=sum(g.estimated_credits for g in groups),
             ledger=self.ledger_name if store is not None else "ledger off",
         )
 

@@ -30,6 +30,7 @@ __all__ = [
     "LEDGER_COLUMNS",
     "LedgerEntry",
     "LedgerLockedError",
+    "Probe",
     "ReservationRefused",
     "SQLiteStore",
     "Store",
@@ -52,6 +53,11 @@ RETRY_MAX_WAIT = 1.0
 # A ledger that failed for another reason (corrupt, unreadable) is tried again this often.
 REOPEN_AFTER = 30.0
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# A "billed far above its hold" mark (Store.mark_rate) is kept this long: longer than any
+# process goes without re-reading learned rates (RATE_REFRESH in _spend).
+MARK_LIFETIME = 3600.0
+# A ledger row's ts is taken before its write commits, by at most this much.
+PROBE_LOOKBACK = 300.0
 _REOPEN = "reopen"  # a writer-queue message: try the broken ledger again
 
 
@@ -147,6 +153,33 @@ class ReservationRefused:
     spent: float  # settled spend in the window (ledger rows, plus expired reservations)
     held: float  # live reservations: calls in flight somewhere on the store
     frees_at: float | None  # epoch seconds; None when nothing is counted
+    busy: bool = False  # the probe asked for is taken: another call of the model is in flight
+    rate: float | None = None  # the model's rate changed since the caller read it: this one
+    marked_at: float | None = None  # when that change was marked (epoch seconds)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A reservation for a model with no documented price (issue 22, item 3).
+
+    ``exclusive``: the model's rate is not learned yet, so this call is its probe: at
+    most one live probe per model on the whole store (refused with ``busy`` otherwise).
+    ``rates_read``: when the caller last read learned rates (epoch seconds); if a settle
+    far above its hold marked the model since, the reservation is refused with the new
+    ``rate`` so the caller re-estimates first.
+    """
+
+    model: str
+    exclusive: bool
+    rates_read: float
+
+    @property
+    def key(self) -> str:
+        return f"probe:{self.model}"
+
+    @property
+    def marker(self) -> str:
+        return f"rate:{self.model}"
 
 
 class Store(Protocol):
@@ -169,10 +202,18 @@ class Store(Protocol):
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
     def reserve(
-        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+        self,
+        budget: str,
+        amount: float,
+        limit: float,
+        window: float,
+        lease: float,
+        now: float,
+        probe: Probe | None = None,
     ) -> str | ReservationRefused: ...
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None: ...
     def release(self, reservation_id: str) -> None: ...
+    def mark_rate(self, model: str, rate: float, now: float) -> None: ...
 
 
 def usage_rows(
@@ -222,13 +263,25 @@ def usage_rows(
 def _rates(
     totals: dict[str, list[float]], unwritten: Sequence[LedgerEntry], since: float
 ) -> dict[str, float]:
-    """Credits per character by model, from stored totals and entries not yet written."""
+    """Credits per character by model, from stored totals and entries not yet written.
+
+    ``totals[model]`` is [billed credits, billed characters, estimated credits,
+    estimated characters]. The rate is what the model was billed; a model whose
+    answers never carried a cost has the rate it was charged at (its estimate), so it
+    counts as seen: there is nothing more to learn about it.
+    """
     for e in unwritten:
-        if e.ts >= since and not e.cached and not e.estimated and e.credits > 0:
-            acc = totals.setdefault(e.model, [0.0, 0.0])
-            acc[0] += e.credits
-            acc[1] += e.characters
-    return {model: credits / chars for model, (credits, chars) in totals.items() if chars > 0}
+        if e.ts >= since and not e.cached and e.credits > 0:
+            acc = totals.setdefault(e.model, [0.0, 0.0, 0.0, 0.0])
+            acc[2 if e.estimated else 0] += e.credits
+            acc[3 if e.estimated else 1] += e.characters
+    rates = {}
+    for model, (billed, chars, estimated, estimated_chars) in totals.items():
+        if chars > 0:
+            rates[model] = billed / chars
+        elif estimated_chars > 0:
+            rates[model] = estimated / estimated_chars
+    return rates
 
 
 _SCHEMA = """
@@ -267,6 +320,14 @@ _V2_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_entry_id ON calls (entry_id
 _INSERT_CALL = (
     f"INSERT OR IGNORE INTO calls ({LEDGER_COLUMNS}) "  # noqa: S608 - constants only
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+_RATES_SQL = (
+    "SELECT model, sum(CASE WHEN NOT estimated THEN credits END), "
+    "sum(CASE WHEN NOT estimated THEN characters END), "
+    "sum(CASE WHEN estimated THEN credits END), sum(CASE WHEN estimated THEN characters END) "
+    "FROM calls WHERE ts >= ? AND cached = 0 AND credits > 0 GROUP BY 1"
 )
 
 
@@ -720,18 +781,9 @@ class SQLiteStore:
         if not self._broken:
             try:
                 with self._session():
-                    found = (
-                        self._ensure_db()
-                        .execute(
-                            "SELECT model, sum(credits), sum(characters) FROM calls "
-                            "WHERE ts >= ? AND cached = 0 AND estimated = 0 AND credits > 0 "
-                            "GROUP BY 1",
-                            (since,),
-                        )
-                        .fetchall()
-                    )
-                for model, credits, chars in found:
-                    totals[str(model)] = [float(credits), float(chars)]
+                    found = self._ensure_db().execute(_RATES_SQL, (since,)).fetchall()
+                for model, *sums in found:
+                    totals[str(model)] = [float(v or 0) for v in sums]
             except (sqlite3.Error, OSError, _LedgerRefused):
                 pass  # the estimate falls back to the default rate
         return _rates(totals, self._unwritten(), since)
@@ -835,7 +887,14 @@ class SQLiteStore:
             db.execute("ROLLBACK")
 
     def reserve(
-        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+        self,
+        budget: str,
+        amount: float,
+        limit: float,
+        window: float,
+        lease: float,
+        now: float,
+        probe: Probe | None = None,
     ) -> str | ReservationRefused:
         """Hold ``amount`` of ``budget`` (``limit`` per rolling ``window`` seconds).
 
@@ -853,6 +912,10 @@ class SQLiteStore:
                 with self._session():
                     db = self._begin_reservations()
                     try:
+                        if probe is not None:
+                            checked = _check_probe(db, probe, now)
+                            if checked is not None:
+                                return checked
                         db.execute(
                             "DELETE FROM reservations WHERE budget = ? AND created < ? "
                             "AND expires <= ?",
@@ -885,10 +948,13 @@ class SQLiteStore:
                         )
                         answer: str | ReservationRefused = verdict or uuid.uuid4().hex
                         if verdict is None:
-                            db.execute(
+                            holds = [(answer, budget, amount, now, now + lease)]
+                            if probe is not None and probe.exclusive:
+                                holds.append((f"{answer}/probe", probe.key, 0.0, now, now + lease))
+                            db.executemany(
                                 "INSERT INTO reservations (id, budget, amount, created, expires) "
                                 "VALUES (?, ?, ?, ?, ?)",
-                                (answer, budget, amount, now, now + lease),
+                                holds,
                             )
                         db.execute("COMMIT")
                     finally:
@@ -896,16 +962,26 @@ class SQLiteStore:
                 return answer
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
                 self._locked_or_disable(exc)
-        return self._reserve_in_memory(budget, amount, limit, window, lease, now)
+        return self._reserve_in_memory(budget, amount, limit, window, lease, now, probe)
 
     def _reserve_in_memory(
-        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+        self,
+        budget: str,
+        amount: float,
+        limit: float,
+        window: float,
+        lease: float,
+        now: float,
+        probe: Probe | None = None,
     ) -> str | ReservationRefused:
         since = now - window
         with self._lock:
             holds = self._memory_holds
             if holds is None:
                 holds = self._memory_holds = {}
+            taken = any(h[0] == getattr(probe, "key", None) and h[3] > now for h in holds.values())
+            if probe is not None and probe.exclusive and taken:
+                return ReservationRefused(0.0, 0.0, None, busy=True)
             for key, (b, _, created, expires) in list(holds.items()):
                 if b == budget and created < since and expires <= now:
                     del holds[key]
@@ -923,6 +999,8 @@ class SQLiteStore:
                 return verdict
             rid = uuid.uuid4().hex
             holds[rid] = (budget, amount, now, now + lease)
+            if probe is not None and probe.exclusive:
+                holds[f"{rid}/probe"] = (probe.key, 0.0, now, now + lease)
             return rid
 
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None:
@@ -936,12 +1014,13 @@ class SQLiteStore:
         with self._lock:
             if self._memory_holds is not None:
                 self._memory_holds.pop(reservation_id, None)
+                self._memory_holds.pop(f"{reservation_id}/probe", None)
         if not self._broken:
             try:
                 with self._session(WRITE_FLOOR):
                     db = self._begin_reservations()
                     try:
-                        db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+                        db.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
                         db.execute(_INSERT_CALL, entry.row())
                         db.execute("COMMIT")
                     finally:
@@ -956,24 +1035,70 @@ class SQLiteStore:
                     self._disable(exc)
         self.add(entry)
 
-    def release(self, reservation_id: str) -> None:
-        """Drop a reservation whose call was never billed (if locked, its lease ends it)."""
-        with self._lock:
-            if self._memory_holds is not None:
-                self._memory_holds.pop(reservation_id, None)
+    def mark_rate(self, model: str, rate: float, now: float) -> None:
+        """Tell every process on the store that ``model`` was billed far above its hold:
+        their next reservation of it re-estimates at ``rate`` (credits a character)."""
         if self._broken:
             return
+        probe = Probe(model, False, now)
         try:
             with self._session(WRITE_FLOOR):
                 db = self._begin_reservations()
                 try:
-                    db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+                    db.execute(
+                        "INSERT OR REPLACE INTO reservations (id, budget, amount, created, "
+                        "expires) VALUES (?, ?, ?, ?, ?)",
+                        (probe.marker, probe.marker, rate, now, now + MARK_LIFETIME),
+                    )
                     db.execute("COMMIT")
                 finally:
                     self._rollback(db)
         except (sqlite3.Error, OSError, _LedgerRefused) as exc:
             if not _is_lock(exc):
                 self._disable(exc)
+
+    def release(self, reservation_id: str) -> None:
+        """Drop a reservation whose call was never billed (if locked, its lease ends it)."""
+        with self._lock:
+            if self._memory_holds is not None:
+                self._memory_holds.pop(reservation_id, None)
+                self._memory_holds.pop(f"{reservation_id}/probe", None)
+        if self._broken:
+            return
+        try:
+            with self._session(WRITE_FLOOR):
+                db = self._begin_reservations()
+                try:
+                    db.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
+                    db.execute("COMMIT")
+                finally:
+                    self._rollback(db)
+        except (sqlite3.Error, OSError, _LedgerRefused) as exc:
+            if not _is_lock(exc):
+                self._disable(exc)
+
+
+_DELETE_HOLD = "DELETE FROM reservations WHERE id IN (?, ?)"
+
+
+def _check_probe(db: sqlite3.Connection, probe: Probe, now: float) -> ReservationRefused | None:
+    """Inside reserve's transaction: None if ``probe`` may go ahead, else why not."""
+    marked = db.execute(
+        "SELECT amount, created FROM reservations WHERE id = ?", (probe.marker,)
+    ).fetchone()
+    if marked is not None and float(marked[1]) > probe.rates_read:
+        return ReservationRefused(0.0, 0.0, None, rate=float(marked[0]), marked_at=marked[1])
+    if probe.exclusive:
+        db.execute("DELETE FROM reservations WHERE budget = ? AND expires <= ?", (probe.key, now))
+        if db.execute("SELECT 1 FROM reservations WHERE budget = ?", (probe.key,)).fetchone():
+            return ReservationRefused(0.0, 0.0, None, busy=True)
+        # The last probe settled after the caller read its rates: read them again first.
+        if db.execute(
+            "SELECT 1 FROM calls WHERE ts >= ? AND model = ? AND cached = 0 AND credits > 0",
+            (probe.rates_read - PROBE_LOOKBACK, probe.model),
+        ).fetchone():
+            return ReservationRefused(0.0, 0.0, None, busy=True)
+    return None
 
 
 def _verdict(

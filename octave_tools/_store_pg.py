@@ -38,8 +38,11 @@ from ._calltime import current, remaining, watchdog
 from ._redact import redact_url, scrub
 from ._store import (
     LEDGER_COLUMNS,
+    MARK_LIFETIME,
+    PROBE_LOOKBACK,
     GroupBy,
     LedgerEntry,
+    Probe,
     ReservationRefused,
     UsageRow,
     _rates,
@@ -417,14 +420,17 @@ class PostgresStore:
         try:
             found = self._run(
                 lambda conn: conn.execute(
-                    "SELECT model, sum(credits), sum(characters) FROM octave_calls "
-                    "WHERE ts >= %s AND NOT cached AND NOT estimated AND credits > 0 GROUP BY 1",
+                    "SELECT model, sum(credits) FILTER (WHERE NOT estimated), "
+                    "sum(characters) FILTER (WHERE NOT estimated), "
+                    "sum(credits) FILTER (WHERE estimated), "
+                    "sum(characters) FILTER (WHERE estimated) FROM octave_calls "
+                    "WHERE ts >= %s AND NOT cached AND credits > 0 GROUP BY 1",
                     (since,),
                 ).fetchall()
             )
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
-        totals = {str(m): [float(str(c)), float(str(n))] for m, c, n in found}
+        totals = {str(m): [0.0 if v is None else float(str(v)) for v in sums] for m, *sums in found}
         return _rates(totals, list(self._unwritten_in(since)), since)
 
     def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
@@ -452,7 +458,14 @@ class PostgresStore:
     # ------------------------------------------------------------ budget (see Store)
 
     def reserve(
-        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+        self,
+        budget: str,
+        amount: float,
+        limit: float,
+        window: float,
+        lease: float,
+        now: float,
+        probe: Probe | None = None,
     ) -> str | ReservationRefused:
         """Hold ``amount`` of ``budget`` atomically across every process on the store.
 
@@ -470,6 +483,10 @@ class PostgresStore:
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, budget)
                 )
+                if probe is not None:
+                    checked = _check_probe(conn, probe, now)
+                    if checked is not None:
+                        return checked
                 conn.execute(
                     "DELETE FROM octave_reservations WHERE budget = %s AND created < %s "
                     "AND expires <= %s",
@@ -498,11 +515,15 @@ class PostgresStore:
                 if verdict is not None:
                     return verdict
                 rid = uuid.uuid4().hex
-                conn.execute(
-                    "INSERT INTO octave_reservations (id, budget, amount, created, expires) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    (rid, budget, amount, now, now + lease),
-                )
+                holds = [(rid, budget, amount, now, now + lease)]
+                if probe is not None and probe.exclusive:
+                    holds.append((f"{rid}/probe", probe.key, 0.0, now, now + lease))
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO octave_reservations (id, budget, amount, created, expires) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        holds,
+                    )
                 return rid
 
         try:
@@ -527,7 +548,7 @@ class PostgresStore:
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, held[0])
                     )
-                conn.execute("DELETE FROM octave_reservations WHERE id = %s", (reservation_id,))
+                conn.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
                 _insert(conn, [entry])
 
         try:
@@ -545,12 +566,29 @@ class PostgresStore:
         try:
             self._run(
                 lambda conn: conn.execute(
-                    "DELETE FROM octave_reservations WHERE id = %s", (reservation_id,)
+                    _DELETE_HOLD, (reservation_id, f"{reservation_id}/probe")
                 ),
                 floor=WRITE_FLOOR,
             )
         except psycopg.Error as exc:
             self._failed("releasing a reservation", exc)
+
+    def mark_rate(self, model: str, rate: float, now: float) -> None:
+        """Tell every replica that ``model`` was billed far above its hold: their next
+        reservation of it re-estimates at ``rate`` (credits a character)."""
+        marker = Probe(model, False, now).marker
+        try:
+            self._run(
+                lambda conn: conn.execute(
+                    "INSERT INTO octave_reservations (id, budget, amount, created, expires) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "amount = excluded.amount, created = excluded.created, "
+                    "expires = excluded.expires",
+                    (marker, marker, rate, now, now + MARK_LIFETIME),
+                )
+            )
+        except psycopg.Error as exc:
+            self._failed("marking a model's rate", exc)
 
     # ------------------------------------------------------------ cache
 
@@ -589,6 +627,55 @@ class PostgresStore:
             self._failed("writing the cache", exc)
 
 
+def _cut(fd: int) -> None:
+    """Shut a connection's socket down under the driver: its wait ends at once."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
+_DELETE_HOLD = "DELETE FROM octave_reservations WHERE id IN (%s, %s)"
+
+
+def _check_probe(
+    conn: psycopg.Connection[tuple[object, ...]], probe: Probe, now: float
+) -> ReservationRefused | None:
+    """Inside reserve's transaction: None if ``probe`` may go ahead, else why not.
+
+    Under a lock of its own (taken after the budget's, always in that order): holds of
+    other budgets (a client key's, say) must not admit a second probe meanwhile.
+    """
+    marked = conn.execute(
+        "SELECT amount, created FROM octave_reservations WHERE id = %s", (probe.marker,)
+    ).fetchone()
+    if marked is not None and float(str(marked[1])) > probe.rates_read:
+        return ReservationRefused(
+            0.0, 0.0, None, rate=float(str(marked[0])), marked_at=float(str(marked[1]))
+        )
+    if probe.exclusive:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, probe.key))
+        conn.execute(
+            "DELETE FROM octave_reservations WHERE budget = %s AND expires <= %s",
+            (probe.key, now),
+        )
+        taken = conn.execute(
+            "SELECT 1 FROM octave_reservations WHERE budget = %s LIMIT 1", (probe.key,)
+        ).fetchone()
+        if taken is not None:
+            return ReservationRefused(0.0, 0.0, None, busy=True)
+        # The last probe settled after the caller read its rates: read them again first.
+        settled = conn.execute(
+            "SELECT 1 FROM octave_calls WHERE ts >= %s AND model = %s AND NOT cached "
+            "AND credits > 0 LIMIT 1",
+            (probe.rates_read - PROBE_LOOKBACK, probe.model),
+        ).fetchone()
+        if settled is not None:
+            return ReservationRefused(0.0, 0.0, None, busy=True)
+    return None
+
+
 def _revision(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     """The store's schema revision (1: made by a release before revisions existed)."""
     has_column = conn.execute(
@@ -599,15 +686,6 @@ def _revision(conn: psycopg.Connection[tuple[object, ...]]) -> int:
         return 1
     row = conn.execute("SELECT max(revision) FROM octave_schema").fetchone()
     return int(str(row[0])) if row and row[0] is not None else 1
-
-
-def _cut(fd: int) -> None:
-    """Shut a connection's socket down under the driver: its wait ends at once."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.close()
 
 
 def _insert(conn: psycopg.Connection[tuple[object, ...]], entries: list[LedgerEntry]) -> None:

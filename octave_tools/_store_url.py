@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ._redact import redact_url
-from ._store import GroupBy, LedgerEntry, ReservationRefused, Store, UsageRow, open_store
+from ._store import GroupBy, LedgerEntry, Probe, ReservationRefused, Store, UsageRow, open_store
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -74,9 +74,19 @@ class SplitStore:
         self.base.flush(timeout)
 
     def reserve(
-        self, budget: str, amount: float, limit: float, window: float, lease: float, now: float
+        self,
+        budget: str,
+        amount: float,
+        limit: float,
+        window: float,
+        lease: float,
+        now: float,
+        probe: Probe | None = None,
     ) -> str | ReservationRefused:
-        return self.base.reserve(budget, amount, limit, window, lease, now)
+        return self.base.reserve(budget, amount, limit, window, lease, now, probe)
+
+    def mark_rate(self, model: str, rate: float, now: float) -> None:
+        self.base.mark_rate(model, rate, now)
 
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None:
         self.base.settle(reservation_id, entry)

@@ -43,6 +43,13 @@ class SpeedOption:
         return speed
 
 
+# The text limit of a model whose docs give none (issue 22): the smallest limit these
+# providers publish for their own APIs (Deepgram's text-to-speech takes 2,000 characters a
+# request; ElevenLabs' lowest per-model limit is higher). Below it, no call is admitted
+# and charged only to be refused upstream; above it, text is split like any long text.
+UNDOCUMENTED_TEXT_LIMIT = 2_000
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model's request shape, vocabulary and limits, as its docs give them."""
@@ -83,6 +90,11 @@ class ModelSpec:
         object.__setattr__(self, "formats", MappingProxyType(dict(self.formats)))
 
     @property
+    def text_limit(self) -> int:
+        """The limit enforced: the documented one, else UNDOCUMENTED_TEXT_LIMIT."""
+        return self.max_text_chars or UNDOCUMENTED_TEXT_LIMIT
+
+    @property
     def produced_format(self) -> str:
         """The user format a call with no format asked gives."""
         return self.default_format or self.native_format
@@ -101,7 +113,8 @@ class ModelSpec:
             "custom_voices": not self.voices_closed,
             "formats": list(self.formats),
             "default_format": self.produced_format,
-            "text_limit": self.max_text_chars,
+            "text_limit": self.text_limit,
+            "text_limit_documented": self.max_text_chars is not None,
             "speed": [self.speed.minimum, self.speed.maximum] if self.speed else None,
         }
 
@@ -420,7 +433,7 @@ def models_table() -> str:
             count = "any voice id"
         voices = f"{count} ({spec.default_voice})" if spec.default_voice else count
         formats = (", ".join(d["formats"]) or "none to choose") + f" ({d['default_format']})"
-        limit = f"{spec.max_text_chars:,}" if spec.max_text_chars else "not documented"
+        limit = f"{spec.text_limit:,}" + ("" if spec.max_text_chars else " (not documented)")
         speed = f"{d['speed'][0]:g}-{d['speed'][1]:g}" if d["speed"] else "no"
         rows.append(f"| `{spec.id}` | {spec.provider} | {voices} | {formats} | {limit} | {speed} |")
     return "\n".join(rows)

@@ -723,7 +723,7 @@ class AsyncOctaveClient(_BaseClient):
         # Budget reads touch the ledger (a file or a server): keep them off the event loop.
         if not spend.needs_budget_check:
             held = NO_HOLD
-        elif spend.reserve_needs_io():
+        elif spend.reserve_needs_io(job.model):
             held = await _in_thread(
                 lambda: _observe.in_store(
                     "budget.reserve", spend.reserve, job.model, job.characters

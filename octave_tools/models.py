@@ -59,8 +59,13 @@ class UsageGroup(BaseModel):
     calls: int = Field(description="Calls recorded, cached ones included.")
     cached_calls: int = Field(description="Calls served from the cache at no charge.")
     characters: int = Field(description="Characters synthesised.")
-    credits: float = Field(description="Credits spent.")
+    credits: float = Field(description="Credits counted against the budget: billed plus estimated.")
     usd: float = Field(description="USD spent, where the API reported it.")
+    billed_credits: float = Field(default=0.0, description="Credits the API said it billed.")
+    estimated_credits: float = Field(
+        default=0.0,
+        description="Credits charged at our estimate: the API did not report a believable cost.",
+    )
 
 
 class UsageReport(BaseModel):
@@ -72,25 +77,34 @@ class UsageReport(BaseModel):
     by: str = Field(description="How the groups are formed: day, model, voice, engine or key.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
-    total_credits: float
+    total_credits: float = Field(description="Billed plus estimated credits.")
     total_usd: float
+    total_billed_credits: float = 0.0
+    total_estimated_credits: float = 0.0
     ledger: str = Field(description="Where the ledger is, or why it is not in use.")
 
     def table(self) -> str:
         """The report as a small plain-text table."""
         lines = [
             f"Usage since {self.since} by {self.by} ({self.ledger})",
-            f"{self.by:<34} {'calls':>7} {'cached':>7} {'chars':>9} {'credits':>12} {'usd':>9}",
+            f"{self.by:<34} {'calls':>7} {'cached':>7} {'chars':>9} {'credits':>12} "
+            f"{'estimated':>12} {'usd':>9}",
         ]
         for g in self.groups:
             lines.append(
                 f"{g.key[:34]:<34} {g.calls:>7} {g.cached_calls:>7} {g.characters:>9} "
-                f"{g.credits:>12,.0f} {g.usd:>9.4f}"
+                f"{g.billed_credits:>12,.0f} {g.estimated_credits:>12,.0f} {g.usd:>9.4f}"
             )
         lines.append(
             f"{'total':<34} {self.total_calls:>7} {'':>7} {'':>9} "
-            f"{self.total_credits:>12,.0f} {self.total_usd:>9.4f}"
+            f"{self.total_billed_credits:>12,.0f} {self.total_estimated_credits:>12,.0f} "
+            f"{self.total_usd:>9.4f}"
         )
+        if self.total_estimated_credits:
+            lines.append(
+                "credits: billed by the API; estimated: charged at our estimate because the "
+                "API reported no believable cost."
+            )
         return "\n".join(lines)
 
 

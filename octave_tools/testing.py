@@ -449,6 +449,11 @@ class FakeAIMLAPI:
         """Client connections open right now."""
         self.max_open_connections = 0
         """The most client connections that were open at once."""
+        self.credits_per_char: float = CREDITS_PER_CHAR
+        """What a call really costs the account, per character (see ``billing``)."""
+        self._report: object = "exact"
+        self.charged: list[float] = []
+        """What each successful /tts call really cost the account, in order."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -566,6 +571,7 @@ class FakeAIMLAPI:
             self._random = None
             self.issued.clear()
             self._files.clear()
+            self.charged.clear()
 
     # ------------------------------------------------------------ faults
 
@@ -626,6 +632,22 @@ class FakeAIMLAPI:
         if isinstance(body, str):
             body = body.encode()
         return self.inject(Fault("status", status, body, content_type, dict(headers or {})), times)
+
+    def billing(
+        self, *, credits_per_char: float | None = None, report: object = "exact"
+    ) -> FakeAIMLAPI:
+        """How calls from now on are billed and what the answers say about it.
+
+        ``credits_per_char``: the real cost (kept in ``charged``; default 125).
+        ``report``: ``"exact"`` states the real cost in the body and headers, ``"none"``
+        leaves the cost out (as raw-audio answers always do), anything else is stated
+        as ``credits_used`` in its place (a negative, absurd or non-numeric figure).
+        """
+        with self._lock:
+            if credits_per_char is not None:
+                self.credits_per_char = credits_per_char
+            self._report = report
+        return self
 
     def random_faults(self, rate: float, faults: list[Fault], *, seed: int = 0) -> FakeAIMLAPI:
         """From now on, apply one of ``faults`` (at random) to a share ``rate`` of calls."""
@@ -692,7 +714,11 @@ class FakeAIMLAPI:
         text = body.get(spec.text_field if spec else "text")
         assert isinstance(text, str)
         fmt = _answer_format(spec, body)
-        credits = len(text) * CREDITS_PER_CHAR
+        with self._lock:
+            credits = len(text) * self.credits_per_char
+            credits = int(credits) if float(credits).is_integer() else credits
+            report = self._report
+            self.charged.append(float(credits))
         headers = {"x-inference-id": str(uuid.uuid4())}
         echo = req.headers.get("x-client-request-id")
         if echo and len(echo) <= 128:
@@ -703,11 +729,16 @@ class FakeAIMLAPI:
         file_path = f"/files/{uuid.uuid4().hex}.{fmt}"
         base = self.audio_url_base.rstrip("/") if self.audio_url_base else self.origin + "/files"
         url = base + file_path.removeprefix("/files")
-        usage = {"credits_used": credits, "usd_spent": credits * USD_PER_CREDIT}
         audio: Any = url if self.response_shape == "string" else {"url": url}
-        payload = json.dumps({"audio": audio, "meta": {"usage": usage}}).encode()
-        headers["x-aimlapi-credits-used"] = str(credits)
-        headers["x-aimlapi-usd-spent"] = f"{credits * USD_PER_CREDIT:.6f}"
+        answer: dict[str, Any] = {"audio": audio}
+        if report == "exact":
+            usage = {"credits_used": credits, "usd_spent": credits * USD_PER_CREDIT}
+            answer["meta"] = {"usage": usage}
+            headers["x-aimlapi-credits-used"] = str(credits)
+            headers["x-aimlapi-usd-spent"] = f"{credits * USD_PER_CREDIT:.6f}"
+        elif report != "none":
+            answer["meta"] = {"usage": {"credits_used": report}}
+        payload = json.dumps(answer).encode()
         with self._lock:
             self._files[file_path] = _audio_bytes(fmt, len(text))
             self.issued[url] = text

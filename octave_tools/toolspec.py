@@ -417,7 +417,7 @@ def speech_options(client: OctaveClient | AsyncOctaveClient) -> SpeechOptions:
         formats = tuple(dict.fromkeys((*formats, *more)))
     default_format = settings.format or spec.default_format
     return SpeechOptions(
-        voices, formats, default_format, spec.max_text_chars, speed, models, speed_models
+        voices, formats, default_format, spec.text_limit, speed, models, speed_models
     )
 
 

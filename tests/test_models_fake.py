@@ -490,14 +490,23 @@ def test_text_limit_is_the_model_own(
     assert speech.characters == limit
 
 
-@pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5"])
-def test_models_without_a_documented_limit_send_long_text(
+@pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5", "acme/tts-9"])
+def test_models_without_a_documented_limit_get_a_conservative_one(
     model: str, client: OctaveClient, fake_aimlapi: FakeAIMLAPI
 ) -> None:
-    text = "y" * 500_001  # over Octave's limit; the docs give these models none
-    speech = client.synthesize(text, model=model)
-    assert sent(fake_aimlapi)["text"] == text
-    assert speech.characters == 500_001
+    fake_aimlapi.models = (*MODELS, "acme/tts-9")  # acme/tts-9: not catalogued at all
+    # The docs give these models no limit (acme/tts-9 is not catalogued at all): the
+    # conservative one applies, so nothing is admitted and charged only to fail upstream.
+    with pytest.raises(InvalidInputError) as info:
+        client.synthesize("y" * 2_001, model=model)
+    assert str(info.value) == (
+        f"text is 2,001 characters; the limit is 2,000 for model {model!r}. "
+        "Split it into shorter parts and synthesise each."
+    )
+    assert fake_aimlapi.requests == []
+    speech = client.synthesize("y" * 2_000, model=model)
+    assert fake_aimlapi.tts_requests[-1].json["text"] == "y" * 2_000
+    assert speech.characters == 2_000
 
 
 # ------------------------------------------------------------ both clients, mixed options
@@ -551,7 +560,8 @@ def test_unknown_model_is_passed_through_with_the_generic_fields(
     warnings = [r.getMessage() for r in caplog.records if "acme/tts-9" in r.getMessage()]
     assert warnings == [
         "octave-tools: model 'acme/tts-9' is not in the catalogue; sending only model, text, "
-        "voice and format, with no local checks of voice, format or text length."
+        "voice and format, with no local checks of voice or format and a text limit of 2,000 "
+        "characters (none is documented)."
     ]
 
 
