@@ -332,3 +332,81 @@ def test_tools_list_shows_a_key_only_its_models(
         "openai/tts-1",
         "deepgram/aura",
     ]
+
+
+# ---------------------------------------------------------------- budgets per key
+
+
+def test_store_reserves_a_keys_budget_with_the_global_one_and_names_which_refused(
+    book: KeyBook, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from octave_tools._store import KeyBudget, ReservationRefused
+    from octave_tools._store_url import open_store_url
+
+    url = request.getfixturevalue("pg_url") if "postgresql" in request.node.name else None
+    store = open_store_url(url, data_dir=tmp_path / "ledger")
+    key = KeyBudget(f"k{secrets.token_hex(3)}", 1_000.0)
+    now = time.time()
+    held = [store.reserve("daily", 400.0, 10_000.0, 86_400, 60, now, key=key) for _ in range(2)]
+    assert all(isinstance(h, str) for h in held)
+    refused = store.reserve("daily", 400.0, 10_000.0, 86_400, 60, now, key=key)
+    assert isinstance(refused, ReservationRefused)
+    assert (refused.budget, refused.held) == (key.budget, 800.0)
+    # Another key (or the operator) is not limited by this key's budget ...
+    other = store.reserve("daily", 400.0, 10_000.0, 86_400, 60, now, key=KeyBudget("b", 500))
+    assert isinstance(other, str)
+    # ... but the global budget still binds everyone, and says so.
+    tight = store.reserve("daily", 400.0, 1_500.0, 86_400, 60, now, key=KeyBudget("c", 9e9))
+    assert isinstance(tight, ReservationRefused) and tight.budget == "daily"
+    for rid in [*held, other]:
+        assert isinstance(rid, str)
+        store.release(rid)
+    again = store.reserve("daily", 400.0, 10_000.0, 86_400, 60, now, key=key)
+    assert isinstance(again, str)  # releases gave the key's holds back
+    store.release(again)
+
+
+def test_each_keys_budget_and_rate_hold_exactly_under_a_burst_on_three_replicas_behind_nginx(
+    fake_aimlapi: FakeAIMLAPI, tmp_path: Path, pg_url: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_replicas import cluster
+
+    from octave_tools._store_keys import open_keys
+
+    store = open_keys(pg_url, tmp_path / "unused.sqlite3")
+    book = KeyBook(store)
+    suffix = secrets.token_hex(3)
+    # "Hello" on Octave: 5 x 125 = 625 credits a call (documented rate: exact estimates).
+    keys = {
+        "a": book.add(f"team-a-{suffix}", max_credits_per_day=2_000),  # room for 3 calls
+        "b": book.add(f"team-b-{suffix}", max_credits_per_day=1_300),  # room for 2
+        "c": book.add(f"team-c-{suffix}", rpm=4),  # 4 calls a minute
+    }
+    fake_aimlapi.delay(0.3, times=100)  # overlapping calls: holds are in flight together
+    env = api_env(fake_aimlapi, OCTAVE_TOOLS_STORE_URL=pg_url, OCTAVE_TOOLS_MAX_CREDITS="1e6")
+    voices = ["Ava Song", "Vince Douglas", "Campfire Narrator", "Colton Rivers"]
+    while time.time() % 60 > 45:  # the burst stays inside one minute
+        time.sleep(0.5)
+    with cluster(tmp_path, env) as (base, _, _token):
+
+        def call(job: tuple[str, int]) -> tuple[str, dict[str, Any]]:
+            name, i = job
+            body = tool_call("Hello", request_id=i)
+            body["params"]["arguments"]["voice"] = voices[i % len(voices)]
+            headers = MCP_HEADERS | {"Authorization": f"Bearer {keys[name]}"}
+            answer = httpx.post(f"{base}/mcp", json=body, headers=headers, timeout=60)
+            return name, rpc_result(answer)
+
+        jobs = [(name, i) for name in keys for i in range(8)]
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(call, jobs))
+    store.close()
+    admitted = {n: sum(1 for m, r in results if m == n and not r["isError"]) for n in keys}
+    assert admitted == {"a": 3, "b": 2, "c": 4}
+    refusals = [r["content"][0]["text"] for m, r in results if r["isError"]]
+    assert sum("daily budget (max_credits_per_day" in t for t in refusals) == 5 + 6
+    assert sum("requests per minute is reached" in t for t in refusals) == 4
+    assert len(fake_aimlapi.tts_requests) == 9
+    assert all(keys[n] not in "".join(refusals) for n in keys)
