@@ -35,7 +35,7 @@ from .errors import (
     ServerError,
     UnexpectedResponseError,
 )
-from .models import Speech, UsageGroup, UsageReport, VoiceList
+from .models import DialogueLine, Speech, SpeechPart, UsageGroup, UsageReport, VoiceList
 from .voices import DEFAULT_FORMAT, DEFAULT_MODEL, DEFAULT_VOICE, FORMATS, MAX_TEXT_CHARS, VOICES
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "BudgetExceededError",
     "ClientKeyLimitError",
     "ConfigurationError",
+    "DialogueLine",
     "InvalidInputError",
     "ModelSpec",
     "NotFoundError",
@@ -69,6 +70,7 @@ __all__ = [
     "Settings",
     "SettingsOptions",
     "Speech",
+    "SpeechPart",
     "UnexpectedResponseError",
     "UsageGroup",
     "UsageReport",

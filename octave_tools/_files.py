@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "AudioFetcher",
     "atomic_writer",
     "default_output_dir",
     "fetch_audio",
@@ -128,81 +130,129 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
 
     Never sends the API key: the audio host is not the API.
     """
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        path = Path(_url2pathname(unquote(parts.path)))
-        try:
-            if path.stat().st_size > MAX_AUDIO_BYTES:
+    with AudioFetcher(settings) as fetcher:
+        return fetcher.fetch(url)
+
+
+class AudioFetcher:
+    """``fetch_audio`` for many URLs (a long call's parts) through one vetted HTTP client.
+
+    The client (its TLS setup costs tens of ms) is made on the first http(s) URL and
+    shared, safely across threads; every URL and redirect hop is checked as in
+    ``fetch_audio``, and each download has the call's ``timeout``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> AudioFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    def warm(self) -> None:
+        """Make the HTTP client now (in a spare thread), so the first download need not."""
+        self._client()
+
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = self._new_client()
+            return self._http
+
+    def _new_client(self) -> httpx.Client:
+        import httpx
+
+        from ._deadline import deadline_transport
+
+        settings = self._settings
+
+        def check_hop(request: httpx.Request) -> None:
+            # A CDN may redirect; every hop must pass the same check as the first URL.
+            hop = str(request.url)
+            hop_problem = audio_url_problem(hop, settings.base_url)
+            if hop_problem is not None:
                 raise UnexpectedResponseError(
-                    f"The audio file {path} is larger than {MAX_AUDIO_BYTES:,} bytes.",
-                    status_code=200,
+                    f"Refusing to follow a redirect of the audio to a URL {hop_problem}: "
+                    f"{url_excerpt(hop)!r}.",
+                    status_code=302,
                     body_excerpt="",
                 )
-            return path.read_bytes()
-        except OSError as exc:
-            raise APIConnectionError(
-                f"Could not read the audio file {path}: {exc.strerror}."
-            ) from None
-    problem = audio_url_problem(url, settings.base_url)
-    if problem is not None:
-        raise UnexpectedResponseError(
-            f"Refusing to download audio from a URL {problem}: {url_excerpt(url)!r}.",
-            status_code=200,
-            body_excerpt="",
+
+        return httpx.Client(
+            transport=deadline_transport(httpx.Limits()),
+            timeout=settings.timeout,
+            follow_redirects=True,
+            max_redirects=5,
+            event_hooks={"request": [check_hop]},
         )
-    host = parts.netloc
-    # Imported here: a local-engine process (file:// audio) never needs the HTTP stack.
-    import httpx
 
-    from ._deadline import deadline_transport, hard_deadline
-
-    def check_hop(request: httpx.Request) -> None:
-        # A CDN may redirect; every hop must pass the same check as the first URL.
-        hop = str(request.url)
-        hop_problem = audio_url_problem(hop, settings.base_url)
-        if hop_problem is not None:
-            raise UnexpectedResponseError(
-                f"Refusing to follow a redirect of the audio to a URL {hop_problem}: "
-                f"{url_excerpt(hop)!r}.",
-                status_code=302,
-                body_excerpt="",
-            )
-
-    try:
-        with (
-            hard_deadline(time.monotonic() + settings.timeout),
-            httpx.Client(
-                transport=deadline_transport(httpx.Limits()),
-                timeout=settings.timeout,
-                follow_redirects=True,
-                max_redirects=5,
-                event_hooks={"request": [check_hop]},
-            ) as http,
-            http.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise APIStatusError(
-                    f"Downloading the audio from {host} failed ({response.status_code}); the "
-                    "URL may have expired.",
-                    status_code=response.status_code,
-                )
-            data = bytearray()
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > MAX_AUDIO_BYTES:
+    def fetch(self, url: str) -> bytes:
+        """The bytes behind ``url`` (see ``fetch_audio``)."""
+        settings = self._settings
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            path = Path(_url2pathname(unquote(parts.path)))
+            try:
+                if path.stat().st_size > MAX_AUDIO_BYTES:
                     raise UnexpectedResponseError(
-                        f"The audio at {host} is larger than {MAX_AUDIO_BYTES:,} bytes.",
-                        status_code=response.status_code,
+                        f"The audio file {path} is larger than {MAX_AUDIO_BYTES:,} bytes.",
+                        status_code=200,
                         body_excerpt="",
                     )
-            return bytes(data)
-    except httpx.TimeoutException:
-        raise APITimeoutError(
-            f"Downloading the audio from {host} took longer than {settings.timeout:g} s.",
-            timeout=settings.timeout,
-        ) from None
-    except httpx.HTTPError as exc:
-        raise APIConnectionError(
-            f"Could not download the audio from {host} ({type(exc).__name__}). "
-            "Check the network and try again."
-        ) from None
+                return path.read_bytes()
+            except OSError as exc:
+                raise APIConnectionError(
+                    f"Could not read the audio file {path}: {exc.strerror}."
+                ) from None
+        problem = audio_url_problem(url, settings.base_url)
+        if problem is not None:
+            raise UnexpectedResponseError(
+                f"Refusing to download audio from a URL {problem}: {url_excerpt(url)!r}.",
+                status_code=200,
+                body_excerpt="",
+            )
+        host = parts.netloc
+        # Imported here: a local-engine process (file:// audio) never needs the HTTP stack.
+        import httpx
+
+        from ._deadline import hard_deadline
+
+        try:
+            with (
+                hard_deadline(time.monotonic() + settings.timeout),
+                self._client().stream("GET", url) as response,
+            ):
+                if response.status_code != 200:
+                    raise APIStatusError(
+                        f"Downloading the audio from {host} failed ({response.status_code}); "
+                        "the URL may have expired.",
+                        status_code=response.status_code,
+                    )
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_AUDIO_BYTES:
+                        raise UnexpectedResponseError(
+                            f"The audio at {host} is larger than {MAX_AUDIO_BYTES:,} bytes.",
+                            status_code=response.status_code,
+                            body_excerpt="",
+                        )
+                return bytes(data)
+        except httpx.TimeoutException:
+            raise APITimeoutError(
+                f"Downloading the audio from {host} took longer than {settings.timeout:g} s.",
+                timeout=settings.timeout,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise APIConnectionError(
+                f"Could not download the audio from {host} ({type(exc).__name__}). "
+                "Check the network and try again."
+            ) from None

@@ -19,8 +19,8 @@ from typing_extensions import Unpack
 
 from ._redact import register_secret, shown, url_secrets
 from .catalogue import ALL_FORMATS
-from .errors import ConfigurationError
-from .voices import DEFAULT_MODEL, normalise_format
+from .errors import ConfigurationError, InvalidInputError
+from .voices import DEFAULT_MODEL, normalise_format, resolve_voice
 
 EngineChoice = Literal["auto", "aimlapi", "local"]
 ENGINE_CHOICES: tuple[EngineChoice, ...] = ("auto", "aimlapi", "local")
@@ -42,6 +42,13 @@ ENV_CACHE_TTL = ("OCTAVE_TOOLS_CACHE_TTL",)
 ENV_MODELS = ("OCTAVE_TOOLS_MODELS",)
 ENV_STORE_URL = ("OCTAVE_TOOLS_STORE_URL",)
 ENV_CACHE_URL = ("OCTAVE_TOOLS_CACHE_URL",)
+ENV_CHUNK_CHARS = ("OCTAVE_TOOLS_CHUNK_CHARS",)
+ENV_MAX_CONCURRENCY = ("OCTAVE_TOOLS_MAX_CONCURRENCY",)
+ENV_PAUSE_MS = ("OCTAVE_TOOLS_PAUSE_MS",)
+ENV_MAX_TEXT_CHARS = ("OCTAVE_TOOLS_MAX_TEXT_CHARS",)
+ENV_PART_TTL = ("OCTAVE_TOOLS_PART_TTL",)
+ENV_FALLBACK = ("OCTAVE_TOOLS_FALLBACK",)
+ENV_FALLBACK_COOLDOWN = ("OCTAVE_TOOLS_FALLBACK_COOLDOWN",)
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -50,7 +57,14 @@ DEFAULT_TIMEOUT = 60.0
 # Past about 1e9 s the socket layer overflows; no call is worth waiting a day for.
 MAX_TIMEOUT = 86_400.0
 DEFAULT_MAX_RETRIES = 2
+DEFAULT_FALLBACK_COOLDOWN = 60.0
+LOCAL_FALLBACK = "local"
 MAX_RETRIES_LIMIT = 10
+DEFAULT_MAX_CONCURRENCY = 4
+MAX_CONCURRENCY_LIMIT = 64
+DEFAULT_MAX_TEXT_CHARS = 200_000
+DEFAULT_PART_TTL = 86_400.0
+MAX_PAUSE_MS = 10_000
 
 
 class _Secret:
@@ -105,6 +119,13 @@ class SettingsOptions(TypedDict, total=False):
     models: str | Sequence[str] | None
     store_url: str | None
     cache_url: str | None
+    chunk_chars: int | None
+    max_concurrency: int | None
+    pause_ms: int | None
+    max_text_chars: int | None
+    part_ttl: float | None
+    fallback: str | Sequence[str] | None
+    fallback_cooldown: float | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,21 @@ class Settings:
     """Where the ledger, budget and cache live (None: SQLite in ``data_dir``)."""
     cache_url: str | None = field(default=None, repr=False)
     """A Redis URL for the cache and the coalescing of identical calls (None: the store)."""
+    chunk_chars: int | None = None
+    """Characters per request for long text (None: the model's own limit)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Requests of one long-form or dialogue call in flight at once."""
+    pause_ms: int | None = None
+    """Silence between parts (None: 0 for text, 400 between dialogue lines)."""
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    """The longest text (or dialogue, all lines) one call takes."""
+    part_ttl: float = DEFAULT_PART_TTL
+    """Seconds a paid part is remembered so a repeated call does not pay for it again."""
+    fallback: tuple[tuple[str, str | None], ...] = ()
+    """Models tried in order when a call fails for a reason another model could fix:
+    (model id or ``"local"``, the voice to use there or None for its default)."""
+    fallback_cooldown: float = DEFAULT_FALLBACK_COOLDOWN
+    """Seconds a model that failed twice in a row is skipped for (0: never skipped)."""
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
@@ -249,6 +285,55 @@ def _parse_models(raw: str | None, source: str) -> tuple[str, ...]:
                 f"or all; got {shown(model)}."
             )
     return ids
+
+
+def _parse_fallback(raw: str | None, source: str) -> tuple[tuple[str, str | None], ...]:
+    """``model[=voice],...`` (``local`` allowed, last): every model must be catalogued."""
+    if raw is None or not raw.strip():
+        return ()
+    from .catalogue import MODELS
+
+    chain: list[tuple[str, str | None]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        model, sep, voice = (x.strip() for x in item.partition("="))
+        if model.lower() == LOCAL_FALLBACK:
+            model = LOCAL_FALLBACK
+        elif model not in MODELS:
+            close = difflib.get_close_matches(model, list(MODELS), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"{source} names an unknown model {shown(model)}.{hint} Use model ids from "
+                "`octave-tools models` (or local), separated by commas, e.g. "
+                "openai/tts-1=nova,local."
+            )
+        if sep and not voice:
+            raise ConfigurationError(
+                f"{source}: {model}= needs a voice after '=' (or leave '=' out for the "
+                "model's default voice)."
+            )
+        if model == LOCAL_FALLBACK and voice:
+            raise ConfigurationError(
+                f"{source}: the local engine takes no voice here; write just local."
+            )
+        canonical: str | None = None
+        if voice:
+            try:
+                canonical = resolve_voice(voice, model)
+            except InvalidInputError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        if any(m == model for m, _ in chain):
+            raise ConfigurationError(f"{source} names {model} twice; name each model once.")
+        chain.append((model, canonical))
+    if any(m == LOCAL_FALLBACK for m, _ in chain[:-1]):
+        raise ConfigurationError(f"{source}: local can only be the last resort; put it last.")
+    return tuple(chain)
+
+
+def _parse_cooldown(raw: str | None, source: str) -> float:
+    value = _parse_amount(raw, source, allow_zero=True)
+    return DEFAULT_FALLBACK_COOLDOWN if value is None else value
 
 
 def _parse_url(raw: str | None, source: str) -> str | None:
@@ -368,6 +453,28 @@ def _parse_switch(raw: str | None, source: str) -> bool:
     raise ConfigurationError(f"{source} must be on or off; got {shown(raw)}.")
 
 
+def _parse_count(low: int, high: int, default: int | None) -> Callable[[str | None, str], Any]:
+    def parse(raw: str | None, source: str) -> int | None:
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ConfigurationError(
+                f"{source} must be a whole number from {low:,} to {high:,}; got {shown(raw)}."
+            )
+        return value
+
+    return parse
+
+
+def _parse_part_ttl(raw: str | None, source: str) -> float:
+    value = _parse_amount(raw, source, allow_zero=True)
+    return DEFAULT_PART_TTL if value is None else value
+
+
 def _parse_amount(raw: str | None, source: str, *, allow_zero: bool) -> float | None:
     if raw is None:
         return None
@@ -424,6 +531,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_url", ENV_CACHE_URL, "the store",
             "`redis://...`: the cache and the coalescing of identical calls in Redis.",
             _parse_url),
+    Setting("chunk_chars", ENV_CHUNK_CHARS, "the model's limit",
+            "Long text is split into requests of at most this many characters (at paragraphs, "
+            "sentences, clauses, spaces).", _parse_count(1, 1_000_000, None)),
+    Setting("max_concurrency", ENV_MAX_CONCURRENCY, f"`{DEFAULT_MAX_CONCURRENCY}`",
+            f"Requests of one long text or dialogue in flight at once (1 to "
+            f"{MAX_CONCURRENCY_LIMIT}).",
+            _parse_count(1, MAX_CONCURRENCY_LIMIT, DEFAULT_MAX_CONCURRENCY)),
+    Setting("pause_ms", ENV_PAUSE_MS, "`0` for text, `400` for dialogue",
+            f"Milliseconds of silence between joined parts (0 to {MAX_PAUSE_MS:,}).",
+            _parse_count(0, MAX_PAUSE_MS, None)),
+    Setting("max_text_chars", ENV_MAX_TEXT_CHARS, f"`{DEFAULT_MAX_TEXT_CHARS:,}`",
+            "The longest text, or dialogue (all lines), one call takes.",
+            _parse_count(1, 10_000_000, DEFAULT_MAX_TEXT_CHARS)),
+    Setting("part_ttl", ENV_PART_TTL, f"`{DEFAULT_PART_TTL:g}` (a day)",
+            "Seconds a paid part of a long call is remembered, so the same call again (after a "
+            "failure) pays only for the parts not yet paid; 0 turns it off.", _parse_part_ttl),
+    Setting("fallback", ENV_FALLBACK, "none",
+            "Models tried in order when a call fails for a reason another model could fix "
+            "(5xx, timeout, 404, 429 after retries): `model[=voice],...`, `local` last "
+            "allowed.", _parse_fallback),
+    Setting("fallback_cooldown", ENV_FALLBACK_COOLDOWN, f"`{DEFAULT_FALLBACK_COOLDOWN:g}`",
+            "Seconds a model that failed twice in a row is skipped in favour of the fallback "
+            "(`0`: never skipped).", _parse_cooldown),
 )  # fmt: skip
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 

@@ -5,6 +5,7 @@ Policy lives here; storage is behind ``_store.Store``. Nothing here sends reques
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from ._store import (
     Probe,
     ReservationRefused,
     Store,
+    UsageRow,
 )
 from ._store_url import open_store_url
 from .catalogue import MODELS
@@ -57,7 +59,11 @@ CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
 # No other model's price is documented. The highest known rate is used, so a budget
 # errs on refusing a call it could have afforded rather than overspending.
 DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
-GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "key")
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "job", "key")
+# ``by="job"``: the rows of requests that were no long-form or dialogue call.
+SINGLE_REQUESTS = "(single requests)"
+# Paid parts of long calls share the cache table under keys of their own.
+_PAID_PREFIX = "paid-part:"
 # A learned rate comes from this much of the ledger, and is re-read at most this often.
 RATE_WINDOW = 30 * DAY
 RATE_REFRESH = 60.0
@@ -160,7 +166,12 @@ def reused(speech: Speech) -> Speech:
 
 
 def _entry(
-    speech: Speech, text: str, credits: float, ts: float, estimated: bool = False
+    speech: Speech,
+    text: str,
+    credits: float,
+    ts: float,
+    estimated: bool = False,
+    job_id: str | None = None,
 ) -> LedgerEntry:
     grant = current_key.get()
     return LedgerEntry(
@@ -176,6 +187,7 @@ def _entry(
         text_sha256=text_digest(text),
         cached=speech.cached,
         estimated=estimated,
+        job_id=job_id,
         key_name=grant.key.name if grant is not None else None,
     )
 
@@ -206,6 +218,7 @@ class Spend:
         self._client_spent = 0.0
         self._reserved = 0.0
         self._local_entries: list[LedgerEntry] = []  # when the ledger is off
+        self._paid: dict[str, tuple[float, str]] = {}  # paid parts, when the ledger is off
         self._store: Store | None = None
         self._store_opened = False
         self._open_lock = threading.Lock()
@@ -330,6 +343,57 @@ class Spend:
         if not self._vetted(earlier, key):
             return None
         return reused(earlier)
+
+    # ------------------------------------------------------------ paid parts
+
+    @property
+    def remembers_parts(self) -> bool:
+        """Whether paid parts of long calls are remembered (cache on, or ``part_ttl`` > 0)."""
+        return self.cache_ttl > 0 or self._settings.part_ttl > 0
+
+    def remembered_part(self, key: str) -> Speech | None:
+        """A part paid within the cache window or ``part_ttl``, marked cached and free.
+
+        With the cache on, that is the cache; else a "paid parts" memory under its own
+        keys in the store (in this process when the ledger is off). Vetted like a cache hit.
+        """
+        if self.cache_ttl > 0:
+            hit = self.cached(key)
+            if hit is not None or self._settings.part_ttl <= 0:
+                return hit
+        if self._settings.part_ttl <= 0:
+            return None
+        now = self._clock()
+        store = self.store
+        value: str | None
+        if store is not None:
+            value = store.cache_get(_PAID_PREFIX + key, now)
+        else:
+            with self._lock:
+                expires, value = self._paid.get(key, (0.0, None))
+            if expires <= now:
+                value = None
+        if value is None:
+            return None
+        try:
+            earlier = Speech.model_validate_json(value)
+        except ValueError:
+            return None
+        return reused(earlier) if self._vetted(earlier, key) else None
+
+    def remember_part(self, key: str, speech: Speech) -> None:
+        """Remember a paid part for ``part_ttl`` (the cache, if on, has it already)."""
+        ttl = self._settings.part_ttl
+        if ttl <= 0 or speech.cached:
+            return
+        value = speech.model_dump_json()
+        expires = self._clock() + ttl
+        store = self.store
+        if store is not None:
+            store.cache_put(_PAID_PREFIX + key, value, expires)
+        else:
+            with self._lock:
+                self._paid[key] = (expires, value)
 
     def _vetted(self, earlier: Speech, key: str) -> bool:
         """Whether a cached or coalesced result may stand for a call under ``key``.
@@ -710,10 +774,49 @@ class Spend:
             and (cache_key is None or self.cache_ttl <= 0)
         )
 
+    def record_fallback(
+        self,
+        model: str,
+        voice: str | None,
+        fmt: str,
+        characters: int,
+        text: str,
+        request_id: str | None,
+    ) -> None:
+        """Keep a failed attempt of a fallback chain in the ledger (nothing billed: its
+        hold was given back), beside the row of the model that then spoke."""
+        store = self.store
+        if store is None:
+            return
+        store.add(
+            LedgerEntry(
+                ts=self._clock(),
+                engine="aimlapi",
+                model=model,
+                voice=voice,
+                format=fmt,
+                characters=characters,
+                credits=0.0,
+                usd=None,
+                request_id=request_id,
+                text_sha256=text_digest(text),
+                cached=False,
+                key_name=_key_name(),
+                outcome="fallback",
+            )
+        )
+
     def settle(
-        self, speech: Speech, text: str, cache_key: str | None, hold: Hold = NO_HOLD
+        self,
+        speech: Speech,
+        text: str,
+        cache_key: str | None,
+        hold: Hold = NO_HOLD,
+        job_id: str | None = None,
     ) -> None:
         """Record a finished call (and remember it for the cache); ends its ``hold``.
+
+        ``job_id`` ties the parts of one long-form or dialogue call together in the ledger.
 
         A call whose cost the API did not report (or reported as a negative, non-finite
         or absurd figure, which _protocol turns into None) is charged its estimate and
@@ -724,7 +827,7 @@ class Spend:
         with self._lock:
             self._client_spent += credits
         try:
-            self._record(speech, text, cache_key, hold, credits, estimated, now)
+            self._record(speech, text, cache_key, hold, credits, estimated, now, job_id)
             # Only once the charge is in the ledger: a call admitted on the learned rate
             # must also see this one's charge, not the smaller hold it replaced.
             if speech.model not in CREDITS_PER_CHAR_ESTIMATE and not speech.cached:
@@ -741,16 +844,17 @@ class Spend:
         credits: float,
         estimated: bool,
         now: float,
+        job_id: str | None = None,
     ) -> None:
         store = self.store
         if store is None:
             if self.daily_limit is not None:  # else nothing keeps the entry: skip building it
-                entry = _entry(speech, text, credits, now, estimated)
+                entry = _entry(speech, text, credits, now, estimated, job_id)
                 with self._budget_lock, self._lock:
                     self._local_entries.append(entry)
             self._unhold(hold)
             return
-        entry = _entry(speech, text, credits, now, estimated)
+        entry = _entry(speech, text, credits, now, estimated, job_id)
         if hold.reservation is not None:
             store.settle(hold.reservation, entry)  # the hold becomes the charge, atomically
             self._unhold(hold)
@@ -803,6 +907,8 @@ class Spend:
         grant = current_key.get()
         only = grant.key.name if grant is not None else None
         rows = store.usage(start, by, only) if store is not None else []
+        if by == "job":
+            rows = [_one_call_per_job(r) for r in rows]
         groups = [
             UsageGroup(
                 key=r.key,
@@ -829,6 +935,11 @@ class Spend:
         )
 
 
+def _key_name() -> str | None:
+    grant = current_key.get()
+    return grant.key.name if grant is not None else None
+
+
 def _key_budget() -> KeyBudget | None:
     """The daily budget of the client key this call runs under, if it has one."""
     grant = current_key.get()
@@ -853,6 +964,13 @@ def _key_message(
         f"passed: it has {spent:,.0f} spent or in flight, and this call would cost about "
         f"{estimate:,.0f}{when}. No call was made."
     )
+
+
+def _one_call_per_job(row: UsageRow) -> UsageRow:
+    """A job's parts counted as the one call they were (cached when every part was)."""
+    if not row.key:
+        return dataclasses.replace(row, key=SINGLE_REQUESTS)
+    return dataclasses.replace(row, calls=1, cached_calls=int(row.cached_calls == row.calls))
 
 
 def _daily_message(

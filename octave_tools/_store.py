@@ -40,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger("octave_tools")
 
-GroupBy = Literal["day", "model", "voice", "engine", "key"]
+GroupBy = Literal["day", "model", "voice", "engine", "job", "key"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
 # How long one statement waits for another connection's lock before it gives up
@@ -103,6 +103,8 @@ class LedgerEntry:
     """Shared by the parts of one long-form or dialogue call."""
     key_name: str | None = None
     """The client key the call was made with (None: the operator)."""
+    outcome: str = "ok"
+    """``ok``; ``fallback``: this model failed and the next model of the chain was tried."""
 
     def row(self) -> tuple[object, ...]:
         """The values for LEDGER_COLUMNS, in that order."""
@@ -122,13 +124,14 @@ class LedgerEntry:
             self.estimated,
             self.job_id,
             self.key_name,
+            self.outcome,
         )
 
 
 # The ledger's columns as every write names them (the v1 ones, then the v2 additions).
 LEDGER_COLUMNS = (
     "ts, engine, model, voice, format, characters, credits, usd, request_id, text_sha256, "
-    "cached, entry_id, estimated, job_id, key_name"
+    "cached, entry_id, estimated, job_id, key_name, outcome"
 )
 
 
@@ -252,6 +255,7 @@ def usage_rows(
             "model": e.model,
             "voice": e.voice or "(default)",
             "engine": e.engine,
+            "job": e.job_id or "",
             "key": e.key_name or "operator",
         }[by]
         acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
@@ -335,6 +339,7 @@ _V2_COLUMNS = (
     ("estimated", "INTEGER NOT NULL DEFAULT 0"),
     ("job_id", "TEXT"),
     ("key_name", "TEXT"),
+    ("outcome", "TEXT NOT NULL DEFAULT 'ok'"),
 )
 _V2_KEY_INDEX = (
     "CREATE INDEX IF NOT EXISTS calls_key ON calls (key_name, ts) WHERE key_name IS NOT NULL"
@@ -342,7 +347,7 @@ _V2_KEY_INDEX = (
 _V2_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_entry_id ON calls (entry_id)"
 _INSERT_CALL = (
     f"INSERT OR IGNORE INTO calls ({LEDGER_COLUMNS}) "  # noqa: S608 - constants only
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -383,6 +388,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "job": "coalesce(job_id, '')",
     "key": "coalesce(key_name, 'operator')",
 }
 

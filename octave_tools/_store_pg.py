@@ -150,7 +150,8 @@ ALTER TABLE octave_calls
     ADD COLUMN IF NOT EXISTS entry_id TEXT,
     ADD COLUMN IF NOT EXISTS estimated BOOLEAN NOT NULL DEFAULT false,
     ADD COLUMN IF NOT EXISTS job_id TEXT,
-    ADD COLUMN IF NOT EXISTS key_name TEXT;
+    ADD COLUMN IF NOT EXISTS key_name TEXT,
+    ADD COLUMN IF NOT EXISTS outcome TEXT NOT NULL DEFAULT 'ok';
 CREATE UNIQUE INDEX IF NOT EXISTS octave_calls_entry_id ON octave_calls (entry_id);
 CREATE INDEX IF NOT EXISTS octave_calls_key ON octave_calls (key_name, ts)
     WHERE key_name IS NOT NULL;
@@ -161,6 +162,7 @@ _GROUP_SQL: dict[str, str] = {
     "model": "model",
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
+    "job": "coalesce(job_id, '')",
     "key": "coalesce(key_name, 'operator')",
 }
 
@@ -169,7 +171,7 @@ _GROUP_SQL: dict[str, str] = {
 _INSERT_CALL = f"""
 WITH added AS (
     INSERT INTO octave_calls ({LEDGER_COLUMNS})
-    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
     ON CONFLICT (entry_id) DO NOTHING
     RETURNING ts, credits
 )

@@ -100,7 +100,10 @@ def _build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="what the ledger says was spent")
     usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
     usage.add_argument(
-        "--by", choices=("day", "model", "voice", "engine", "key"), default="day", help="grouping"
+        "--by",
+        choices=("day", "model", "voice", "engine", "job", "key"),
+        default="day",
+        help="grouping",
     )
     usage.add_argument("--json", action="store_true", help="print the report as JSON")
 

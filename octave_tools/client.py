@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import Unpack
 
@@ -17,12 +17,14 @@ from . import observe as _observe
 from ._body import BodyTooLarge, CappedBody
 from ._calltime import call_deadline, current
 from ._context import current_key
+from ._fallback import Cooldowns, fallback_reason
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
-from ._settings import Settings, SettingsOptions, check_options
+from ._settings import LOCAL_FALLBACK, Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
-from .errors import APITimeoutError, ConfigurationError, InvalidInputError
-from .models import Speech, UsageReport, VoiceList
+from .catalogue import MODELS, UNDOCUMENTED_TEXT_LIMIT
+from .errors import APITimeoutError, ConfigurationError, InvalidInputError, OctaveError
+from .models import DialogueLine, FallbackStep, Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
 __all__ = ["AsyncOctaveClient", "OctaveClient"]
@@ -38,6 +40,13 @@ MAX_CONNECTIONS = 64
 MAX_KEEPALIVE = 16
 # A health check waits this long for the store at most (less if the call timeout is).
 HEALTH_TIMEOUT = 5.0
+
+# Long text goes in parts of at most this many characters on the local engine (which has
+# no limit, but a part bounds its memory).
+LOCAL_PART_CHARS = 4000
+
+ProgressCallback = Callable[[int, int], object]
+"""``on_progress(done, total)``: parts finished of a long-form or dialogue call."""
 
 if TYPE_CHECKING:
     import asyncio
@@ -75,6 +84,42 @@ def _load_net() -> None:
         keepalive_expiry=30,
     )
     _net_loaded = True
+
+
+@dataclass
+class _Tried:
+    """What a fallback chain has been through: each model that did not speak and why,
+    and the first error (raised, with the rest, if no model speaks)."""
+
+    steps: list[FallbackStep] = field(default_factory=list)
+    error: OctaveError | None = None
+
+    def fail(self, exc: OctaveError) -> OctaveError:
+        """The error to raise: the first one, saying what the models after it did."""
+        error = self.error or exc
+        after = self.steps[1:] if self.error is not None else self.steps
+        if after:
+            tried = "; ".join(f"{s.model}: {s.reason}" for s in after)
+            error.message = f"{error.message} Fallback did not help: {tried}."
+            error.args = (error.message,)
+        return error
+
+
+def _spoken(speech: Speech, tried: _Tried) -> Speech:
+    """The Speech of the model that spoke, saying which did not first and why."""
+    return (
+        speech.model_copy(update={"fallback_from": tuple(tried.steps)}) if tried.steps else speech
+    )
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One model of a fallback chain and how to call it."""
+
+    model: str
+    voice: str | None
+    first: bool = False
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,8 +162,30 @@ class _BaseClient:
             raise TypeError("Pass settings= or individual settings, not both.")
         self._settings = settings or Settings.load(**options)
         self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
+        self._cooldowns = Cooldowns(lambda: self._spend.store, self._settings.fallback_cooldown)
+        # Text longer than this takes the long-form path (the configured model's limit).
+        self._split_at = self._split_limit(None)
         self._health_lock = threading.Lock()
         self._health_probe: concurrent.futures.Future[None] | None = None
+
+    def _split_limit(self, model: str | None) -> int:
+        """Characters one request of ``model`` (default: the configured one) takes here.
+
+        ``chunk_chars`` when set (never above the model's limit), else the model's limit
+        (the conservative UNDOCUMENTED_TEXT_LIMIT when its docs give none;
+        LOCAL_PART_CHARS when the local engine may serve the call),
+        never more than ``max_text_chars``. Settings only: no engine is loaded.
+        """
+        s = self._settings
+        if s.engine == "local" or (s.engine == "auto" and not s.has_key):
+            limit = s.chunk_chars or LOCAL_PART_CHARS
+        else:
+            name = s.model if model is None else model.strip() if isinstance(model, str) else ""
+            spec = MODELS.get(name)
+            # The documented limit, or the conservative one for a model with none.
+            most = spec.text_limit if spec is not None else UNDOCUMENTED_TEXT_LIMIT
+            limit = min(s.chunk_chars or most, most)
+        return min(limit, s.max_text_chars)
 
     @property
     def settings(self) -> Settings:
@@ -310,14 +377,21 @@ class _BaseClient:
         fmt: str | None,
         model: str | None = None,
         speed: float | None = None,
+        *,
+        route: _Route | None = None,
     ) -> _Job:
-        """Validate and route one call; raises before anything is spent."""
-        if model is not None or current_key.get() is not None:
+        """Validate and route one call; raises before anything is spent.
+
+        ``route`` is set for a fallback attempt: its model is the operator's choice (not
+        checked against ``models``), and ``local`` sends it to the offline engine.
+        """
+        if route is None and (model is not None or current_key.get() is not None):
             model = self._check_model(model)
-        if self._engine() == "local":
+        if (route is not None and route.local) or self._engine() == "local":
             from . import _local
 
-            _refuse_for_local(model, speed, self._settings.model)
+            if route is None:
+                _refuse_for_local(model, speed, self._settings.model)
             text = proto.validate_text(text)
             call = None
             model_key, voice_key, fmt_key, chars = _local.MODEL, voice, fmt or "wav", len(text)
@@ -344,6 +418,87 @@ class _BaseClient:
             f"{timeout:g} s limit. Try again, or raise OCTAVE_TOOLS_TIMEOUT.",
             timeout=timeout,
         )
+
+    def _fallback_chain(self, model: str | None) -> list[_Route]:
+        """The asked model, then the ``fallback`` models not already in the chain."""
+        first = self._check_model(model)
+        chain = [_Route(first, None, first=True)]
+        for name, voice in self._settings.fallback:
+            if name != first.strip():
+                chain.append(_Route(name, voice, local=name == LOCAL_FALLBACK))
+        return chain
+
+    @staticmethod
+    def _attempt_args(
+        route: _Route, voice: str | None, fmt: str | None, speed: float | None
+    ) -> tuple[str | None, str | None, str | None, float | None]:
+        """(voice, format, model, speed) for one attempt of the chain.
+
+        The first is the call as asked. A fallback speaks with its configured voice or its
+        own default, keeps the format and speed where it can give them, else its defaults.
+        """
+        if route.first:
+            return voice, fmt, route.model, speed
+        if route.local:
+            return None, fmt if fmt == "wav" else None, None, None
+        spec = MODELS.get(route.model)
+        keep_fmt = fmt if spec is not None and fmt is not None and fmt in spec.formats else None
+        keep_speed = speed if spec is not None and spec.speed is not None else None
+        return route.voice, keep_fmt, route.model, keep_speed
+
+    def _record_attempt(self, route: _Route, exc: OctaveError, job: _Job | None) -> None:
+        """The ledger keeps the attempt that failed, beside the one that then spoke."""
+        if job is None or job.call is None:
+            return
+        try:
+            self._spend.record_fallback(
+                job.model,
+                job.call.voice,
+                job.call.format,
+                job.characters,
+                job.text,
+                getattr(exc, "request_id", None),
+            )
+        except OctaveError:  # the record is a courtesy: it never fails the call
+            logger.debug("octave-tools: a failed attempt was not recorded", exc_info=True)
+
+    def _fallback_step(
+        self,
+        route: _Route,
+        exc: OctaveError,
+        tried: _Tried,
+        last: bool,
+        job: _Job | None = None,
+    ) -> None:
+        """Note why ``route`` did not speak; raise when the chain ends here.
+
+        The asked model's invalid input, auth and budget errors end the call as they are:
+        no other model is tried. A fallback model that cannot take the call (its limits,
+        its budget, no local engine) is passed over. When no model spoke, the first
+        model's error is raised, saying what the others did.
+        """
+        reason = fallback_reason(exc)
+        if reason is not None:
+            self._cooldowns.failed(route.model)
+            self._record_attempt(route, exc, job)
+        elif route.first:
+            raise exc
+        else:
+            reason = f"cannot take this call ({exc.message.rstrip('.')})"
+        logger.warning("octave-tools: %s did not speak (%s)", route.model, reason)
+        if tried.error is None and not tried.steps:
+            tried.error = exc
+        tried.steps.append(FallbackStep(model=route.model, reason=reason))
+        if last:
+            raise tried.fail(exc)
+
+    def _skip_cooling(self, route: _Route, tried: _Tried) -> bool:
+        left = self._cooldowns.cooling(route.model)
+        if left is None:
+            return False
+        reason = f"failing; skipped for {left:.0f} s"
+        tried.steps.append(FallbackStep(model=route.model, reason=reason))
+        return True
 
     def _next_step(
         self, call: proto.Call, raw: proto.RawResponse, attempt: int, deadline: float
@@ -425,6 +580,7 @@ class OctaveClient(_BaseClient):
         format: str | None = None,
         model: str | None = None,
         speed: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is.
 
@@ -433,11 +589,58 @@ class OctaveClient(_BaseClient):
         against that model and mapped into its own fields. Raises InvalidInputError
         before any request for bad arguments, BudgetExceededError when a spend limit
         would be passed, and another OctaveError subclass when the call fails.
+
+        Text longer than one request takes (the model's limit, or ``chunk_chars``; up to
+        ``max_text_chars``) is split at paragraphs, sentences, clauses or spaces, the parts
+        are synthesised ``max_concurrency`` at a time and joined into one file; the
+        result's ``parts`` say which text each request spoke and what it cost, and
+        ``on_progress(done, total)`` is called as parts finish. The whole call may take
+        ``timeout`` times the number of rounds, ``ceil(parts / max_concurrency)``.
+
+        With the ``fallback`` setting, a call that fits one request and fails for a reason
+        another model could fix moves on to the next model (``Speech.fallback_from`` says
+        which were tried and why). Long text retries its parts instead.
         """
-        job = self._plan(text, voice, format, model, speed)
         grant = current_key.get()
         if grant is not None:
             grant.admit()  # the client key's requests per minute, shared by every replica
+        if isinstance(text, str) and len(text) > (
+            self._split_at if model is None else self._split_limit(model)
+        ):
+            from . import _longform
+
+            return _longform.synthesize_text(self, text, voice, format, model, speed, on_progress)
+        if self._settings.fallback:
+            return self._with_fallback(text, voice, format, model, speed)
+        return self._synthesize(self._plan(text, voice, format, model, speed))
+
+    def _with_fallback(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None,
+        speed: float | None,
+    ) -> Speech:
+        chain = self._fallback_chain(model)
+        tried = _Tried()
+        for index, route in enumerate(chain):
+            last = index == len(chain) - 1
+            if not last and self._skip_cooling(route, tried):
+                continue
+            job = None
+            try:
+                args = self._attempt_args(route, voice, fmt, speed)
+                job = self._plan(text, *args, route=route)
+                speech = self._synthesize(job)
+            except OctaveError as exc:
+                self._fallback_step(route, exc, tried, last, job)
+                continue
+            self._cooldowns.succeeded(route.model)
+            return _spoken(speech, tried)
+        raise AssertionError("unreachable: the last model raises or returns")
+
+    def _synthesize(self, job: _Job) -> Speech:
         # From here the call's time runs: the store, a coalesced leader and the API share it.
         with call_deadline(self._settings.timeout):
             return self._synthesize_job(job)
@@ -508,7 +711,31 @@ class OctaveClient(_BaseClient):
         )
         return speech
 
-    def _run(self, job: _Job) -> Speech:
+    def synthesize_dialogue(
+        self,
+        lines: Sequence[DialogueLine | Mapping[str, Any]],
+        *,
+        format: str | None = None,
+        model: str | None = None,
+        pause_ms: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Speech:
+        """Speak ``lines`` in order, each in its own voice, into one audio file.
+
+        Each line is a ``DialogueLine(voice, text, model=None, speaker=None)`` or a mapping
+        with those keys. Every line is checked (voice, text, model) before anything is
+        sent; an error names the line ("line 3: unknown voice ..."). Long lines are split
+        like long text; ``pause_ms`` of silence (default: the ``pause_ms`` setting, else
+        400) goes between lines. Budget, cache, parts and progress as in ``synthesize``.
+        """
+        from . import _longform
+
+        grant = current_key.get()
+        if grant is not None:
+            grant.admit()
+        return _longform.synthesize_dialogue(self, lines, format, model, pause_ms, on_progress)
+
+    def _run(self, job: _Job, deadline: float | None = None) -> Speech:
         call = job.call
         if call is None:
             from . import _local
@@ -518,7 +745,8 @@ class OctaveClient(_BaseClient):
             )
         if not _net_loaded:
             _load_net()
-        deadline = self._deadline()
+        if deadline is None:
+            deadline = self._deadline()
         attempt = 0
         sinks = _observe.SINKS
         while True:
@@ -643,12 +871,55 @@ class AsyncOctaveClient(_BaseClient):
         format: str | None = None,
         model: str | None = None,
         speed: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> Speech:
-        """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
-        job = self._plan(text, voice, format, model, speed)
+        """Turn ``text`` into speech and return where the audio is (see OctaveClient).
+
+        ``on_progress(done, total)`` may return an awaitable; it is awaited.
+        """
         grant = current_key.get()
         if grant is not None:
             await asyncio.to_thread(grant.admit)
+        if isinstance(text, str) and len(text) > (
+            self._split_at if model is None else self._split_limit(model)
+        ):
+            from . import _longform
+
+            return await _longform.asynthesize_text(
+                self, text, voice, format, model, speed, on_progress
+            )
+        if self._settings.fallback:
+            return await self._with_fallback(text, voice, format, model, speed)
+        return await self._synthesize(self._plan(text, voice, format, model, speed))
+
+    async def _with_fallback(
+        self,
+        text: str,
+        voice: str | None,
+        fmt: str | None,
+        model: str | None,
+        speed: float | None,
+    ) -> Speech:
+        chain = self._fallback_chain(model)
+        tried = _Tried()
+        for index, route in enumerate(chain):
+            last = index == len(chain) - 1
+            # The failure record may live in the store: read and written off the loop.
+            if not last and await asyncio.to_thread(self._skip_cooling, route, tried):
+                continue
+            job = None
+            try:
+                args = self._attempt_args(route, voice, fmt, speed)
+                job = self._plan(text, *args, route=route)
+                speech = await self._synthesize(job)
+            except OctaveError as exc:
+                await asyncio.to_thread(self._fallback_step, route, exc, tried, last, job)
+                continue
+            await asyncio.to_thread(self._cooldowns.succeeded, route.model)
+            return _spoken(speech, tried)
+        raise AssertionError("unreachable: the last model raises or returns")
+
+    async def _synthesize(self, job: _Job) -> Speech:
         # From here the call's time runs: the store, a coalesced leader and the API share it.
         with call_deadline(self._settings.timeout):
             return await self._synthesize_job(job)
@@ -755,7 +1026,26 @@ class AsyncOctaveClient(_BaseClient):
                 _observe.in_store, "ledger.settle", spend.settle, speech, text, cache_key, held
             )
 
-    async def _run(self, job: _Job) -> Speech:
+    async def synthesize_dialogue(
+        self,
+        lines: Sequence[DialogueLine | Mapping[str, Any]],
+        *,
+        format: str | None = None,
+        model: str | None = None,
+        pause_ms: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Speech:
+        """Speak ``lines`` in order into one file (see OctaveClient.synthesize_dialogue)."""
+        from . import _longform
+
+        grant = current_key.get()
+        if grant is not None:
+            await asyncio.to_thread(grant.admit)
+        return await _longform.asynthesize_dialogue(
+            self, lines, format, model, pause_ms, on_progress
+        )
+
+    async def _run(self, job: _Job, deadline: float | None = None) -> Speech:
         call = job.call
         if call is None:
             from . import _local
@@ -763,7 +1053,8 @@ class AsyncOctaveClient(_BaseClient):
             return await _local.asynthesize(
                 job.text, voice=job.voice, format=job.format, settings=self._settings
             )
-        deadline = self._deadline()
+        if deadline is None:
+            deadline = self._deadline()
         attempt = 0
         sinks = _observe.SINKS
         while True:

@@ -7,9 +7,77 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ClientKey", "Engine", "Speech", "UsageGroup", "UsageReport", "VoiceList"]
+__all__ = [
+    "ClientKey",
+    "DialogueLine",
+    "Engine",
+    "FallbackStep",
+    "Speech",
+    "SpeechPart",
+    "UsageGroup",
+    "UsageReport",
+    "VoiceList",
+]
 
 Engine = Literal["aimlapi", "local"]
+
+
+def _unset(value: object) -> bool:
+    """Fields that only some calls have are left out of the record when unset, so a plain
+    call's record (and every face's result) is what it always was."""
+    return value is None
+
+
+class FallbackStep(BaseModel):
+    """A model that did not speak for a call, and why another one did."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    model: str = Field(description="The model that was tried or skipped.")
+    reason: str = Field(description="Why it did not speak (e.g. '503 from the API').")
+
+
+@dataclass(frozen=True)
+class DialogueLine:
+    """One line of a dialogue: who speaks it (``voice``) and the words.
+
+    ``model`` picks another offered model for this line (default: the call's);
+    ``speaker`` is a label kept in the result's parts (default: the voice).
+    """
+
+    voice: str
+    text: str
+    model: str | None = None
+    speaker: str | None = None
+
+
+class SpeechPart(BaseModel):
+    """One request of a long-form or dialogue call: which text it spoke and what it cost."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    index: int = Field(description="Position of the part in the joined audio, from 0.")
+    start: int = Field(
+        description="Start of the part's text: a character offset into the text (for "
+        "dialogue, into its line's text)."
+    )
+    end: int = Field(description="End of the part's text (exclusive), as ``start``.")
+    characters: int = Field(description="Characters of text this part synthesised.")
+    audio_url: str = Field(description="The part's own audio URL, as the provider gave it.")
+    credits_used: int | float | None = Field(
+        default=None, description="Credits this part cost (0 when reused, None if unknown)."
+    )
+    request_id: str | None = Field(default=None, description="The provider's id for the part.")
+    voice: str | None = Field(default=None, description="The voice of the part.")
+    cached: bool = Field(
+        default=False, description="True when an earlier, paid result was reused at no charge."
+    )
+    speaker: str | None = Field(
+        default=None, description="Dialogue only: the line's speaker (else None)."
+    )
+    line: int | None = Field(
+        default=None, description="Dialogue only: the index of the line, from 0 (else None)."
+    )
 
 
 class Speech(BaseModel):
@@ -33,6 +101,22 @@ class Speech(BaseModel):
     )
     engine: Engine = Field(default="aimlapi", description="Which engine produced the audio.")
     cached: bool = Field(default=False, description="True when served from the local cache.")
+    parts: tuple[SpeechPart, ...] | None = Field(
+        default=None,
+        description="Long text and dialogue: the requests joined into this file, in order "
+        "(None when one request did it all).",
+    )
+    job_id: str | None = Field(
+        default=None,
+        description="Long text and dialogue: the id shared by the parts' ledger rows and "
+        "request ids (None for one request).",
+    )
+    fallback_from: tuple[FallbackStep, ...] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Models tried before the one that spoke, and why each did not "
+        "(None when the first choice spoke).",
+    )
 
     def summary(self) -> str:
         """One short sentence with the URL, for an LLM or a person to read."""
@@ -41,6 +125,13 @@ class Speech(BaseModel):
             details.append(f"{self.credits_used:,} credits")
         if self.cached:
             details.append("from cache, no charge")
+        if self.parts is not None:
+            reused = sum(1 for p in self.parts if p.cached)
+            joined = f"{len(self.parts)} parts joined into one file"
+            details.append(joined + (f", {reused} reused at no charge" if reused else ""))
+        if self.fallback_from:
+            tried = "; ".join(f"{step.model}: {step.reason}" for step in self.fallback_from)
+            details.append(f"fallback after {tried}")
         where = (
             "offline with the local engine (not Octave)" if self.engine == "local" else self.model
         )
@@ -48,15 +139,18 @@ class Speech(BaseModel):
 
 
 class UsageGroup(BaseModel):
-    """Spend for one day, model, voice, engine or client key."""
+    """Spend for one day, model, voice, engine, job or client key."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     key: str = Field(
-        description="The day (YYYY-MM-DD, UTC), model, voice, engine or client key "
-        "(operator: the server token)."
+        description="The day (YYYY-MM-DD, UTC), model, voice or engine; a long-form or "
+        "dialogue call's job id (by job); or a client key's name (by key; operator: the "
+        "server token)."
     )
-    calls: int = Field(description="Calls recorded, cached ones included.")
+    calls: int = Field(
+        description="Calls recorded, cached ones included (by job: a job is one call)."
+    )
     cached_calls: int = Field(description="Calls served from the cache at no charge.")
     characters: int = Field(description="Characters synthesised.")
     credits: float = Field(description="Credits counted against the budget: billed plus estimated.")
@@ -74,7 +168,7 @@ class UsageReport(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
-    by: str = Field(description="How the groups are formed: day, model, voice, engine or key.")
+    by: str = Field(description="How the groups are formed: day, model, voice, engine, job or key.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
     total_credits: float = Field(description="Billed plus estimated credits.")

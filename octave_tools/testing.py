@@ -445,6 +445,7 @@ class FakeAIMLAPI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outages: dict[str, int] = {}
         self.open_connections = 0
         """Client connections open right now."""
         self.max_open_connections = 0
@@ -564,11 +565,12 @@ class FakeAIMLAPI:
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/tts"]
 
     def reset(self) -> None:
-        """Forget recorded requests, issued URLs and pending faults."""
+        """Forget recorded requests, issued URLs, pending faults and outages."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
             self._random = None
+            self._outages.clear()
             self.issued.clear()
             self._files.clear()
             self.charged.clear()
@@ -632,6 +634,18 @@ class FakeAIMLAPI:
         if isinstance(body, str):
             body = body.encode()
         return self.inject(Fault("status", status, body, content_type, dict(headers or {})), times)
+
+    def outage(self, model: str, status: int = 503) -> FakeAIMLAPI:
+        """Answer every valid request for ``model`` with ``status`` until ``restore(model)``."""
+        with self._lock:
+            self._outages[model] = status
+        return self
+
+    def restore(self, model: str) -> FakeAIMLAPI:
+        """End an ``outage`` of ``model``."""
+        with self._lock:
+            self._outages.pop(model, None)
+        return self
 
     def billing(
         self, *, credits_per_char: float | None = None, report: object = "exact"
@@ -710,6 +724,10 @@ class FakeAIMLAPI:
         if problem is not None:
             return problem[0], problem[1], json_type, {}
         assert isinstance(body, dict)
+        with self._lock:
+            down = self._outages.get(body["model"])
+        if down is not None:
+            return down, _error_body(down, f"Model {body['model']} is unavailable"), json_type, {}
         spec = MODELS.get(body["model"])
         text = body.get(spec.text_field if spec else "text")
         assert isinstance(text, str)

@@ -232,6 +232,8 @@ def test_tool_call_gives_url_sentence_and_speech_artifact(
         "usd_spent": credits / 2_000_000,
         "engine": "aimlapi",
         "cached": False,
+        "parts": None,  # the short path: one request, no parts
+        "job_id": None,
     }
     assert fake_aimlapi.tts_requests[0].json == {
         "model": "hume/octave-2",
@@ -300,8 +302,8 @@ def test_the_newer_string_response_shape_gives_the_same_result() -> None:
         ),
         (
             {"text": "a" * 500_001},
-            "Error: text is 500,001 characters; the limit is 500,000. "
-            "Split it into shorter parts and synthesise each.",
+            "Error: text is 500,001 characters; one call takes at most 200,000 (max_text_chars). "
+            "Send it in several calls, or raise OCTAVE_TOOLS_MAX_TEXT_CHARS.",
         ),
         (
             {"text": "Hi", "format": "ogg"},

@@ -182,7 +182,7 @@ def test_a_sqlite_ledger_from_the_previous_release_is_upgraded_in_place(tmp_path
         assert (row.calls, row.credits, row.estimated_credits) == (3, 140.0, 0.0)
         db = sqlite3.connect(path)
         columns = [r[1] for r in db.execute("PRAGMA table_info(calls)")]
-        assert columns[-4:] == ["entry_id", "estimated", "job_id", "key_name"]
+        assert columns[-5:] == ["entry_id", "estimated", "job_id", "key_name", "outcome"]
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_REVISION,)
 
         # A process still on 0.1.0 writes and reads the upgraded file with its own SQL.

@@ -99,7 +99,7 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     }
     assert usage.input_schema.get("required") is None
     assert usage.input_schema["properties"]["by"]["anyOf"] == [
-        {"enum": ["day", "model", "voice", "engine", "key"], "type": "string"},
+        {"enum": ["day", "model", "voice", "engine", "job", "key"], "type": "string"},
         {"type": "null"},
     ]
     assert usage.output_schema == UsageReport.model_json_schema()
@@ -136,6 +136,8 @@ async def test_text_to_speech_returns_the_url_as_text_and_the_call_as_structured
         "usd_spent": 11 * 125 / 2_000_000,
         "engine": "aimlapi",
         "cached": False,
+        "parts": None,  # the short path: one request, no parts
+        "job_id": None,
         "message": text_of(result),
     }
     assert text_of(result) == (

@@ -476,18 +476,20 @@ def test_bad_speed_is_refused_before_any_request(
 def test_text_limit_is_the_model_own(
     model: str, limit: int, client: OctaveClient, fake_aimlapi: FakeAIMLAPI
 ) -> None:
+    # One call takes at most max_text_chars (200,000); below that, the model's own limit
+    # is where text is split into requests.
+    part = min(limit, 200_000)
+    speech = client.synthesize("x" * part, model=model)  # one request: the short path
+    assert sent(fake_aimlapi)[text_field(model)] == "x" * part
+    assert speech.characters == part and speech.parts is None
     with pytest.raises(InvalidInputError) as info:
-        client.synthesize("x" * (limit + 1), model=model)
+        client.synthesize("x" * (part + 1), model=model)  # one word cannot be split
     assert info.value.field == "text"
-    for_model = f" for model {model!r}" if limit < 500_000 else ""
-    assert str(info.value) == (
-        f"text is {limit + 1:,} characters; the limit is {limit:,}{for_model}. "
-        "Split it into shorter parts and synthesise each."
-    )
-    assert fake_aimlapi.requests == []
-    speech = client.synthesize("x" * limit, model=model)
-    assert sent(fake_aimlapi)[text_field(model)] == "x" * limit
-    assert speech.characters == limit
+    if part < 200_000:
+        assert f"parts of at most {part:,} characters" in str(info.value)
+    else:
+        assert str(info.value).startswith(f"text is {part + 1:,} characters; one call takes")
+    assert len(fake_aimlapi.tts_requests) == 1
 
 
 @pytest.mark.parametrize("model", ["deepgram/aura", "elevenlabs/eleven_turbo_v2_5", "acme/tts-9"])
@@ -496,17 +498,21 @@ def test_models_without_a_documented_limit_get_a_conservative_one(
 ) -> None:
     fake_aimlapi.models = (*MODELS, "acme/tts-9")  # acme/tts-9: not catalogued at all
     # The docs give these models no limit (acme/tts-9 is not catalogued at all): the
-    # conservative one applies, so nothing is admitted and charged only to fail upstream.
+    # conservative one (2,000) is where text is split, so no request is over it.
     with pytest.raises(InvalidInputError) as info:
-        client.synthesize("y" * 2_001, model=model)
-    assert str(info.value) == (
-        f"text is 2,001 characters; the limit is 2,000 for model {model!r}. "
-        "Split it into shorter parts and synthesise each."
-    )
+        client.synthesize("y" * 2_001, model=model)  # one word: it cannot be split
+    assert "parts of at most 2,000 characters" in str(info.value)
     assert fake_aimlapi.requests == []
     speech = client.synthesize("y" * 2_000, model=model)
     assert fake_aimlapi.tts_requests[-1].json["text"] == "y" * 2_000
-    assert speech.characters == 2_000
+    assert speech.characters == 2_000 and speech.parts is None
+    if model == "acme/tts-9":
+        return  # the fake's audio for an uncatalogued model: joinable, not checked here
+    long = " ".join(["word"] * 1000)  # 4,999 characters
+    speech = client.synthesize(long, model=model)
+    sent_now = fake_aimlapi.tts_requests[1:]
+    assert speech.parts is not None and len(speech.parts) == len(sent_now) == 3
+    assert all(len(r.json["text"]) <= 2_000 for r in sent_now)
 
 
 # ------------------------------------------------------------ both clients, mixed options

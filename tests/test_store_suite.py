@@ -624,3 +624,15 @@ def test_sqlite_reserve_fails_closed_while_another_program_holds_the_lock(
         spent=18.0, held=0.0, frees_at=now + DAY
     )
     store.close()
+
+
+def test_usage_groups_rows_by_job_id(store: Any) -> None:
+    import dataclasses
+
+    now = time.time()
+    for credits in (100, 200, 300):
+        store.add(dataclasses.replace(entry(credits, ts=now - 3), job_id="job-a"))
+    store.add(entry(50, ts=now - 2))
+    store.flush()
+    rows = {r.key: (r.calls, r.credits) for r in store.usage(now - DAY, "job")}
+    assert rows == {"job-a": (3, 600.0), "": (1, 50.0)}
