@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import cast
 
+from . import observe as _observe
 from ._calltime import remaining
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
@@ -123,6 +124,8 @@ class RedisCache:
             client.close()
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error(what)
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -223,6 +226,25 @@ class RedisCache:
 
 _CACHES: dict[str, RedisCache] = {}
 _CACHES_LOCK = threading.Lock()
+
+
+def ping(url: str, timeout: float = 3.0, *, setting: str = "OCTAVE_TOOLS_CACHE_URL") -> None:
+    """Return if Redis at ``url`` answers a PING within ``timeout``, else raise
+    ConfigurationError naming the setting (never the password)."""
+    if redis is None:
+        raise ConfigurationError(
+            f"{setting} needs the Redis client: pip install 'octave-tools[redis]'."
+        )
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        reason = scrub(str(exc), url) or type(exc).__name__
+        raise ConfigurationError(
+            f"The cache in {setting} ({redact_url(url)}) does not answer: {reason}."
+        ) from None
+    finally:
+        client.close()
 
 
 def open_redis_cache(url: str, *, setting: str = "OCTAVE_TOOLS_CACHE_URL") -> RedisCache:

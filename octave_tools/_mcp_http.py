@@ -56,7 +56,20 @@ from . import (
     default_output_dir,
     is_loopback,
 )
+from ._mcp_ops import (
+    METRICS_PATH,
+    READY_PATH,
+    MetricsEndpoint,
+    Readiness,
+    TraceContext,
+    install_log_format,
+    readiness_checks,
+    start_metrics,
+    start_tracing,
+)
+from .keys import KeyBook, KeyGrant, current_key, key_id_of, open_key_book
 from .mcp import create_server
+from .observe import call_key
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -86,6 +99,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MCP_PATH = "/mcp"
 MIN_TOKEN_CHARS = 16
+OPERATOR_PATHS = frozenset({METRICS_PATH})
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 
@@ -118,6 +132,9 @@ def run_server(
     insecure_no_auth: bool = False,
     log_level: str = "WARNING",
     limits: HttpLimits | None = None,
+    log_format: str = "text",
+    metrics_host: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until the client hangs up (stdio) or the process is interrupted (http).
 
@@ -143,8 +160,9 @@ def run_server(
             f"{limits.max_body_bytes} and {limits.max_connections}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
-    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
-    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL)) if transport == "http" else 0.0
+    if transport == "http":  # checked before anything starts
+        _public_url(os.environ.get(ENV_PUBLIC_URL))
+        _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # Before the server exists, so the SDK's own logging setup finds a handler and stays out.
     # The handler masks the API key: at DEBUG httpcore logs upstream headers verbatim.
     configure_logging(
@@ -153,9 +171,42 @@ def run_server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    install_log_format(log_format)
+    stop_tracing = start_tracing()
+    try:
+        _run_transport(
+            transport,
+            host,
+            port,
+            token,
+            level,
+            limits,
+            metrics_host,
+            metrics_port,
+            traced=stop_tracing is not None,
+        )
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+
+
+def _run_transport(
+    transport: str,
+    host: str,
+    port: int,
+    token: str | None,
+    level: LogLevel,
+    limits: HttpLimits,
+    metrics_host: str | None,
+    metrics_port: int | None,
+    *,
+    traced: bool,
+) -> None:
     if transport == "stdio":
         create_server().run("stdio")  # a local client reads file:// URLs itself
         return
+    public_url = _public_url(os.environ.get(ENV_PUBLIC_URL))
+    audio_ttl = _audio_ttl(os.environ.get(ENV_AUDIO_TTL))
     # The server's own settings (the environment), for the health check and the audio
     # folder; no I/O until used, and it shares the server's store (one per URL/file).
     probe = OctaveClient()
@@ -172,7 +223,16 @@ def run_server(
         output_dir=str(folder), publish=shelf.publish, audio_origins=shelf.origins
     )
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
-    extras = _Extras(shelf=shelf, health=probe.health, grace=settings.timeout)
+    metrics, _ = start_metrics(probe, metrics_host, metrics_port)
+    extras = _Extras(
+        shelf=shelf,
+        health=probe.health,
+        grace=settings.timeout,
+        ready=Readiness(readiness_checks(probe)),
+        metrics=MetricsEndpoint(metrics),
+        traced=traced,
+        keys=open_key_book(settings) if token is not None else None,
+    )
     _serve_http(server, host, port, token, security, level, limits, extras)
 
 
@@ -267,40 +327,84 @@ def _transport_security(host: str, extra_hosts: str | None) -> TransportSecurity
 
 
 class _BearerTokenGate:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``,
+    where the token is the operator's (``OCTAVE_TOOLS_SERVER_TOKEN``) or a client key
+    (``octave-tools keys add``). A client key's name and limits go with the request to
+    the tool call (``keys.current_key``); the operator's calls are the ``operator``'s.
 
-    Not the SDK's ``token_verifier``: that one is OAuth (``AuthSettings`` needs an issuer
-    URL, is fixed when ``MCPServer`` is made, and guards only the ``/mcp`` route), while
-    a static token is a hosting matter checked here before any body is read.
+    Not the SDK's ``TokenVerifier``: that seam is OAuth's (``AuthSettings`` needs an
+    issuer URL, is fixed when ``MCPServer`` is made, and guards only the ``/mcp`` route),
+    while these tokens are hosting matters checked here before any body is read, for
+    ``/audio`` and ``/metrics`` too.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, keys: KeyBook | None = None) -> None:
         self._app = app
         self._token = token.encode()
+        self._keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        credential = self._credential(scope)
+        if credential is not None and hmac.compare_digest(credential, self._token):
+            await self._app(scope, receive, send)
+            return
+        grant = None
+        unavailable = False
+        if scope["path"] in OPERATOR_PATHS:  # every key's figures: the operator's only
+            await self._refuse(scope, receive, send, False)
+            return
+        if credential is not None and self._keys is not None:
+            text = credential.decode("ascii", "replace")
+            if key_id_of(text) is not None:
+                try:
+                    verified = await anyio.to_thread.run_sync(self._keys.verify, text)
+                except OctaveError:
+                    verified, unavailable = None, True  # the store is down: fail closed
+                if verified is not None:
+                    grant = KeyGrant(verified.key, self._keys)
+        if grant is None:
+            await self._refuse(scope, receive, send, unavailable)
+            return
+        tokens = (current_key.set(grant), call_key.set(grant.key.name))
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            call_key.reset(tokens[1])
+            current_key.reset(tokens[0])
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, unavailable: bool) -> None:
+        if unavailable:
+            response = JSONResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "Client keys cannot be checked right now; retry soon.",
+                },
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        else:
             response = JSONResponse(
                 {
                     "error": "invalid_token",
-                    "error_description": "Missing or wrong bearer token. Send "
-                    f"'Authorization: Bearer <{ENV_SERVER_TOKEN}>'.",
+                    "error_description": "Missing, wrong, revoked or expired token. Send "
+                    f"'Authorization: Bearer <{ENV_SERVER_TOKEN} or your client key>'.",
                 },
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="octave-tools"'},
             )
-            await response(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
+        await response(scope, receive, send)
 
-    def _authorized(self, scope: Scope) -> bool:
+    @staticmethod
+    def _credential(scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credential = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    credential.strip(), self._token
-                )
-        return False
+                return credential.strip() if scheme.lower() == b"bearer" else None
+        return None
 
 
 class _RequestCap:
@@ -640,6 +744,10 @@ class _Extras:
     shelf: _AudioShelf
     health: Callable[[], None]
     grace: float  # seconds in-flight calls get to finish on SIGTERM
+    ready: ASGIApp | None = None  # /readyz, open to all like /healthz
+    metrics: ASGIApp | None = None  # /metrics, behind the server token
+    traced: bool = False  # an incoming traceparent header continues the caller's trace
+    keys: KeyBook | None = None  # client keys the gate accepts beside the server token
 
 
 # ---------------------------------------------------------------- the connection
@@ -1192,12 +1300,19 @@ def _http_app(
     app: ASGIApp = _NoStandaloneStream(mcp_app)
     if extras is not None:
         app = _Route(_is_audio, _HostCheck(extras.shelf, security), app)
+        if extras.metrics is not None:
+            app = _Route(lambda path: path == METRICS_PATH, extras.metrics, app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
-        app = _BearerTokenGate(app, token)
+        app = _BearerTokenGate(app, token, extras.keys if extras is not None else None)
     if extras is not None:
         health = _HostCheck(_Health(extras.health), security)
         app = _Route(lambda path: path == HEALTH_PATH, health, app)
+        if extras.ready is not None:
+            ready = _HostCheck(extras.ready, security)
+            app = _Route(lambda path: path == READY_PATH, ready, app)
+        if extras.traced:
+            app = TraceContext(app)
     return app
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ._calltime import remaining
+from ._context import current_key
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url, clean_request_id
 from ._redact import redact_url
@@ -24,6 +25,7 @@ from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import (
     MARK_LIFETIME,
     GroupBy,
+    KeyBudget,
     LedgerEntry,
     LedgerLockedError,
     Probe,
@@ -36,6 +38,7 @@ from .catalogue import MODELS
 from .errors import (
     APITimeoutError,
     BudgetExceededError,
+    ClientKeyLimitError,
     ConfigurationError,
     InvalidInputError,
     OctaveError,
@@ -56,7 +59,7 @@ CREDITS_PER_CHAR_ESTIMATE: dict[str, float] = {
 # No other model's price is documented. The highest known rate is used, so a budget
 # errs on refusing a call it could have afforded rather than overspending.
 DEFAULT_CREDITS_PER_CHAR = max(CREDITS_PER_CHAR_ESTIMATE.values())
-GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "job")
+GROUPINGS: tuple[GroupBy, ...] = ("day", "model", "voice", "engine", "job", "key")
 # ``by="job"``: the rows of requests that were no long-form or dialogue call.
 SINGLE_REQUESTS = "(single requests)"
 # Paid parts of long calls share the cache table under keys of their own.
@@ -170,6 +173,7 @@ def _entry(
     estimated: bool = False,
     job_id: str | None = None,
 ) -> LedgerEntry:
+    grant = current_key.get()
     return LedgerEntry(
         ts=ts,
         engine=speech.engine,
@@ -184,6 +188,7 @@ def _entry(
         cached=speech.cached,
         estimated=estimated,
         job_id=job_id,
+        key_name=grant.key.name if grant is not None else None,
     )
 
 
@@ -271,7 +276,7 @@ class Spend:
 
     def reserve_needs_io(self, model: str | None = None) -> bool:
         """Whether reserve() may read the ledger file or wait (else a few microseconds)."""
-        if not self._store_opened:
+        if not self._store_opened or _key_budget() is not None:
             return True
         if model is not None and self._may_probe(model):
             return True  # may wait for another call of an unpriced model
@@ -285,7 +290,11 @@ class Spend:
 
     @property
     def needs_budget_check(self) -> bool:
-        return self.daily_limit is not None or self.client_limit is not None
+        return (
+            self.daily_limit is not None
+            or self.client_limit is not None
+            or _key_budget() is not None
+        )
 
     # ------------------------------------------------------------ cache
 
@@ -635,10 +644,15 @@ class Spend:
                     )
             self._reserved += estimate  # held from here: a refusal below gives it back
         try:
+            key = _key_budget()
+            if self.shared or key is not None:
+                if self.daily_limit is None and key is None:
+                    return Hold(estimate, probe=local_probe)
+                # A client key's budget lives in the store (its ledger rows), with the
+                # global one in the same transaction.
+                return self._reserve_shared(estimate, now, probe, key, local_probe)
             if self.daily_limit is None:
                 return Hold(estimate, probe=local_probe)
-            if self.shared:
-                return self._reserve_shared(estimate, now, probe)
             with self._budget_lock:
                 day_spent, oldest = self._spent_in_window(now)
                 with self._lock:
@@ -657,27 +671,56 @@ class Spend:
             self._unhold(Hold(estimate))
             raise
 
-    def _reserve_shared(self, estimate: float, now: float, probe: Probe | None = None) -> Hold:
-        """Reserve on the shared store: one transaction, atomic across every replica."""
+    def _reserve_shared(
+        self,
+        estimate: float,
+        now: float,
+        probe: Probe | None = None,
+        key: KeyBudget | None = None,
+        local_probe: str | None = None,
+    ) -> Hold:
+        """Reserve on the store: one transaction, atomic across every replica (and, with a
+        client key's budget, for both budgets at once)."""
         store = self.store
-        assert store is not None and self.daily_limit is not None
+        if store is None:
+            raise ConfigurationError(
+                "A client key's daily budget is kept in the ledger, which is off "
+                "(OCTAVE_TOOLS_LEDGER=off); turn the ledger on to serve client keys with "
+                "budgets. No call was made."
+            )
         lease = self._settings.timeout + LEASE_MARGIN
-        if probe is None:  # documented price: the store's call as it always was
-            got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now)
+        limit = self.daily_limit
+        if probe is None and key is None:  # the store's call as it always was
+            assert limit is not None
+            got = store.reserve("daily", estimate, limit, DAY, lease, now)
         else:
-            got = store.reserve("daily", estimate, self.daily_limit, DAY, lease, now, probe)
+            got = store.reserve("daily", estimate, limit, DAY, lease, now, probe, key)
         if isinstance(got, ReservationRefused) and (got.busy or got.rate is not None):
             raise _Retry(got.rate, got.marked_at)
         if isinstance(got, ReservationRefused):
             spent = got.spent + got.held
+            if key is not None and got.budget == key.budget:
+                raise ClientKeyLimitError(
+                    _key_message(key, estimate, spent, got.frees_at, now),
+                    limit="max_credits_per_day",
+                    resets_at=got.frees_at,
+                )
+            assert limit is not None
             raise BudgetExceededError(
-                _daily_message(estimate, spent, self.daily_limit, got.frees_at, now),
-                limit=self.daily_limit,
+                _daily_message(estimate, spent, limit, got.frees_at, now),
+                limit=limit,
                 spent=spent,
                 estimate=estimate,
                 frees_at=got.frees_at,
             )
-        return Hold(estimate, got)
+        return Hold(estimate, got, probe=local_probe)
+
+    def budget_left(self) -> float | None:
+        """Credits left in the daily budget's window now; None without a daily budget."""
+        if self.daily_limit is None:
+            return None
+        spent, _ = self._spent_in_window(self._clock())
+        return self.daily_limit - spent
 
     def release(self, hold: Hold) -> None:
         """Give back what a call that failed held: it was not billed."""
@@ -758,6 +801,7 @@ class Spend:
                 request_id=request_id,
                 text_sha256=text_digest(text),
                 cached=False,
+                key_name=_key_name(),
                 outcome="fallback",
             )
         )
@@ -859,7 +903,10 @@ class Spend:
             )
         start = parse_since(since)
         store = self.store
-        rows = store.usage(start, by) if store is not None else []
+        # On a shared server a client key sees its own calls only; the operator sees all.
+        grant = current_key.get()
+        only = grant.key.name if grant is not None else None
+        rows = store.usage(start, by, only) if store is not None else []
         if by == "job":
             rows = [_one_call_per_job(r) for r in rows]
         groups = [
@@ -886,6 +933,37 @@ class Spend:
             total_estimated_credits=sum(g.estimated_credits for g in groups),
             ledger=self.ledger_name if store is not None else "ledger off",
         )
+
+
+def _key_name() -> str | None:
+    grant = current_key.get()
+    return grant.key.name if grant is not None else None
+
+
+def _key_budget() -> KeyBudget | None:
+    """The daily budget of the client key this call runs under, if it has one."""
+    grant = current_key.get()
+    if grant is None or grant.key.max_credits_per_day is None:
+        return None
+    return KeyBudget(grant.key.name, grant.key.max_credits_per_day)
+
+
+def _key_message(
+    key: KeyBudget, estimate: float, spent: float, frees_at: float | None, now: float
+) -> str:
+    when = ""
+    if frees_at is not None:
+        minutes = max(1, round((frees_at - now) / 60))
+        clock = time.strftime("%H:%M UTC", time.gmtime(frees_at))
+        when = (
+            f"; it frees up as the oldest charge leaves the 24-hour window, at {clock} "
+            f"(in {minutes} min)"
+        )
+    return (
+        f"This key's daily budget (max_credits_per_day, {key.limit:,.0f} credits) would be "
+        f"passed: it has {spent:,.0f} spent or in flight, and this call would cost about "
+        f"{estimate:,.0f}{when}. No call was made."
+    )
 
 
 def _one_call_per_job(row: UsageRow) -> UsageRow:

@@ -19,10 +19,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
+from . import observe as _observe
 from ._calltime import current
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger("octave_tools")
 
-GroupBy = Literal["day", "model", "voice", "engine", "job"]
+GroupBy = Literal["day", "model", "voice", "engine", "job", "key"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
 # How long one statement waits for another connection's lock before it gives up
@@ -158,6 +159,7 @@ class ReservationRefused:
     busy: bool = False  # the probe asked for is taken: another call of the model is in flight
     rate: float | None = None  # the model's rate changed since the caller read it: this one
     marked_at: float | None = None  # when that change was marked (epoch seconds)
+    budget: str = "daily"  # which budget refused: "daily", or a client key's ("key:<name>")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,24 @@ class Probe:
         return f"rate:{self.model}"
 
 
+@dataclass(frozen=True)
+class KeyBudget:
+    """A client key's own daily budget, reserved in the same transaction as the global
+    one (both must admit the call). Its spend is the key's ledger rows."""
+
+    name: str
+    limit: float
+
+    @property
+    def budget(self) -> str:
+        return f"key:{self.name}"
+
+
+def key_hold(reservation_id: str) -> str:
+    """The id of a reservation's hold on its key's budget."""
+    return f"{reservation_id}/key"
+
+
 class Store(Protocol):
     """What the ledger, budget and cache need from storage.
 
@@ -198,7 +218,7 @@ class Store(Protocol):
 
     def add(self, entry: LedgerEntry) -> None: ...
     def spent_since(self, since: float) -> tuple[float, float | None]: ...
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]: ...
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]: ...
     def rates(self, since: float) -> dict[str, float]: ...
     def cache_get(self, key: str, now: float) -> str | None: ...
     def cache_put(self, key: str, value: str, expires_at: float) -> None: ...
@@ -207,11 +227,12 @@ class Store(Protocol):
         self,
         budget: str,
         amount: float,
-        limit: float,
+        limit: float | None,
         window: float,
         lease: float,
         now: float,
         probe: Probe | None = None,
+        key: KeyBudget | None = None,
     ) -> str | ReservationRefused: ...
     def settle(self, reservation_id: str, entry: LedgerEntry) -> None: ...
     def release(self, reservation_id: str) -> None: ...
@@ -219,16 +240,23 @@ class Store(Protocol):
 
 
 def usage_rows(
-    rows: dict[str, list[float]], unwritten: Sequence[LedgerEntry], by: GroupBy
+    rows: dict[str, list[float]],
+    unwritten: Sequence[LedgerEntry],
+    by: GroupBy,
+    only_key: str | None = None,
 ) -> list[UsageRow]:
-    """Stored totals per group plus entries not yet written, largest spend first."""
+    """Stored totals per group plus entries not yet written (of ``only_key``'s calls, if
+    given), largest spend first."""
     for e in unwritten:
+        if only_key is not None and (e.key_name or "operator") != only_key:
+            continue
         key = {
             "day": time.strftime("%Y-%m-%d", time.gmtime(e.ts)),
             "model": e.model,
             "voice": e.voice or "(default)",
             "engine": e.engine,
             "job": e.job_id or "",
+            "key": e.key_name or "operator",
         }[by]
         acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
         values = (
@@ -313,6 +341,9 @@ _V2_COLUMNS = (
     ("key_name", "TEXT"),
     ("outcome", "TEXT NOT NULL DEFAULT 'ok'"),
 )
+_V2_KEY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS calls_key ON calls (key_name, ts) WHERE key_name IS NOT NULL"
+)
 _V2_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_entry_id ON calls (entry_id)"
 _INSERT_CALL = (
     f"INSERT OR IGNORE INTO calls ({LEDGER_COLUMNS}) "  # noqa: S608 - constants only
@@ -344,6 +375,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             if name not in have:
                 db.execute(f"ALTER TABLE calls ADD COLUMN {name} {decl}")
         db.execute(_V2_INDEX)
+        db.execute(_V2_KEY_INDEX)
         db.execute(f"PRAGMA user_version = {SCHEMA_REVISION}")
         db.execute("COMMIT")
     finally:
@@ -357,6 +389,7 @@ _GROUP_SQL: dict[str, str] = {
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
     "job": "coalesce(job_id, '')",
+    "key": "coalesce(key_name, 'operator')",
 }
 
 
@@ -513,6 +546,8 @@ class SQLiteStore:
         self._disable(exc)
 
     def _disable(self, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error("the ledger file")
         with self._lock:
             self._broken_at = self._monotonic()
             if self._broken:
@@ -783,8 +818,9 @@ class SQLiteStore:
                 pass  # the estimate falls back to the default rate
         return _rates(totals, self._unwritten(), since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        """Totals per group since ``since``, largest spend first."""
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        """Totals per group since ``since`` (of client ``key``'s calls only, if given;
+        ``operator`` for the operator's), largest spend first."""
         rows: dict[str, list[float]] = {}
         self._maybe_reopen()
         if not self._broken:
@@ -796,11 +832,12 @@ class SQLiteStore:
                         f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
                         "sum(credits), coalesce(sum(usd), 0), "
                         "coalesce(sum(CASE WHEN estimated THEN credits END), 0) "
-                        "FROM calls WHERE ts >= ? GROUP BY 1",
-                        (since,),
+                        "FROM calls WHERE ts >= ? "
+                        "AND (? IS NULL OR coalesce(key_name, 'operator') = ?) GROUP BY 1",
+                        (since, key, key),
                     ).fetchall()
-                for key, calls, cached, chars, credits, usd, estimated in found:
-                    rows[str(key)] = [calls, cached, chars, credits, usd, estimated]
+                for group_key, calls, cached, chars, credits, usd, estimated in found:
+                    rows[str(group_key)] = [calls, cached, chars, credits, usd, estimated]
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
                 if _is_lock(exc):
                     logger.warning(
@@ -810,7 +847,7 @@ class SQLiteStore:
                     )
                 else:
                     self._disable(exc)
-        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by)
+        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by, key)
 
     # ------------------------------------------------------------ cache
 
@@ -883,20 +920,23 @@ class SQLiteStore:
         self,
         budget: str,
         amount: float,
-        limit: float,
+        limit: float | None,
         window: float,
         lease: float,
         now: float,
         probe: Probe | None = None,
+        key: KeyBudget | None = None,
     ) -> str | ReservationRefused:
-        """Hold ``amount`` of ``budget`` (``limit`` per rolling ``window`` seconds).
+        """Hold ``amount`` of ``budget`` (``limit`` per rolling ``window`` seconds; None:
+        no global limit) and, with ``key``, of that client key's budget too.
 
-        Counts every paid ledger row in the window, this process's unwritten rows, and
-        the budget's reservations: live ones as held, expired ones (lease over, never
-        settled) as spent until they leave the window. Returns the reservation's id,
-        or ``ReservationRefused`` when ``amount`` does not fit. Raises LedgerLockedError
-        when another program held the file locked past BUSY_TIMEOUT (fails closed); a
-        broken file is set aside and this process's holds are kept in memory.
+        Counts every paid ledger row in the window (for ``key``, the key's rows), this
+        process's unwritten rows, and the budget's reservations: live ones as held,
+        expired ones (lease over, never settled) as spent until they leave the window.
+        Returns the reservation's id, or ``ReservationRefused`` (naming the budget) when
+        ``amount`` does not fit either. Raises LedgerLockedError when another program
+        held the file locked past BUSY_TIMEOUT (fails closed); a broken file is set aside
+        and this process's holds are kept in memory.
         """
         since = now - window
         self._maybe_reopen()
@@ -909,41 +949,31 @@ class SQLiteStore:
                             checked = _check_probe(db, probe, now)
                             if checked is not None:
                                 return checked
-                        db.execute(
-                            "DELETE FROM reservations WHERE budget = ? AND created < ? "
-                            "AND expires <= ?",
-                            (budget, since, now),
-                        )
-                        spent, oldest = db.execute(
-                            "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
-                            "WHERE ts >= ? AND credits > 0",
-                            (since,),
-                        ).fetchone()
-                        expired, held, held_oldest = db.execute(
-                            "SELECT coalesce(sum(CASE WHEN expires <= ? THEN amount END), 0), "
-                            "coalesce(sum(CASE WHEN expires > ? THEN amount END), 0), "
-                            "min(created) FROM reservations WHERE budget = ?",
-                            (now, now, budget),
-                        ).fetchone()
                         with self._lock:
                             unwritten = [
                                 e
                                 for e in self._pending + self._lost
                                 if e.ts >= since and e.credits > 0
                             ]
-                        verdict = _verdict(
-                            float(spent) + float(expired) + sum(e.credits for e in unwritten),
-                            float(held),
-                            amount,
-                            limit,
-                            window,
-                            [oldest, held_oldest, *(e.ts for e in unwritten)],
-                        )
-                        answer: str | ReservationRefused = verdict or uuid.uuid4().hex
+                        verdict = None
+                        if limit is not None:
+                            verdict = self._sqlite_verdict(
+                                db, budget, None, amount, limit, window, now, unwritten
+                            )
+                        if verdict is None and key is not None:
+                            verdict = self._sqlite_verdict(
+                                db, key.budget, key.name, amount, key.limit, window, now, unwritten
+                            )
+                        rid = uuid.uuid4().hex
+                        answer: str | ReservationRefused = verdict or rid
                         if verdict is None:
-                            holds = [(answer, budget, amount, now, now + lease)]
+                            holds = []
+                            if limit is not None:
+                                holds.append((rid, budget, amount, now, now + lease))
+                            if key is not None:
+                                holds.append((key_hold(rid), key.budget, amount, now, now + lease))
                             if probe is not None and probe.exclusive:
-                                holds.append((f"{answer}/probe", probe.key, 0.0, now, now + lease))
+                                holds.append((f"{rid}/probe", probe.key, 0.0, now, now + lease))
                             db.executemany(
                                 "INSERT INTO reservations (id, budget, amount, created, expires) "
                                 "VALUES (?, ?, ?, ?, ?)",
@@ -955,17 +985,57 @@ class SQLiteStore:
                 return answer
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
                 self._locked_or_disable(exc)
-        return self._reserve_in_memory(budget, amount, limit, window, lease, now, probe)
+        return self._reserve_in_memory(budget, amount, limit, window, lease, now, probe, key)
+
+    @staticmethod
+    def _sqlite_verdict(
+        db: sqlite3.Connection,
+        budget: str,
+        key_name: str | None,
+        amount: float,
+        limit: float,
+        window: float,
+        now: float,
+        unwritten: list[LedgerEntry],
+    ) -> ReservationRefused | None:
+        """One budget's verdict inside reserve's transaction (``key_name``: its rows only)."""
+        since = now - window
+        db.execute(
+            "DELETE FROM reservations WHERE budget = ? AND created < ? AND expires <= ?",
+            (budget, since, now),
+        )
+        spent, oldest = db.execute(
+            "SELECT coalesce(sum(credits), 0), min(ts) FROM calls "
+            "WHERE ts >= ? AND credits > 0 AND (? IS NULL OR key_name = ?)",
+            (since, key_name, key_name),
+        ).fetchone()
+        expired, held, held_oldest = db.execute(
+            "SELECT coalesce(sum(CASE WHEN expires <= ? THEN amount END), 0), "
+            "coalesce(sum(CASE WHEN expires > ? THEN amount END), 0), "
+            "min(created) FROM reservations WHERE budget = ?",
+            (now, now, budget),
+        ).fetchone()
+        mine = [e for e in unwritten if key_name is None or e.key_name == key_name]
+        verdict = _verdict(
+            float(spent) + float(expired) + sum(e.credits for e in mine),
+            float(held),
+            amount,
+            limit,
+            window,
+            [oldest, held_oldest, *(e.ts for e in mine)],
+        )
+        return None if verdict is None else replace(verdict, budget=budget)
 
     def _reserve_in_memory(
         self,
         budget: str,
         amount: float,
-        limit: float,
+        limit: float | None,
         window: float,
         lease: float,
         now: float,
         probe: Probe | None = None,
+        key: KeyBudget | None = None,
     ) -> str | ReservationRefused:
         since = now - window
         with self._lock:
@@ -975,23 +1045,36 @@ class SQLiteStore:
             taken = any(h[0] == getattr(probe, "key", None) and h[3] > now for h in holds.values())
             if probe is not None and probe.exclusive and taken:
                 return ReservationRefused(0.0, 0.0, None, busy=True)
-            for key, (b, _, created, expires) in list(holds.items()):
-                if b == budget and created < since and expires <= now:
-                    del holds[key]
-            mine = [h for h in holds.values() if h[0] == budget]
-            lost = [e for e in self._pending + self._lost if e.ts >= since and e.credits > 0]
-            verdict = _verdict(
-                sum(e.credits for e in lost) + sum(h[1] for h in mine if h[3] <= now),
-                sum(h[1] for h in mine if h[3] > now),
-                amount,
-                limit,
-                window,
-                [*(e.ts for e in lost), *(h[2] for h in mine)],
+            checks: list[tuple[str, float, str | None]] = (
+                [] if limit is None else [(budget, limit, None)]
             )
-            if verdict is not None:
-                return verdict
+            if key is not None:
+                checks.append((key.budget, key.limit, key.name))
+            for name, cap, key_name in checks:
+                for hold_id, (b, _, created, expires) in list(holds.items()):
+                    if b == name and created < since and expires <= now:
+                        del holds[hold_id]
+                mine = [h for h in holds.values() if h[0] == name]
+                lost = [
+                    e
+                    for e in self._pending + self._lost
+                    if e.ts >= since and e.credits > 0 and key_name in (None, e.key_name)
+                ]
+                verdict = _verdict(
+                    sum(e.credits for e in lost) + sum(h[1] for h in mine if h[3] <= now),
+                    sum(h[1] for h in mine if h[3] > now),
+                    amount,
+                    cap,
+                    window,
+                    [*(e.ts for e in lost), *(h[2] for h in mine)],
+                )
+                if verdict is not None:
+                    return replace(verdict, budget=name)
             rid = uuid.uuid4().hex
-            holds[rid] = (budget, amount, now, now + lease)
+            if limit is not None:
+                holds[rid] = (budget, amount, now, now + lease)
+            if key is not None:
+                holds[key_hold(rid)] = (key.budget, amount, now, now + lease)
             if probe is not None and probe.exclusive:
                 holds[f"{rid}/probe"] = (probe.key, 0.0, now, now + lease)
             return rid
@@ -1008,12 +1091,16 @@ class SQLiteStore:
             if self._memory_holds is not None:
                 self._memory_holds.pop(reservation_id, None)
                 self._memory_holds.pop(f"{reservation_id}/probe", None)
+                self._memory_holds.pop(key_hold(reservation_id), None)
         if not self._broken:
             try:
                 with self._session(WRITE_FLOOR):
                     db = self._begin_reservations()
                     try:
-                        db.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
+                        db.execute(
+                            _DELETE_HOLD,
+                            (reservation_id, f"{reservation_id}/probe", key_hold(reservation_id)),
+                        )
                         db.execute(_INSERT_CALL, entry.row())
                         db.execute("COMMIT")
                     finally:
@@ -1056,13 +1143,17 @@ class SQLiteStore:
             if self._memory_holds is not None:
                 self._memory_holds.pop(reservation_id, None)
                 self._memory_holds.pop(f"{reservation_id}/probe", None)
+                self._memory_holds.pop(key_hold(reservation_id), None)
         if self._broken:
             return
         try:
             with self._session(WRITE_FLOOR):
                 db = self._begin_reservations()
                 try:
-                    db.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
+                    db.execute(
+                        _DELETE_HOLD,
+                        (reservation_id, f"{reservation_id}/probe", key_hold(reservation_id)),
+                    )
                     db.execute("COMMIT")
                 finally:
                     self._rollback(db)
@@ -1071,7 +1162,7 @@ class SQLiteStore:
                 self._disable(exc)
 
 
-_DELETE_HOLD = "DELETE FROM reservations WHERE id IN (?, ?)"
+_DELETE_HOLD = "DELETE FROM reservations WHERE id IN (?, ?, ?)"
 
 
 def _check_probe(db: sqlite3.Connection, probe: Probe, now: float) -> ReservationRefused | None:

@@ -31,8 +31,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from . import observe as _observe
 from ._calltime import current, remaining, watchdog
 from ._redact import redact_url, scrub
 from ._store import (
@@ -40,12 +42,14 @@ from ._store import (
     MARK_LIFETIME,
     PROBE_LOOKBACK,
     GroupBy,
+    KeyBudget,
     LedgerEntry,
     Probe,
     ReservationRefused,
     UsageRow,
     _rates,
     _verdict,
+    key_hold,
     usage_rows,
 )
 from .errors import ConfigurationError
@@ -149,6 +153,8 @@ ALTER TABLE octave_calls
     ADD COLUMN IF NOT EXISTS key_name TEXT,
     ADD COLUMN IF NOT EXISTS outcome TEXT NOT NULL DEFAULT 'ok';
 CREATE UNIQUE INDEX IF NOT EXISTS octave_calls_entry_id ON octave_calls (entry_id);
+CREATE INDEX IF NOT EXISTS octave_calls_key ON octave_calls (key_name, ts)
+    WHERE key_name IS NOT NULL;
 """
 
 _GROUP_SQL: dict[str, str] = {
@@ -157,6 +163,7 @@ _GROUP_SQL: dict[str, str] = {
     "voice": "coalesce(voice, '(default)')",
     "engine": "engine",
     "job": "coalesce(job_id, '')",
+    "key": "coalesce(key_name, 'operator')",
 }
 
 # One ledger row and, when it was paid, its minute total (see below), in one statement:
@@ -338,6 +345,8 @@ class PostgresStore:
             alarm.disarm()
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        if _observe.SINKS:
+            _observe.report_store_error(what)
         with self._lock:
             first, self._warned = not self._warned, True
         if first:
@@ -431,8 +440,9 @@ class PostgresStore:
         totals = {str(m): [0.0 if v is None else float(str(v)) for v in sums] for m, *sums in found}
         return _rates(totals, list(self._unwritten_in(since)), since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        """Totals per group since ``since``, largest spend first."""
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        """Totals per group since ``since`` (of client ``key``'s calls only, if given),
+        largest spend first."""
         group = _GROUP_SQL[by]
         try:
             found = self._run(
@@ -440,16 +450,17 @@ class PostgresStore:
                     f"SELECT {group}, count(*), sum(cached::int), sum(characters), "  # noqa: S608
                     "sum(credits), coalesce(sum(usd), 0), "
                     "coalesce(sum(credits) FILTER (WHERE estimated), 0) "
-                    "FROM octave_calls WHERE ts >= %s GROUP BY 1",
-                    (since,),
+                    "FROM octave_calls WHERE ts >= %s "
+                    "AND (%s::text IS NULL OR coalesce(key_name, 'operator') = %s) GROUP BY 1",
+                    (since, key, key),
                 ).fetchall()
             )
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         rows: dict[str, list[float]] = {}
-        for key, *values in found:
-            rows[str(key)] = [float(str(v)) for v in values]
-        return usage_rows(rows, list(self._unwritten_in(since)), by)
+        for group_key, *values in found:
+            rows[str(group_key)] = [float(str(v)) for v in values]
+        return usage_rows(rows, list(self._unwritten_in(since)), by, key)
 
     # ------------------------------------------------------------ budget (see Store)
 
@@ -457,61 +468,94 @@ class PostgresStore:
         self,
         budget: str,
         amount: float,
-        limit: float,
+        limit: float | None,
         window: float,
         lease: float,
         now: float,
         probe: Probe | None = None,
+        key: KeyBudget | None = None,
     ) -> str | ReservationRefused:
-        """Hold ``amount`` of ``budget`` atomically across every process on the store.
+        """Hold ``amount`` of ``budget`` (None ``limit``: no global limit) and, with
+        ``key``, of that client key's budget, atomically across every process on the store.
 
-        Under ``pg_advisory_xact_lock`` for the budget: counts paid ledger rows in the
-        window and the budget's reservations (live ones as held; expired ones, whose
-        process may have been billed before it died, as spent until they leave the
-        window), inserts the hold if ``amount`` fits and returns its id; else returns
-        ``ReservationRefused``. Raises ConfigurationError when the store is down.
+        Under ``pg_advisory_xact_lock`` for each budget (the global one, then the key's,
+        then a probe's: always in that order): counts paid ledger rows in the window (for
+        the key, its own rows) and the budget's reservations (live ones as held; expired
+        ones, whose process may have been billed before it died, as spent until they
+        leave the window), inserts the holds if ``amount`` fits both and returns the id;
+        else returns ``ReservationRefused`` naming the budget. Raises ConfigurationError
+        when the store is down.
         """
         since = now - window
         unwritten = [e for e in self._unwritten_in(since) if e.credits > 0]
 
+        def verdict_of(
+            conn: psycopg.Connection[tuple[object, ...]],
+            name: str,
+            key_name: str | None,
+            cap: float,
+        ) -> ReservationRefused | None:
+            conn.execute(
+                "DELETE FROM octave_reservations WHERE budget = %s AND created < %s "
+                "AND expires <= %s",
+                (name, since, now),
+            )
+            if key_name is None:
+                window_row = conn.execute(_WINDOW_SPENT, {"since": since}).fetchone()
+            else:
+                window_row = conn.execute(
+                    "SELECT coalesce(sum(credits), 0), min(ts) FROM octave_calls "
+                    "WHERE key_name = %s AND ts >= %s AND credits > 0",
+                    (key_name, since),
+                ).fetchone()
+            row = conn.execute(
+                "SELECT coalesce(sum(amount) FILTER (WHERE expires <= %s), 0),"
+                "       coalesce(sum(amount) FILTER (WHERE expires > %s), 0),"
+                "       min(created) "
+                "FROM octave_reservations WHERE budget = %s",
+                (now, now, name),
+            ).fetchone()
+            assert row is not None and window_row is not None
+            spent, oldest, expired, held, held_oldest = (
+                None if v is None else float(str(v)) for v in (*window_row, *row)
+            )
+            mine = [e for e in unwritten if key_name is None or e.key_name == key_name]
+            verdict = _verdict(
+                (spent or 0.0) + (expired or 0.0) + sum(e.credits for e in mine),
+                held or 0.0,
+                amount,
+                cap,
+                window,
+                [oldest, held_oldest, *(e.ts for e in mine)],
+            )
+            return None if verdict is None else replace(verdict, budget=name)
+
         def attempt(conn: psycopg.Connection[tuple[object, ...]]) -> str | ReservationRefused:
             with conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, budget)
-                )
+                for name in ([budget] if limit is not None else []) + (
+                    [key.budget] if key is not None else []
+                ):
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, name)
+                    )
                 if probe is not None:
                     checked = _check_probe(conn, probe, now)
                     if checked is not None:
                         return checked
-                conn.execute(
-                    "DELETE FROM octave_reservations WHERE budget = %s AND created < %s "
-                    "AND expires <= %s",
-                    (budget, since, now),
-                )
-                window_row = conn.execute(_WINDOW_SPENT, {"since": since}).fetchone()
-                row = conn.execute(
-                    "SELECT coalesce(sum(amount) FILTER (WHERE expires <= %s), 0),"
-                    "       coalesce(sum(amount) FILTER (WHERE expires > %s), 0),"
-                    "       min(created) "
-                    "FROM octave_reservations WHERE budget = %s",
-                    (now, now, budget),
-                ).fetchone()
-                assert row is not None and window_row is not None
-                spent, oldest, expired, held, held_oldest = (
-                    None if v is None else float(str(v)) for v in (*window_row, *row)
-                )
-                verdict = _verdict(
-                    (spent or 0.0) + (expired or 0.0) + sum(e.credits for e in unwritten),
-                    held or 0.0,
-                    amount,
-                    limit,
-                    window,
-                    [oldest, held_oldest, *(e.ts for e in unwritten)],
-                )
-                if verdict is not None:
-                    return verdict
+                if limit is not None:
+                    verdict = verdict_of(conn, budget, None, limit)
+                    if verdict is not None:
+                        return verdict
+                if key is not None:
+                    verdict = verdict_of(conn, key.budget, key.name, key.limit)
+                    if verdict is not None:
+                        return verdict
                 rid = uuid.uuid4().hex
-                holds = [(rid, budget, amount, now, now + lease)]
+                holds = []
+                if limit is not None:
+                    holds.append((rid, budget, amount, now, now + lease))
+                if key is not None:
+                    holds.append((key_hold(rid), key.budget, amount, now, now + lease))
                 if probe is not None and probe.exclusive:
                     holds.append((f"{rid}/probe", probe.key, 0.0, now, now + lease))
                 with conn.cursor() as cur:
@@ -537,14 +581,19 @@ class PostgresStore:
             with conn.transaction():
                 # Under the budget's lock, like reserve(): a reserve must never see the
                 # hold gone but the charge not yet counted (it would admit one call too many).
+                # The global budget's lock first, then the key's (as reserve takes them).
                 held = conn.execute(
-                    "SELECT budget FROM octave_reservations WHERE id = %s", (reservation_id,)
-                ).fetchone()
-                if held is not None:
+                    "SELECT budget FROM octave_reservations WHERE id IN (%s, %s) ORDER BY id",
+                    (reservation_id, key_hold(reservation_id)),
+                ).fetchall()
+                for (name,) in held:
                     conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, held[0])
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, name)
                     )
-                conn.execute(_DELETE_HOLD, (reservation_id, f"{reservation_id}/probe"))
+                conn.execute(
+                    _DELETE_HOLD,
+                    (reservation_id, f"{reservation_id}/probe", key_hold(reservation_id)),
+                )
                 _insert(conn, [entry])
 
         try:
@@ -562,7 +611,8 @@ class PostgresStore:
         try:
             self._run(
                 lambda conn: conn.execute(
-                    _DELETE_HOLD, (reservation_id, f"{reservation_id}/probe")
+                    _DELETE_HOLD,
+                    (reservation_id, f"{reservation_id}/probe", key_hold(reservation_id)),
                 ),
                 floor=WRITE_FLOOR,
             )
@@ -632,7 +682,7 @@ def _cut(fd: int) -> None:
         sock.close()
 
 
-_DELETE_HOLD = "DELETE FROM octave_reservations WHERE id IN (%s, %s)"
+_DELETE_HOLD = "DELETE FROM octave_reservations WHERE id IN (%s, %s, %s)"
 
 
 def _check_probe(

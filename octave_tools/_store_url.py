@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ._redact import redact_url
-from ._store import GroupBy, LedgerEntry, Probe, ReservationRefused, Store, UsageRow, open_store
+from ._store import (
+    GroupBy,
+    KeyBudget,
+    LedgerEntry,
+    Probe,
+    ReservationRefused,
+    Store,
+    UsageRow,
+    open_store,
+)
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -61,8 +70,8 @@ class SplitStore:
     def rates(self, since: float) -> dict[str, float]:
         return self.base.rates(since)
 
-    def usage(self, since: float, by: GroupBy) -> list[UsageRow]:
-        return self.base.usage(since, by)
+    def usage(self, since: float, by: GroupBy, key: str | None = None) -> list[UsageRow]:
+        return self.base.usage(since, by, key)
 
     def cache_get(self, key: str, now: float) -> str | None:
         return self.cache.cache_get(key, now)
@@ -77,13 +86,14 @@ class SplitStore:
         self,
         budget: str,
         amount: float,
-        limit: float,
+        limit: float | None,
         window: float,
         lease: float,
         now: float,
         probe: Probe | None = None,
+        key: KeyBudget | None = None,
     ) -> str | ReservationRefused:
-        return self.base.reserve(budget, amount, limit, window, lease, now, probe)
+        return self.base.reserve(budget, amount, limit, window, lease, now, probe, key)
 
     def mark_rate(self, model: str, rate: float, now: float) -> None:
         self.base.mark_rate(model, rate, now)

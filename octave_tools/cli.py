@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -29,6 +30,7 @@ from . import (
     InvalidInputError,
     OctaveClient,
     OctaveError,
+    Settings,
     Speech,
     __version__,
     configure_logging,
@@ -123,13 +125,29 @@ def _build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="what the ledger says was spent")
     usage.add_argument("--since", default="7d", help="period: 7d, 24h, 30m (default 7d)")
     usage.add_argument(
-        "--by", choices=("day", "model", "voice", "engine", "job"), default="day", help="grouping"
+        "--by",
+        choices=("day", "model", "voice", "engine", "job", "key"),
+        default="day",
+        help="grouping",
     )
     usage.add_argument("--json", action="store_true", help="print the report as JSON")
 
     _add_serve_arguments(
         sub.add_parser("serve", help="run the MCP server (stdio or streamable HTTP)")
     )
+
+    keys = sub.add_parser("keys", help="client keys for a shared HTTP server")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+    add = keys_sub.add_parser("add", help="make a key for NAME and print it once")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--max-credits-per-day", type=float, metavar="N", help="daily credit budget")
+    add.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
+    add.add_argument("--models", metavar="M,...", help="the only models this key may use")
+    add.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h (default: never)")
+    listing = keys_sub.add_parser("list", help="names, prefixes, limits, use (never the keys)")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    for action, text in (("revoke", "stop NAME's key"), ("rotate", "a new key for NAME")):
+        keys_sub.add_parser(action, help=text).add_argument("name", metavar="NAME")
     return parser
 
 
@@ -175,6 +193,24 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="HTTP: connections open at once; a new one replaces the longest idle one "
         "(default 512, fewer under a low ulimit -n)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="server log lines as text (default) or one JSON object per line",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="HTTP: serve /metrics on a listener of its own, without auth (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="HTTP: port of that metrics listener (0: any free one); else /metrics is on the "
+        "main port behind the server token",
     )
 
 
@@ -544,8 +580,96 @@ def _serve(args: argparse.Namespace) -> int:
             max_requests=args.max_requests,
             max_connections=args.max_connections,
         ),
+        log_format=args.log_format,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
     return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .keys import open_key_book, parse_duration, reject_unknown_models
+
+    if args.keys_command is None:
+        raise _UsageError("keys needs an action: add, list, revoke or rotate (see keys --help)")
+    book = open_key_book(Settings.load())
+    if args.keys_command == "add":
+        for flag, number in (
+            ("--max-credits-per-day", args.max_credits_per_day),
+            ("--rpm", args.rpm),
+        ):
+            if number is not None and not (number > 0 and math.isfinite(number)):
+                raise _UsageError(f"{flag} must be more than 0; got {number}")
+        models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+        key = book.add(
+            args.name,
+            max_credits_per_day=args.max_credits_per_day,
+            rpm=args.rpm,
+            models=reject_unknown_models(models),
+            expires_in=parse_duration(args.expires) if args.expires else None,
+        )
+        print(key)
+        print(f"Key {args.name!r} made. It is shown this once; store it now.", file=sys.stderr)
+    elif args.keys_command == "rotate":
+        print(book.rotate(args.name))
+        print(
+            f"New key for {args.name!r}; the old one stops working within seconds.", file=sys.stderr
+        )
+    elif args.keys_command == "revoke":
+        book.revoke(args.name)
+        print(
+            f"Key {args.name!r} revoked; every replica refuses it within seconds.", file=sys.stderr
+        )
+    else:
+        with OctaveClient() as client:
+            report = client.usage_report("24h", "key")
+        spent = {group.key: group.credits for group in report.groups}
+        _print_keys(book.list(), spent, as_json=args.json)
+    return EXIT_OK
+
+
+def _print_keys(records: Sequence[Any], spent: dict[str, float], *, as_json: bool) -> None:
+    import time as _time
+
+    def when(ts: float | None) -> str | None:
+        return None if ts is None else _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(ts))
+
+    rows = [
+        {
+            "name": r.name,
+            "prefix": r.prefix,
+            "max_credits_per_day": r.max_credits_per_day,
+            "rpm": r.rpm,
+            "models": list(r.models),
+            "created": when(r.created),
+            "expires": when(r.expires),
+            "revoked": when(r.revoked),
+            "last_used": when(r.last_used),
+            "spent_24h": spent.get(r.name, 0.0),
+        }
+        for r in records
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(
+        f"{'name':<20} {'prefix':<17} {'credits/day':>12} {'spent 24h':>12} {'rpm':>5}  "
+        "models  state"
+    )
+    for row in rows:
+        state = (
+            "revoked"
+            if row["revoked"]
+            else f"expires {row['expires']}"
+            if row["expires"]
+            else "active"
+        )
+        budget = f"{row['max_credits_per_day']:,.0f}" if row["max_credits_per_day"] else "-"
+        print(
+            f"{row['name']:<20} {row['prefix']:<17} {budget:>12} {row['spent_24h']:>12,.0f} "
+            f"{row['rpm'] or '-':>5}  {','.join(row['models']) or 'all'}  {state}; "
+            f"last used {row['last_used'] or 'never'}"
+        )
 
 
 def _exit_code(exc: OctaveError) -> int:
@@ -604,6 +728,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "models": _models,
             "usage": _usage,
             "serve": _serve,
+            "keys": _keys,
         }[args.command]
         return handler(args)
 

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from typing_extensions import Unpack
 
 from . import _protocol as proto
+from . import observe as _observe
 from ._body import BodyTooLarge, CappedBody
 from ._calltime import call_deadline, current
+from ._context import current_key
 from ._fallback import Cooldowns, fallback_reason
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
@@ -221,12 +223,20 @@ class _BaseClient:
         return fetch_audio(speech.audio_url, self._settings)
 
     def allowed_models(self) -> tuple[str, ...]:
-        """The models a call may name: the configured one first, then ``models``."""
+        """The models a call may name: the configured one first, then ``models``; on a
+        shared server, a client key limited to some models gets those."""
+        grant = current_key.get()
+        if grant is not None and grant.key.models:
+            return grant.key.models
         s = self._settings
         return tuple(dict.fromkeys((s.model, *s.models)))
 
     def _check_model(self, model: str | None) -> str:
-        """``model`` or the configured one; refused when the ``models`` setting excludes it."""
+        """``model`` or the configured one; refused when the ``models`` setting excludes it
+        (or, on a shared server, the caller's client key)."""
+        grant = current_key.get()
+        if grant is not None:
+            model = grant.model(model, self._settings.model)
         if model is None:
             return self._settings.model
         allowed = self.allowed_models()
@@ -242,7 +252,7 @@ class _BaseClient:
 
     def usage_report(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
-        (day, model, voice or engine), across every process sharing the ledger.
+        (day, model, voice, engine or client key), across every process sharing the ledger.
 
         Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
         """
@@ -302,6 +312,12 @@ class _BaseClient:
             raise ConfigurationError(
                 f"The usage ledger at {spend.ledger_name} is unusable: {problem}."
             )
+
+    def budget_left(self) -> float | None:
+        """Credits left in the daily budget (``max_credits_per_day``) now, across every
+        process on the store; None when no daily budget is set. Blocking (reads the store).
+        """
+        return self._spend.budget_left()
 
     def voices(self, model: str | None = None) -> VoiceList:
         """The voices a call would be checked against, with the default a call gets.
@@ -369,7 +385,7 @@ class _BaseClient:
         ``route`` is set for a fallback attempt: its model is the operator's choice (not
         checked against ``models``), and ``local`` sends it to the offline engine.
         """
-        if route is None and model is not None:
+        if route is None and (model is not None or current_key.get() is not None):
             model = self._check_model(model)
         if (route is not None and route.local) or self._engine() == "local":
             from . import _local
@@ -502,6 +518,8 @@ class _BaseClient:
                 attempt, self._settings.max_retries, retry_after, deadline - time.monotonic()
             )
             if wait is not None:
+                if _observe.SINKS:
+                    _observe.report_retry(call.model, str(raw.status_code))
                 logger.info(
                     "octave-tools: %s from the API, retry %d in %.2f s",
                     raw.status_code,
@@ -525,6 +543,8 @@ class _BaseClient:
         )
         if wait is None:
             raise proto.connection_error(call, exc, attempt + 1) from None
+        if _observe.SINKS:
+            _observe.report_retry(call.model, type(exc).__name__)
         logger.info("octave-tools: %s, retry %d in %.2f s", type(exc).__name__, attempt + 1, wait)
         return wait
 
@@ -581,6 +601,9 @@ class OctaveClient(_BaseClient):
         another model could fix moves on to the next model (``Speech.fallback_from`` says
         which were tried and why). Long text retries its parts instead.
         """
+        grant = current_key.get()
+        if grant is not None:
+            grant.admit()  # the client key's requests per minute, shared by every replica
         if isinstance(text, str) and len(text) > (
             self._split_at if model is None else self._split_limit(model)
         ):
@@ -626,8 +649,10 @@ class OctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
-        hit = self._spend.cached(key)
+        hit = _observe.in_store("cache.get", self._spend.cached, key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             self._spend.settle(hit, job.text, None)
             return hit
         import concurrent.futures  # only calls with the cache on get here
@@ -643,6 +668,8 @@ class OctaveClient(_BaseClient):
             except concurrent.futures.TimeoutError:
                 raise self._follower_timeout() from None
             speech = reused(earlier)  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(speech, job.text, None)
             return speech
         try:
@@ -661,6 +688,8 @@ class OctaveClient(_BaseClient):
         """Make the call, unless another replica is making the same one right now."""
         token, earlier = self._spend.follow_or_lead(key)
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             self._spend.settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -671,13 +700,15 @@ class OctaveClient(_BaseClient):
         return speech
 
     def _spend_and_run(self, job: _Job) -> Speech:
-        held = self._spend.reserve(job.model, job.characters)
+        held = _observe.in_store("budget.reserve", self._spend.reserve, job.model, job.characters)
         try:
             speech = self._run(job)
         except BaseException:
             self._spend.release(held)
             raise
-        self._spend.settle(speech, job.text, job.cache_key, held)
+        _observe.in_store(
+            "ledger.settle", self._spend.settle, speech, job.text, job.cache_key, held
+        )
         return speech
 
     def synthesize_dialogue(
@@ -699,6 +730,9 @@ class OctaveClient(_BaseClient):
         """
         from . import _longform
 
+        grant = current_key.get()
+        if grant is not None:
+            grant.admit()
         return _longform.synthesize_dialogue(self, lines, format, model, pause_ms, on_progress)
 
     def _run(self, job: _Job, deadline: float | None = None) -> Speech:
@@ -714,12 +748,20 @@ class OctaveClient(_BaseClient):
         if deadline is None:
             deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 raw = self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step
@@ -729,7 +771,7 @@ class OctaveClient(_BaseClient):
 
     def usage(self, since: str | float | None = "7d", by: str = "day") -> UsageReport:
         """Spend in the ledger since ``since`` (``"7d"``, ``"24h"``), grouped by ``by``
-        (day, model, voice or engine), across every process sharing the ledger."""
+        (day, model, voice, engine or client key), across every process sharing the ledger."""
         return self.usage_report(since, by)
 
     def _send(self, call: proto.Call, deadline: float) -> proto.RawResponse:
@@ -835,6 +877,9 @@ class AsyncOctaveClient(_BaseClient):
 
         ``on_progress(done, total)`` may return an awaitable; it is awaited.
         """
+        grant = current_key.get()
+        if grant is not None:
+            await asyncio.to_thread(grant.admit)
         if isinstance(text, str) and len(text) > (
             self._split_at if model is None else self._split_limit(model)
         ):
@@ -883,8 +928,10 @@ class AsyncOctaveClient(_BaseClient):
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)
-        hit = await asyncio.to_thread(self._spend.cached, key)
+        hit = await asyncio.to_thread(_observe.in_store, "cache.get", self._spend.cached, key)
         if hit is not None:
+            if _observe.SINKS:
+                _observe.report_cache_hit(job.model)
             await self._settle(hit, job.text, None)
             return hit
         while (leader := self._inflight.get(key)) is not None:
@@ -898,6 +945,8 @@ class AsyncOctaveClient(_BaseClient):
                     continue  # the leading caller was cancelled, not this one: go on alone
                 raise
             speech = reused(earlier)  # a coalesced duplicate
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(speech, job.text, None)
             return speech
         future: asyncio.Future[Speech] = asyncio.get_running_loop().create_future()
@@ -928,6 +977,8 @@ class AsyncOctaveClient(_BaseClient):
         else:
             token, earlier = None, None
         if earlier is not None:
+            if _observe.SINKS:
+                _observe.report_coalesced(job.model)
             await self._settle(earlier, job.text, None)
             return earlier
         speech: Speech | None = None
@@ -945,7 +996,10 @@ class AsyncOctaveClient(_BaseClient):
             held = NO_HOLD
         elif spend.reserve_needs_io(job.model):
             held = await _in_thread(
-                lambda: spend.reserve(job.model, job.characters), undo=spend.release
+                lambda: _observe.in_store(
+                    "budget.reserve", spend.reserve, job.model, job.characters
+                ),
+                undo=spend.release,
             )
         else:
             held = spend.reserve(job.model, job.characters)
@@ -965,9 +1019,12 @@ class AsyncOctaveClient(_BaseClient):
     ) -> None:
         spend = self._spend
         if spend.settle_is_cheap(held, cache_key):
-            spend.settle(speech, text, cache_key, held)  # only an in-memory queue put
+            # Only an in-memory queue put.
+            _observe.in_store("ledger.settle", spend.settle, speech, text, cache_key, held)
         else:
-            await asyncio.to_thread(spend.settle, speech, text, cache_key, held)
+            await asyncio.to_thread(
+                _observe.in_store, "ledger.settle", spend.settle, speech, text, cache_key, held
+            )
 
     async def synthesize_dialogue(
         self,
@@ -981,6 +1038,9 @@ class AsyncOctaveClient(_BaseClient):
         """Speak ``lines`` in order into one file (see OctaveClient.synthesize_dialogue)."""
         from . import _longform
 
+        grant = current_key.get()
+        if grant is not None:
+            await asyncio.to_thread(grant.admit)
         return await _longform.asynthesize_dialogue(
             self, lines, format, model, pause_ms, on_progress
         )
@@ -996,7 +1056,9 @@ class AsyncOctaveClient(_BaseClient):
         if deadline is None:
             deadline = self._deadline()
         attempt = 0
+        sinks = _observe.SINKS
         while True:
+            started = time.monotonic() if sinks else 0.0
             try:
                 if self._slots is None:
                     raw = await self._send(call, deadline)
@@ -1004,8 +1066,14 @@ class AsyncOctaveClient(_BaseClient):
                     async with self._slots:
                         raw = await self._send(call, deadline)
             except (httpx.HTTPError, TimeoutError) as exc:
+                if sinks:
+                    _observe.report_upstream(call.model, None, time.monotonic() - started)
                 wait = self._after_transport_error(call, exc, attempt, deadline)
             else:
+                if sinks:
+                    _observe.report_upstream(
+                        call.model, raw.status_code, time.monotonic() - started
+                    )
                 step = self._next_step(call, raw, attempt, deadline)
                 if isinstance(step, Speech):
                     return step

@@ -5,6 +5,7 @@ OctaveError                      base of everything raised here
 ├── ConfigurationError           no API key, a bad setting, no engine available
 ├── InvalidInputError            local validation failed; nothing was sent or spent
 ├── BudgetExceededError          the spend limit would be passed; nothing was sent
+├── ClientKeyLimitError          a client key's rate or models refuse the call; nothing sent
 └── APIError                     the call reached (or tried to reach) the upstream API
     ├── APIConnectionError       could not connect, or the connection dropped
     ├── APITimeoutError          the call's total time limit was hit
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BudgetExceededError",
+    "ClientKeyLimitError",
     "ConfigurationError",
     "InvalidInputError",
     "NotFoundError",
@@ -84,6 +86,17 @@ class BudgetExceededError(OctaveError):
         self.spent = spent
         self.estimate = estimate
         self.frees_at = frees_at
+
+
+class ClientKeyLimitError(OctaveError):
+    """A shared server's client key may not make this call now (its requests per minute,
+    its models or its daily credits); ``limit`` names which, ``resets_at`` (epoch seconds)
+    says when it frees up, if it does."""
+
+    def __init__(self, message: str, *, limit: str, resets_at: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.resets_at = resets_at
 
 
 class APIError(OctaveError):

@@ -46,6 +46,7 @@ if __name__ == "__main__":
 # so the annotations must be real objects, not strings resolved in module globals.
 
 import asyncio
+import copy
 import json
 import logging
 import re
@@ -87,6 +88,8 @@ from . import (
     VoiceList,
     __version__,
 )
+from .keys import current_key
+from .observe import observed_call
 from .toolspec import ToolSpec, dialogue_lines, explain_arguments, tools_for
 
 __all__ = ["SpeechResult", "VoiceList", "create_server"]
@@ -367,6 +370,37 @@ def _tool(fn: Callable[..., Any], spec: ToolSpec) -> _SpecTool:
     return tool
 
 
+class _KeyView:
+    """``tools/list`` as the caller's client key sees it: a key limited to some models
+    finds only those in every ``model`` argument (the HTTP host sets the key)."""
+
+    def __init__(self, probe: AsyncOctaveClient) -> None:
+        self._probe = probe
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        grant = current_key.get()
+        if ctx.method != "tools/list" or grant is None or not grant.key.models:
+            return result
+        models = list(self._probe.allowed_models())
+        data = (
+            result.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if hasattr(result, "model_dump")
+            else copy.deepcopy(result)
+        )
+        for tool in data.get("tools", []):
+            prop = tool.get("inputSchema", {}).get("properties", {}).get("model")
+            if prop is None:
+                continue
+            for option in prop.get("anyOf", [prop]):
+                if "enum" in option:
+                    option["enum"] = models
+            prop["description"] = (
+                f"Which model speaks: {', '.join(models)}. Leave it out for {models[0]}."
+            )
+        return data
+
+
 def create_server(
     client: AsyncOctaveClient | None = None,
     *,
@@ -423,7 +457,7 @@ def create_server(
     ) -> Annotated[CallToolResult, SpeechResult]:
         progress = _Progress(ctx)
         await progress.start()
-        with _as_tool_errors("text_to_speech"):
+        with _as_tool_errors("text_to_speech"), observed_call("text_to_speech") as record:
             speech = await ctx.request_context.lifespan_context.client().synthesize(
                 text,
                 voice=voice,
@@ -432,6 +466,7 @@ def create_server(
                 model=model,
                 on_progress=progress.part,
             )
+            record.finish(speech)
         await progress.finish()
         return _speech_result(speech, publish, ctx)
 
@@ -440,10 +475,11 @@ def create_server(
     ) -> Annotated[CallToolResult, SpeechResult]:
         progress = _Progress(ctx)
         await progress.start()
-        with _as_tool_errors("text_to_dialogue"):
+        with _as_tool_errors("text_to_dialogue"), observed_call("text_to_dialogue") as record:
             speech = await ctx.request_context.lifespan_context.client().synthesize_dialogue(
                 dialogue_lines(lines), format=format, on_progress=progress.part
             )
+            record.finish(speech)
         await progress.finish()
         return _speech_result(speech, publish, ctx)
 
@@ -485,6 +521,7 @@ def create_server(
     ]
     server: MCPServer[_Backend] = MCPServer(
         "octave-tools",
+        middleware=[_KeyView(probe)],
         title="Octave text-to-speech",
         description="Text-to-speech on the AIML API: returns a URL of the generated audio.",
         instructions=specs.instructions,

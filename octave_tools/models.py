@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ClientKey",
     "DialogueLine",
     "Engine",
     "FallbackStep",
@@ -138,13 +139,14 @@ class Speech(BaseModel):
 
 
 class UsageGroup(BaseModel):
-    """Spend for one day, model, voice, engine or job."""
+    """Spend for one day, model, voice, engine, job or client key."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     key: str = Field(
-        description="The day (YYYY-MM-DD, UTC), model, voice or engine; or a long-form or "
-        "dialogue call's job id (by job)."
+        description="The day (YYYY-MM-DD, UTC), model, voice or engine; a long-form or "
+        "dialogue call's job id (by job); or a client key's name (by key; operator: the "
+        "server token)."
     )
     calls: int = Field(
         description="Calls recorded, cached ones included (by job: a job is one call)."
@@ -166,7 +168,7 @@ class UsageReport(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: str = Field(description="Start of the period, ISO 8601 UTC.")
-    by: str = Field(description="How the groups are formed: day, model, voice, engine or job.")
+    by: str = Field(description="How the groups are formed: day, model, voice, engine, job or key.")
     groups: list[UsageGroup] = Field(description="One entry per group, largest spend first.")
     total_calls: int
     total_credits: float = Field(description="Billed plus estimated credits.")
@@ -241,3 +243,26 @@ class VoiceList(BaseModel):
         return [f"Voices for {self.model} (engine: {engine}); * marks the default:"] + [
             f"{'*' if name == self.default else ' '} {name}" for name in self.voices
         ]
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client key's record: never the key, never its hash."""
+
+    name: str
+    key_id: str
+    created: float
+    expires: float | None = None
+    revoked: float | None = None
+    max_credits_per_day: float | None = None
+    rpm: int | None = None
+    models: tuple[str, ...] = ()
+    last_used: float | None = None
+
+    @property
+    def prefix(self) -> str:
+        """What ``keys list`` shows: enough to tell keys apart, useless to an attacker."""
+        return f"otk_{self.key_id}"
+
+    def usable(self, now: float) -> bool:
+        return self.revoked is None and (self.expires is None or self.expires > now)

@@ -478,9 +478,10 @@ def usage_spec() -> ToolSpec:
             ArgSpec("since", "How far back: a number and a unit, e.g. 24h, 7d, 30m. Default 7d."),
             ArgSpec(
                 "by",
-                "How to group the figures: day, model, voice, engine, or job (a long text or "
-                "dialogue counted as one call, whatever its parts). Default day.",
-                choices=("day", "model", "voice", "engine", "job"),
+                "How to group the figures: day, model, voice, engine, job (a long text or "
+                "dialogue counted as one call, whatever its parts) or key (client key). "
+                "Default day.",
+                choices=("day", "model", "voice", "engine", "job", "key"),
             ),
         ),
     )

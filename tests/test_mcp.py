@@ -104,7 +104,7 @@ async def test_lists_both_tools_with_schemas_and_annotations(
     }
     assert usage.input_schema.get("required") is None
     assert usage.input_schema["properties"]["by"]["anyOf"] == [
-        {"enum": ["day", "model", "voice", "engine", "job"], "type": "string"},
+        {"enum": ["day", "model", "voice", "engine", "job", "key"], "type": "string"},
         {"type": "null"},
     ]
     assert usage.output_schema == UsageReport.model_json_schema()
@@ -499,8 +499,8 @@ def test_http_answers_401_without_the_right_bearer_token(authorization: str | No
     assert response.headers["www-authenticate"] == 'Bearer realm="octave-tools"'
     assert response.json() == {
         "error": "invalid_token",
-        "error_description": "Missing or wrong bearer token. Send "
-        "'Authorization: Bearer <OCTAVE_TOOLS_SERVER_TOKEN>'.",
+        "error_description": "Missing, wrong, revoked or expired token. Send "
+        "'Authorization: Bearer <OCTAVE_TOOLS_SERVER_TOKEN or your client key>'.",
     }
     assert accepted.status_code == 200
 
