@@ -25,7 +25,7 @@ from ._redact import MASK, shown
 from ._redact import redact as _redact_all
 from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
-from .catalogue import MODELS, BodyPath, ModelSpec
+from .catalogue import ALL_FORMATS, MODELS, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -91,6 +91,18 @@ _AUDIO_EXTENSIONS = {
 }
 # Any other audio type: the upstream does not get to choose the file's extension.
 NEUTRAL_AUDIO_EXTENSION = "audio"
+_EXTENSIONS = frozenset(_AUDIO_EXTENSIONS.values())
+# How a file of each kind starts (offset, bytes), all of them: stronger than a content type.
+_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("wav", ((0, b"RIFF"), (8, b"WAVE"))),
+    ("mp3", ((0, b"ID3"),)),
+    ("opus", ((0, b"OggS"), (28, b"OpusHead"))),
+    ("ogg", ((0, b"OggS"),)),
+    ("flac", ((0, b"fLaC"),)),
+    ("m4a", ((4, b"ftyp"),)),
+    ("webm", ((0, b"\x1aE\xdf\xa3"),)),
+    ("au", ((0, b".snd"),)),
+)
 
 
 @dataclass(frozen=True)
@@ -622,7 +634,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         if not raw.body:
             raise _unexpected(call, raw, "an empty audio body", request_id)
         media_type = raw.headers["content-type"].split(";")[0].strip().lower()
-        extension = _AUDIO_EXTENSIONS.get(media_type, NEUTRAL_AUDIO_EXTENSION)
+        extension = audio_extension(raw.body, media_type, call.format)
         credits, usd = _usage(raw.headers, None)
         return AudioPayload(raw.body, extension, request_id, credits, usd)
     data = _json(raw.body)
@@ -651,11 +663,44 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
     )
 
 
+def audio_extension(data: bytes, media_type: str, asked: str) -> str:
+    """The extension for raw audio, from a fixed set: what its bytes show, else its
+    content type, else the format asked for; ``audio`` only when none of them tells.
+
+    A file signature beats the content type (a WAV sent as audio/mpeg is a WAV). An
+    MPEG or ADTS frame sync is weaker (raw PCM can start with those bits), so it counts
+    only when the content type is not one we know.
+    """
+    for extension, marks in _SIGNATURES:
+        if all(data[at : at + len(mark)] == mark for at, mark in marks):
+            return extension
+    known = _AUDIO_EXTENSIONS.get(media_type)
+    if known is not None:
+        return known
+    synced = _frame_sync(data)
+    if synced is not None:
+        return synced
+    return asked if asked in _EXTENSIONS else NEUTRAL_AUDIO_EXTENSION
+
+
+def _frame_sync(data: bytes) -> str | None:
+    """``aac`` for an ADTS header, ``mp3`` for an MPEG audio layer III one, else None."""
+    if len(data) < 4 or data[0] != 0xFF:
+        return None
+    second = data[1]
+    if second & 0xF6 == 0xF0:  # 12 sync bits, layer 00: ADTS
+        return "aac"
+    version, layer = (second >> 3) & 3, (second >> 1) & 3
+    if second & 0xE0 == 0xE0 and version != 1 and layer == 1:  # 11 sync bits, layer III
+        return "mp3"
+    return None
+
+
 def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech:
     """The Speech for raw audio that was saved to ``file_url``."""
     return Speech(
         audio_url=file_url,
-        format=payload.extension if payload.extension in ("wav", "mp3") else call.format,
+        format=payload.extension if payload.extension in ALL_FORMATS else call.format,
         voice=call.voice,
         model=call.model,
         characters=call.text_chars,

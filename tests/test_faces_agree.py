@@ -210,9 +210,7 @@ async def _list_voices_both_faces(settings: dict[str, Any], args: dict[str, Any]
 
 
 async def test_list_voices_with_one_model_refuses_a_model_argument_on_both_faces() -> None:
-    mcp, langchain = await _list_voices_both_faces(
-        {"engine": "aimlapi"}, {"model": "openai/tts-1"}
-    )
+    mcp, langchain = await _list_voices_both_faces({"engine": "aimlapi"}, {"model": "openai/tts-1"})
 
     assert mcp == langchain == (True, "unknown argument 'model'; list_voices takes no arguments.")
 

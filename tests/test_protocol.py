@@ -176,6 +176,49 @@ def test_raw_audio_body_becomes_a_payload_to_save() -> None:
     )
 
 
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
+OPUS = b"OggS\x00\x02" + bytes(22) + b"OpusHead\x01\x01"
+VORBIS = b"OggS\x00\x02" + bytes(22) + b"\x01vorbis"
+MP3_FRAME = b"\xff\xfb\x90\x64" + bytes(8)  # MPEG-1 layer III, 128 kb/s, 44.1 kHz
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "fmt", "extension"),
+    [
+        # What the bytes show wins, whatever the content type says.
+        (WAV, "audio/x-unknown", "wav", "wav"),
+        (WAV, "audio/mpeg", "mp3", "wav"),
+        (b"ID3\x04\x00" + bytes(8), "audio/x-unknown", "wav", "mp3"),
+        (OPUS, "audio/x-unknown", "wav", "opus"),
+        (VORBIS, "audio/x-unknown", "wav", "ogg"),
+        (b"fLaC\x00\x00\x00\x22", "audio/x-unknown", "wav", "flac"),
+        (b"\x00\x00\x00\x20ftypM4A ", "audio/x-unknown", "wav", "m4a"),
+        # A frame sync only when the content type does not say.
+        (MP3_FRAME, "audio/x-unknown", "wav", "mp3"),
+        (b"\xff\xf1\x50\x80" + bytes(8), "audio/x-unknown", "wav", "aac"),
+        (MP3_FRAME, "audio/L16; rate=24000", "pcm", "pcm"),
+        # Bytes of no known kind: the content type, else the format asked for.
+        (b"\x00\x01\x02\x03", "audio/flac", "wav", "flac"),
+        (b"\x00\x01\x02\x03", "audio/x-unknown", "wav", "wav"),
+        (b"\x00\x01\x02\x03", "audio/x-unknown", "mp3", "mp3"),
+        (b"RIFF", "audio/x-unknown", "flac", "flac"),
+    ],
+)
+def test_raw_audio_is_named_by_its_bytes_then_its_type_then_the_format_asked(
+    data: bytes, content_type: str, fmt: str, extension: str
+) -> None:
+    asked = proto.prepare(
+        Settings.load(api_key=KEY, environ={}, model="openai/tts-1"), "Hi.", None, fmt
+    )
+    result = proto.interpret_success(asked, raw(200, data, **{"content-type": content_type}), BASE)
+
+    assert isinstance(result, proto.AudioPayload)
+    assert result.extension == extension
+    speech = proto.speech_from_file(asked, result, "file:///tmp/a")
+    formats = ("wav", "mp3", "opus", "aac", "flac", "pcm")  # the format says what the file is
+    assert speech.format == (extension if extension in formats else fmt)
+
+
 # ------------------------------------------------------------ error statuses
 
 
