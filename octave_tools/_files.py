@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
-from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
+from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, loopback_test_mode, url_excerpt
 from ._settings import Settings
 from .errors import (
     APIConnectionError,
@@ -21,7 +21,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    import httpcore
     import httpx
+
+    from ._vetted import Resolver
 
 __all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "user_dir", "write_atomic"]
 
@@ -103,10 +106,18 @@ def _url2pathname(path: str) -> str:
     return unquote(path)
 
 
-def fetch_audio(url: str, settings: Settings) -> bytes:
+def fetch_audio(
+    url: str,
+    settings: Settings,
+    *,
+    resolve: Resolver | None = None,
+    network_backend: httpcore.NetworkBackend | None = None,
+) -> bytes:
     """The bytes behind an audio URL a synthesis returned (https, loopback http or file://).
 
-    Never sends the API key: the audio host is not the API.
+    Never sends the API key: the audio host is not the API. Each host name is resolved
+    once and connected to only at an address that passes the same check as a literal
+    (``resolve`` and ``network_backend`` stand in for the system's in tests).
     """
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -134,7 +145,8 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
     # Imported here: a local-engine process (file:// audio) never needs the HTTP stack.
     import httpx
 
-    from ._deadline import deadline_transport, hard_deadline
+    from ._deadline import hard_deadline
+    from ._vetted import vetted_transport
 
     def check_hop(request: httpx.Request) -> None:
         # A CDN may redirect; every hop must pass the same check as the first URL.
@@ -152,7 +164,11 @@ def fetch_audio(url: str, settings: Settings) -> bytes:
         with (
             hard_deadline(time.monotonic() + settings.timeout),
             httpx.Client(
-                transport=deadline_transport(httpx.Limits()),
+                transport=vetted_transport(
+                    allow_loopback=loopback_test_mode(settings.base_url),
+                    resolve=resolve,
+                    backend=network_backend,
+                ),
                 timeout=settings.timeout,
                 follow_redirects=True,
                 max_redirects=5,

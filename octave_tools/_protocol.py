@@ -570,6 +570,20 @@ def _host_kind(hostname: str) -> str:
     return _address_kind(address)
 
 
+def address_kind(address: str) -> str:
+    """``public``, ``loopback`` or ``special`` for an IP address as a resolver gives it."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "special"
+    return _address_kind(parsed)
+
+
+def loopback_test_mode(base_url: str) -> bool:
+    """Whether the API is plain http on loopback (tests), where loopback audio is allowed."""
+    return _loopback_http_base(base_url)
+
+
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     """``host`` read as the C resolver reads a numeric IPv4 address, or None."""
     parts = host.split(".")
