@@ -203,35 +203,137 @@ def prepare(
     spec describes (voice, format and speed in its own fields, all checked first);
     any other id is sent with the generic fields only and no local checks.
     """
-    model_id = _model_id(model, settings)
-    spec = MODELS.get(model_id)
-    if spec is None:
-        text = validate_text(text, limit=None)
-        payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
+    key = _template_key(settings, voice, fmt, model, speed)
+    template = None if key is None else _TEMPLATES.get(key)
+    if template is None:
+        model_id = _model_id(model, settings)
+        spec = MODELS.get(model_id)
+        limit, limit_model = (None, None) if spec is None else (spec.max_text_chars, spec.id)
+        text = validate_text(text, limit=limit, model=limit_model)
+        template = _make_template(settings, model_id, spec, voice, fmt, speed)
+        if key is not None and template.tail is not None:
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
     else:
-        text = validate_text(text, limit=spec.max_text_chars, model=spec.id)
-        payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
-    key = settings.require_key()
+        text = validate_text(text, limit=template.limit, model=template.limit_model)
+    if template.spec is None:
+        _warn_uncatalogued(template.model)
+    if template.tail is None:  # the mark was not found once: build this body whole
+        body = _JSON.encode(_body(settings, template, text, voice, fmt, speed)[0])
+        encoded = body.encode("utf-8")
+    else:
+        encoded = template.head + _encode_text(text).encode("utf-8") + template.tail
+    key_value = settings.require_key()
     # 128 random bits, as uuid4 has, at a quarter of its cost.
     client_request_id = f"octave-tools-{os.urandom(16).hex()}"
     return Call(
         url=settings.tts_url(),
         headers={
-            "Authorization": f"Bearer {key}",
+            "Authorization": f"Bearer {key_value}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
             "X-Client-Request-Id": client_request_id,
         },
-        body=_JSON.encode(payload).encode("utf-8"),
+        body=encoded,
         text_chars=len(text),
-        model=model_id,
-        voice=sent_voice,
-        format=produced,
+        model=template.model,
+        voice=template.voice,
+        format=template.format,
         client_request_id=client_request_id,
-        secret=key,
+        secret=key_value,
         speed=speed,
     )
+
+
+@dataclass(frozen=True)
+class _Template:
+    """The checked outcome of one (settings, model, voice, format, speed): the body as
+    ``head + JSON string of the text + tail``, and what the Call reports."""
+
+    head: bytes
+    tail: bytes | None
+    """None when the body could not be cut around the text (never cached)."""
+    model: str
+    spec: ModelSpec | None
+    voice: str | None
+    format: str
+    limit: int | None
+    limit_model: str | None
+
+
+# Keyed on all a body depends on besides the text. Only arguments that passed every
+# check get in, so a hit re-checks nothing but the text. Bounded: cleared when full.
+_TEMPLATES: dict[tuple[object, ...], _Template] = {}
+_MAX_TEMPLATES = 256
+# Marks where the text goes in a body (as JSON: "\u0000octave-tools-text\u0000").
+_TEXT_MARK = "\x00octave-tools-text\x00"
+# The JSON string of a text, as _JSON would write it inside the body.
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring
+_PLAIN_TYPES = (str, type(None))
+_SPEED_TYPES = (int, float, type(None))
+
+
+def _template_key(
+    settings: Settings, voice: object, fmt: object, model: object, speed: object
+) -> tuple[object, ...] | None:
+    """The cache key, or None for argument types that take the full path every time."""
+    if (
+        type(voice) in _PLAIN_TYPES
+        and type(fmt) in _PLAIN_TYPES
+        and type(model) in _PLAIN_TYPES
+        and type(speed) in _SPEED_TYPES
+    ):
+        return (
+            settings.model, settings.voice, settings.format, model, voice, fmt, speed,
+            type(speed),
+        )  # fmt: skip
+    return None
+
+
+def _make_template(
+    settings: Settings,
+    model_id: str,
+    spec: ModelSpec | None,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> _Template:
+    """Check the arguments (raising as the API would be told) and cut the body."""
+    limit, limit_model = (None, None) if spec is None else (spec.max_text_chars, spec.id)
+    partial = _Template(b"", None, model_id, spec, voice, "", limit, limit_model)
+    payload, sent_voice, produced = _body(settings, partial, _TEXT_MARK, voice, fmt, speed)
+    body = _JSON.encode(payload)
+    mark = _encode_text(_TEXT_MARK)
+    if body.count(mark) == 1:
+        head, _, rest = body.partition(mark)
+        tail: bytes | None = rest.encode("utf-8")
+    else:  # a voice or format that holds the mark itself
+        head, tail = body, None
+    return _Template(
+        head.encode("utf-8"),
+        tail,
+        model_id,
+        spec,
+        sent_voice,
+        produced,
+        limit,
+        limit_model,
+    )
+
+
+def _body(
+    settings: Settings,
+    template: _Template,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    if template.spec is None:
+        return _generic_body(settings, template.model, text, voice, fmt, speed)
+    return _spec_body(settings, template.spec, text, voice, fmt, speed)
 
 
 _USER_AGENT = f"octave-tools/{__version__}"
@@ -357,6 +459,21 @@ _warned_models: set[str] = set()
 _warned_lock = threading.Lock()
 
 
+def _warn_uncatalogued(model_id: str) -> None:
+    """Once per model and process: say that an uncatalogued model is sent unchecked."""
+    if model_id in _warned_models:
+        return
+    with _warned_lock:
+        first = model_id not in _warned_models
+        _warned_models.add(model_id)
+    if first:
+        logger.warning(
+            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
+            "and format, with no local checks of voice, format or text length.",
+            shown(model_id),
+        )
+
+
 def _generic_body(
     settings: Settings,
     model_id: str,
@@ -371,15 +488,6 @@ def _generic_body(
             f"Model {shown(model_id)} is not in the catalogue, so where its speed goes is unknown; "
             "leave speed out or use a catalogued model (octave_tools.MODELS).",
             field="speed",
-        )
-    with _warned_lock:
-        first = model_id not in _warned_models
-        _warned_models.add(model_id)
-    if first:
-        logger.warning(
-            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
-            "and format, with no local checks of voice, format or text length.",
-            shown(model_id),
         )
     chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
     chosen_format = fmt if fmt is not None else settings.format

@@ -60,6 +60,38 @@ def test_request_body_keeps_the_text_exactly() -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "voice", "fmt", "speed"),
+    [
+        (None, None, None, None),
+        ("openai/tts-1", "NOVA", "flac", 1.5),
+        ("openai/tts-1", None, None, 2),
+        ("minimax/speech-2.6-hd", "Wise_Woman", "mp3", None),
+        ("acme/tts-9", "Bob", "OGG", None),
+        # A voice that holds the mark the body is cut at: built whole, never cut wrongly.
+        ("acme/tts-9", "\x00octave-tools-text\x00", None, None),
+    ],
+)
+def test_repeated_arguments_give_the_body_built_from_scratch(
+    model: str | None, voice: str | None, fmt: str | None, speed: float | None
+) -> None:
+    settings = Settings.load(api_key=KEY, environ={})
+    texts = ["First.", 'Quotes " \\ and 🎙️ and \x00', "\x00octave-tools-text\x00", "Last."]
+    calls = [proto.prepare(settings, t, voice, fmt, model=model, speed=speed) for t in texts]
+    proto._TEMPLATES.clear()
+    fresh = [proto.prepare(settings, t, voice, fmt, model=model, speed=speed) for t in texts]
+
+    assert [c.body for c in calls] == [c.body for c in fresh]
+    assert [json.loads(c.body)["text"] for c in calls] == texts
+    assert len({c.client_request_id for c in calls}) == len(texts)
+    first = json.loads(calls[0].body)
+    assert first.get("voice", first.get("voice_setting", {}).get("voice_id")) == (
+        calls[0].voice
+    )
+    with pytest.raises(InvalidInputError, match="text is empty"):
+        proto.prepare(settings, " ", voice, fmt, model=model, speed=speed)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "text is empty"),
