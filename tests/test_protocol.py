@@ -84,9 +84,7 @@ def test_repeated_arguments_give_the_body_built_from_scratch(
     assert [json.loads(c.body)["text"] for c in calls] == texts
     assert len({c.client_request_id for c in calls}) == len(texts)
     first = json.loads(calls[0].body)
-    assert first.get("voice", first.get("voice_setting", {}).get("voice_id")) == (
-        calls[0].voice
-    )
+    assert first.get("voice", first.get("voice_setting", {}).get("voice_id")) == (calls[0].voice)
     with pytest.raises(InvalidInputError, match="text is empty"):
         proto.prepare(settings, " ", voice, fmt, model=model, speed=speed)
 
