@@ -35,9 +35,8 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import Unpack
 
@@ -52,6 +51,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "The octave-tools MCP server needs the mcp extra: pip install 'octave-tools[mcp]'",
         name=exc.name,
     ) from exc
+
+if TYPE_CHECKING:
+    import httpx  # not at run time: a stdio server starts without the HTTP client stack
 
 from . import (
     MODELS,
@@ -204,7 +206,7 @@ def _tool(fn: Callable[..., Any], spec: ToolSpec) -> _SpecTool:
 def create_server(
     client: AsyncOctaveClient | None = None,
     *,
-    http_client: httpx.AsyncClient | None = None,
+    http_client: "httpx.AsyncClient | None" = None,
     publish: Callable[[Speech], Speech] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> MCPServer[_Backend]:
