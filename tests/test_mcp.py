@@ -438,7 +438,6 @@ def test_importing_the_mcp_face_does_not_load_langchain() -> None:
     assert loaded & {"langchain", "langchain_core", "langgraph"} == set()
 
 
-
 def test_a_server_starts_and_lists_its_tools_without_the_http_client_stack() -> None:
     # httpx costs a stdio server's cold start up to 150 ms; the first call loads it.
     code = (
