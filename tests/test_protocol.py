@@ -7,6 +7,7 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from octave_tools import (
     APIStatusError,
@@ -20,6 +21,7 @@ from octave_tools import (
 )
 from octave_tools import _protocol as proto
 from octave_tools._settings import Settings
+from octave_tools.models import Speech
 
 KEY = "sk-unit-9b1c0d"
 BASE = "https://api.aimlapi.com/v1"
@@ -192,6 +194,29 @@ def test_loopback_http_urls_are_allowed_only_with_a_loopback_http_base() -> None
     assert proto.check_audio_url("http://127.0.0.1:5/f.wav", "http://127.0.0.1:5/v1")
     assert not proto.check_audio_url("http://127.0.0.1:5/f.wav", BASE)
     assert not proto.check_audio_url("http://evil.example/f.wav", "http://127.0.0.1:5/v1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"audio": {"url": "https://cdn.example/a.wav"}, "meta": {"usage": {"credits_used": 10}}},
+        {"audio": "https://cdn.example/b.mp3", "meta": {"request_id": "r-1"}},
+        {"audio": {"url": "https://cdn.example/c"}, "meta": {"usage": {"usd_spent": "0.5"}}},
+    ],
+)
+def test_a_speech_from_an_answer_is_the_same_as_a_validated_one(body: dict[str, object]) -> None:
+    speech = proto.interpret_success(call(voice="ava song"), raw(201, body), BASE)
+    assert isinstance(speech, Speech)
+    validated = Speech(**{name: getattr(speech, name) for name in speech.model_fields_set})
+
+    assert speech == validated
+    assert repr(speech) == repr(validated)
+    assert speech.model_dump() == validated.model_dump()
+    assert speech.model_dump_json() == validated.model_dump_json()
+    assert speech.model_fields_set == validated.model_fields_set
+    assert hash(speech) == hash(validated)
+    with pytest.raises(ValidationError, match="frozen"):
+        speech.cached = True  # type: ignore[misc]
 
 
 def test_raw_audio_body_becomes_a_payload_to_save() -> None:
