@@ -128,9 +128,9 @@ class Call:
     speed: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawResponse:
-    """What came back from one attempt, body already capped and read.
+    """What came back from one attempt, body already capped and read (never changed).
 
     ``headers`` has lower-case names (a plain dict is much cheaper to query than
     ``httpx.Headers``, and this is on every call's path).

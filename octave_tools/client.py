@@ -79,9 +79,12 @@ def _load_net() -> None:
     _net_loaded = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Job:
-    """One validated call: the request for the API (None for local) and its cache key."""
+    """One validated call: the request for the API (None for local) and its cache key.
+
+    Never changed once made (not frozen: a frozen dataclass's __init__ costs µs a call).
+    """
 
     text: str
     voice: str | None
