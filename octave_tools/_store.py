@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import operator
 import os
 import queue
 import sqlite3
@@ -18,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -81,6 +82,11 @@ class LedgerEntry:
     request_id: str | None
     text_sha256: str
     cached: bool
+
+
+# An entry's values in field order, as the INSERTs name them. Not dataclasses.astuple,
+# which deep-copies every value: ~13 µs an entry on the writer thread, this ~0.4.
+_row = operator.attrgetter(*(f.name for f in fields(LedgerEntry)))
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,7 @@ class SQLiteStore:
                             "INSERT INTO calls (ts, engine, model, voice, format, characters, "
                             "credits, usd, request_id, text_sha256, cached) "
                             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            [astuple(e) for e in batch],
+                            [_row(e) for e in batch],
                         )
                         db.execute("COMMIT")
                     finally:
@@ -798,7 +804,7 @@ class SQLiteStore:
                             "INSERT INTO calls (ts, engine, model, voice, format, characters, "
                             "credits, usd, request_id, text_sha256, cached) "
                             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            astuple(entry),
+                            _row(entry),
                         )
                         db.execute("COMMIT")
                     finally:
