@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
@@ -26,7 +28,14 @@ if TYPE_CHECKING:
 
     from ._vetted import Resolver
 
-__all__ = ["default_output_dir", "fetch_audio", "new_audio_path", "user_dir", "write_atomic"]
+__all__ = [
+    "atomic_writer",
+    "default_output_dir",
+    "fetch_audio",
+    "new_audio_path",
+    "user_dir",
+    "write_atomic",
+]
 
 
 # Per platform: (Windows variable, its fallback under home, suffix), macOS folder,
@@ -70,6 +79,18 @@ def write_atomic(path: Path, data: bytes) -> Path:
     is replaced: the write never lands outside ``path``'s folder. The file gets the
     mode a plain open() would give (0666 less the umask).
     """
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[io.BufferedWriter]:
+    """A file to write ``path``'s new content into, in pieces; renamed onto ``path`` at the end.
+
+    The streaming form of ``write_atomic``, with the same guarantees: if the block
+    raises, the temp file is removed and ``path`` is left as it was.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     while True:
@@ -82,7 +103,7 @@ def write_atomic(path: Path, data: bytes) -> Path:
         break
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -90,7 +111,6 @@ def write_atomic(path: Path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
 
 
 def _url2pathname(path: str) -> str:

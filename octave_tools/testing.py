@@ -20,7 +20,8 @@ validates each body against that model's documented request schema (the packaged
 ElevenLabs), raw audio when ``stream`` is true or left out -- serves the audio it
 "generated" at that URL, records every request, and can be told to misbehave for the next calls:
 ``fail(429, retry_after="1")``, ``delay(2.0)``, ``drop()``, ``malformed()``,
-``html(502)``, ``no_url()``, ``respond(...)`` for anything else. With pytest, the
+``html(502)``, ``no_url()``, ``respond(...)`` for anything else; ``latency`` delays every
+answer. Its audio is real and joinable (``make_audio``), 24 ms per character. With pytest, the
 ``fake_aimlapi`` fixture gives a started instance.
 """
 
@@ -46,7 +47,15 @@ from typing import Any, Literal
 
 from .catalogue import MODELS, ModelSpec
 
-__all__ = ["FakeAIMLAPI", "Fault", "RecordedRequest", "request_schema", "schema_errors"]
+__all__ = [
+    "SECONDS_PER_CHARACTER",
+    "FakeAIMLAPI",
+    "Fault",
+    "RecordedRequest",
+    "make_audio",
+    "request_schema",
+    "schema_errors",
+]
 
 CREDITS_PER_CHAR = 125
 USD_PER_CREDIT = 1 / 2_000_000
@@ -95,22 +104,109 @@ def _error_body(status: int, message: str, path: str = "/v1/tts") -> bytes:
     ).encode()
 
 
-def _tone_wav(seconds: float = 0.25, rate: int = 22_050) -> bytes:
-    frames = bytearray()
-    for i in range(int(seconds * rate)):
-        frames += struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+SECONDS_PER_CHARACTER = 0.024
+"""How long the fake's audio is per character of text: a part's length is checkable."""
+_RATE = 24_000  # every format the fake answers is 24 kHz mono
+_SAMPLES_PER_CHARACTER = round(_RATE * SECONDS_PER_CHARACTER)  # 576
+
+
+def _tone_wav(samples: int, rate: int = _RATE) -> bytes:
+    period = bytes(  # a 400 Hz tone: 60 samples a period at 24 kHz
+        b for i in range(60) for b in struct.pack("<h", int(8000 * math.sin(2 * math.pi * i / 60)))
+    )
+    data = (period * (samples // 60 + 1))[: samples * 2]
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(bytes(frames))
+        w.writeframes(data)
     return buf.getvalue()
 
 
-_WAV = _tone_wav()
-# Not a playable MP3; just the frame-sync bytes a sniffer expects, for download tests.
-_MP3 = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400)
+# MPEG-2 layer III, 32 kbit/s, 24 kHz, mono, no CRC: 96-byte frames of 576 samples (24 ms,
+# one per character). All-zero side info and main data: a decoder plays silence.
+_MP3_HEADER = b"\xff\xf3\x44\xc0"
+_MP3_FRAME = _MP3_HEADER + bytes(92)
+
+
+# An LAME-style "Info" frame (no audio) after an ID3v2 tag, and an ID3v1 tag at the end,
+# as encoders write them: a joiner must drop all three from every part.
+def _mp3_info_frame(frames: int) -> bytes:
+    return _MP3_HEADER + bytes(9) + b"Info" + struct.pack(">II", 1, frames) + bytes(75)
+
+
+_ID3V2 = b"ID3\x03\x00\x00\x00\x00\x00\x15" + b"TIT2\x00\x00\x00\x0b\x00\x00\x00fake audio"
+_ID3V1 = b"TAG" + b"fake audio".ljust(125, b"\0")
+# A steady silent AAC-LC frame in ADTS (24 kHz mono, 1,024 samples), as FFmpeg encodes it.
+_AAC_FRAME = bytes.fromhex("fff15840017ffc01182007")
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def _flac_silence(samples: int, block: int = 4096) -> bytes:
+    """A valid FLAC stream (24 kHz mono 16-bit) of ``samples`` of silence: constant subframes."""
+    info = struct.pack(">HH", block, block) + bytes(6)  # min/max block; frame sizes unknown
+    packed = (_RATE << 44) | (0 << 41) | (15 << 36) | samples  # rate, channels-1, bits-1, total
+    info += packed.to_bytes(8, "big") + bytes(16)  # no MD5
+    out = bytearray(b"fLaC" + bytes([0x80, 0, 0, len(info)]) + info)
+    for number, start in enumerate(range(0, samples, block)):
+        size = min(block, samples - start)
+        # Fixed blocking; block size 4096 (code 12) or 16-bit size-1 at the end (code 7);
+        # rate from STREAMINFO; mono; 16 bits; frame number as UTF-8-style bytes.
+        header = bytearray(b"\xff\xf8")
+        header.append((12 if size == block else 7) << 4)
+        header.append(0x08)
+        header += chr(number).encode("utf-8", "surrogatepass")
+        if size != block:
+            header += struct.pack(">H", size - 1)
+        header.append(_crc8(bytes(header)))
+        frame = bytes(header) + b"\x00\x00\x00"  # a CONSTANT subframe of value 0
+        out += frame + struct.pack(">H", _crc16(frame))
+    return bytes(out)
+
+
+def make_audio(fmt: str, characters: int) -> bytes:
+    """Audio like the fake's answer for a text of ``characters`` characters, in ``fmt``.
+
+    Every format is real, joinable audio, ``SECONDS_PER_CHARACTER`` long per character
+    (AAC to the nearest 1,024-sample frame): WAV (a tone), raw 16-bit PCM, MP3 frames
+    (with an ID3v2 tag, an Info frame and an ID3v1 tag), Ogg Opus, FLAC and AAC (ADTS),
+    all 24 kHz mono.
+    """
+    samples = max(1, characters) * _SAMPLES_PER_CHARACTER
+    if fmt == "mp3":
+        frames = samples // 576
+        return _ID3V2 + _mp3_info_frame(frames) + _MP3_FRAME * frames + _ID3V1
+    if fmt == "pcm":
+        return _tone_wav(samples)[44:]
+    if fmt == "opus":
+        from ._join import SILENT_OPUS_PACKET, opus_stream
+
+        packets = -(-samples * 2 // 960)  # 20 ms packets at 48 kHz, the end trimmed
+        serial = random.getrandbits(32)
+        return opus_stream([SILENT_OPUS_PACKET] * packets, 960, serial, total=samples * 2)
+    if fmt == "flac":
+        return _flac_silence(samples)
+    if fmt == "aac":
+        return _AAC_FRAME * max(1, round(samples / 1024))
+    return _tone_wav(samples)
 
 
 _AUDIO_TYPES = {
@@ -123,12 +219,8 @@ _AUDIO_TYPES = {
 }
 
 
-def _audio_bytes(fmt: str) -> bytes:
-    if fmt == "wav":
-        return _WAV
-    if fmt == "mp3":
-        return _MP3
-    return f"fake {fmt} audio ".encode() + bytes(200)  # not playable; only the bytes matter
+def _audio_bytes(fmt: str, characters: int) -> bytes:
+    return make_audio(fmt if fmt in _AUDIO_TYPES else "wav", characters)
 
 
 # ---------------------------------------------------------------- request schemas
@@ -296,8 +388,9 @@ class _Connection:
             await self.writer.drain()
             return keep_alive
         fault = self.fake._next_fault() if target == "/v1/tts" else Fault()
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
+        latency = fault.delay + (self.fake.latency if target == "/v1/tts" else 0.0)
+        if latency:
+            await asyncio.sleep(latency)
         if fault.kind == "drop":
             self.writer.transport.abort()
             return False
@@ -325,8 +418,15 @@ class FakeAIMLAPI:
         models: tuple[str, ...] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        latency: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.latency = latency
+        """Seconds every /tts request waits before its answer (on top of a fault's delay).
+
+        Set it at any time; requests are served concurrently, so N parallel requests
+        take about one latency, not N.
+        """
         self.success_status = success_status
         self.response_shape = response_shape
         self.audio_url_base = audio_url_base
@@ -599,7 +699,7 @@ class FakeAIMLAPI:
             headers["x-client-request-id"] = echo
         if spec is not None and spec.raw_audio_when_streaming and body.get("stream", True):
             # The streaming answer: the audio itself, no URL and no usage headers.
-            return 200, _audio_bytes(fmt), _AUDIO_TYPES.get(fmt, "audio/wav"), headers
+            return 200, _audio_bytes(fmt, len(text)), _AUDIO_TYPES.get(fmt, "audio/wav"), headers
         file_path = f"/files/{uuid.uuid4().hex}.{fmt}"
         base = self.audio_url_base.rstrip("/") if self.audio_url_base else self.origin + "/files"
         url = base + file_path.removeprefix("/files")
@@ -609,7 +709,7 @@ class FakeAIMLAPI:
         headers["x-aimlapi-credits-used"] = str(credits)
         headers["x-aimlapi-usd-spent"] = f"{credits * USD_PER_CREDIT:.6f}"
         with self._lock:
-            self._files[file_path] = _audio_bytes(fmt)
+            self._files[file_path] = _audio_bytes(fmt, len(text))
             self.issued[url] = text
         return self.success_status, payload, json_type, headers
 
