@@ -213,7 +213,7 @@ def prepare(
     """
     key = _template_key(settings, voice, fmt, model, speed)
     template = None if key is None else _TEMPLATES.get(key)
-    if template is None:
+    if template is None or template.settings is not settings:
         model_id = _model_id(model, settings)
         spec = MODELS.get(model_id)
         limit, limit_model = (None, None) if spec is None else (spec.max_text_chars, spec.id)
@@ -260,6 +260,7 @@ class _Template:
     """The checked outcome of one (settings, model, voice, format, speed): the body as
     ``head + JSON string of the text + tail``, and what the Call reports."""
 
+    settings: Settings
     head: bytes
     tail: bytes | None
     """None when the body could not be cut around the text (never cached)."""
@@ -271,8 +272,9 @@ class _Template:
     limit_model: str | None
 
 
-# Keyed on all a body depends on besides the text. Only arguments that passed every
-# check get in, so a hit re-checks nothing but the text. Bounded: cleared when full.
+# Keyed on all a body depends on besides the text: the settings (the very object, so a
+# setting the body comes to read needs no change here) and the arguments. Only ones
+# that passed every check get in, so a hit re-checks nothing but the text. Bounded.
 _TEMPLATES: dict[tuple[object, ...], _Template] = {}
 _MAX_TEMPLATES = 256
 # Marks where the text goes in a body (as JSON: "\u0000octave-tools-text\u0000").
@@ -293,10 +295,7 @@ def _template_key(
         and type(model) in _PLAIN_TYPES
         and type(speed) in _SPEED_TYPES
     ):
-        return (
-            settings.model, settings.voice, settings.format, model, voice, fmt, speed,
-            type(speed),
-        )  # fmt: skip
+        return (id(settings), model, voice, fmt, speed, type(speed))
     return None
 
 
@@ -310,7 +309,7 @@ def _make_template(
 ) -> _Template:
     """Check the arguments (raising as the API would be told) and cut the body."""
     limit, limit_model = (None, None) if spec is None else (spec.max_text_chars, spec.id)
-    partial = _Template(b"", None, model_id, spec, voice, "", limit, limit_model)
+    partial = _Template(settings, b"", None, model_id, spec, voice, "", limit, limit_model)
     payload, sent_voice, produced = _body(settings, partial, _TEXT_MARK, voice, fmt, speed)
     body = _JSON.encode(payload)
     mark = _encode_text(_TEXT_MARK)
@@ -320,6 +319,7 @@ def _make_template(
     else:  # a voice or format that holds the mark itself
         head, tail = body, None
     return _Template(
+        settings,
         head.encode("utf-8"),
         tail,
         model_id,

@@ -61,6 +61,18 @@ def test_request_body_keeps_the_text_exactly() -> None:
     assert json.loads(call(text=text).body)["text"] == text
 
 
+def test_each_settings_gets_its_own_body_for_the_same_arguments() -> None:
+    ava = Settings.load(api_key=KEY, environ={}, voice="ava song", format="mp3")
+    vince = Settings.load(api_key=KEY, environ={}, voice="Vince Douglas")
+    bodies = [json.loads(proto.prepare(s, "Hi.", None, None).body) for s in (ava, vince, ava)]
+
+    assert [(b["voice"], b["format"]) for b in bodies] == [
+        ("Ava Song", "mp3"),
+        ("Vince Douglas", "wav"),
+        ("Ava Song", "mp3"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("model", "voice", "fmt", "speed"),
     [
