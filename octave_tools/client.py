@@ -49,10 +49,12 @@ _net_loaded = False
 
 
 def _load_asyncio() -> None:
-    """Import asyncio as a module global (the async client's first need)."""
-    global asyncio, concurrent
+    """Import asyncio and anyio as module globals (the async client's first needs)."""
+    global asyncio, concurrent, anyio
     import asyncio
     import concurrent.futures
+
+    import anyio
 
 
 def _load_net() -> None:
@@ -63,10 +65,9 @@ def _load_net() -> None:
     server never pay for them; every path that sends calls this first (a no-op after
     the first time).
     """
-    global anyio, httpx, deadline_transport, hard_deadline, _LIMITS
+    global httpx, deadline_transport, hard_deadline, _LIMITS
     global _net_loaded
     _load_asyncio()
-    import anyio
     import httpx
 
     from ._deadline import deadline_transport, hard_deadline
