@@ -5,6 +5,12 @@ for a key becomes its leader (``SET NX PX``: a lock with a TTL, so a leader that
 dies frees it); the others ``follow`` — they poll, bounded by a timeout, for the
 result the leader ``finish``-es with. A follower that gets nothing (the leader
 failed or died) makes the call itself.
+
+Time: each command waits at most OP_TIMEOUT on its socket, and no longer than the
+call has left (it goes through a client whose socket timeout fits: one small pool per
+step of TIMEOUT_STEPS); none is retried (redis-py's default retries a timed-out
+command three times, with back-off). Once the call's time is up nothing is sent,
+except the end of a lead (it frees followers), which gets FINISH_FLOOR.
 """
 
 from __future__ import annotations
@@ -17,17 +23,27 @@ import time
 import uuid
 from typing import cast
 
+from ._calltime import remaining
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError:  # pragma: no cover - exercised without the extra
     redis = None  # type: ignore[assignment]
 
 __all__ = ["RedisCache", "open_redis_cache"]
 
 logger = logging.getLogger("octave_tools")
+
+# Longest wait for one command's answer (and for a connection). Redis answers in
+# milliseconds; one that does not is a cache miss, not a call held up.
+OP_TIMEOUT = 1.0
+# Socket timeouts of the clients a command with less time left goes through.
+TIMEOUT_STEPS = (0.05, 0.1, 0.25, 0.5)
+FINISH_FLOOR = 0.25
 
 # Delete the lock only if it is still ours (its TTL may have passed and a new leader
 # taken it).
@@ -46,7 +62,7 @@ class RedisCache:
         *,
         prefix: str = "octave-tools:",
         setting: str = "OCTAVE_TOOLS_CACHE_URL",
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
     ) -> None:
         if redis is None:
             raise ConfigurationError(
@@ -57,14 +73,14 @@ class RedisCache:
         self.setting = setting
         self.prefix = prefix
         self._warned = False
+        self._short: dict[float, redis.Redis] = {}
+        self._short_lock = threading.Lock()
         try:
-            self._redis = redis.Redis.from_url(
-                url,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=connect_timeout,
-                decode_responses=True,
-            )
-            self._redis.ping()
+            self._redis = self._connect(OP_TIMEOUT)
+            client = self._client(connect_timeout)
+            if client is None:
+                raise redis.TimeoutError("the call's time was up before Redis was asked")
+            client.ping()
         except (redis.RedisError, ValueError) as exc:
             reason = scrub(str(exc), url) or type(exc).__name__
             raise ConfigurationError(
@@ -74,8 +90,37 @@ class RedisCache:
             ) from None
         self._unlock = self._redis.register_script(_UNLOCK)
 
+    def _connect(self, timeout: float) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+
+    def _client(self, limit: float = OP_TIMEOUT, floor: float = 0.0) -> redis.Redis | None:
+        """A client whose commands end within the call's time left (at least ``floor``),
+        at most ``limit``; None when no time is left."""
+        left = max(remaining(limit), floor)
+        if left >= OP_TIMEOUT:
+            return self._redis
+        fits = [step for step in TIMEOUT_STEPS if step <= left]
+        if not fits:
+            return None
+        step = fits[-1]
+        client = self._short.get(step)
+        if client is None:
+            with self._short_lock:
+                client = self._short.get(step)
+                if client is None:
+                    client = self._short[step] = self._connect(step)
+        return client
+
     def close(self) -> None:
         self._redis.close()
+        for client in self._short.values():
+            client.close()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if not self._warned:
@@ -92,8 +137,11 @@ class RedisCache:
 
     def cache_get(self, key: str, now: float) -> str | None:
         """The value for ``key`` (Redis drops it at its expiry); a failure is a miss."""
+        client = self._client()
+        if client is None:
+            return None
         try:
-            value = self._redis.get(self.prefix + "cache:" + key)
+            value = client.get(self.prefix + "cache:" + key)
         except redis.RedisError as exc:
             self._failed("reading", exc)
             return None
@@ -102,10 +150,11 @@ class RedisCache:
     def cache_put(self, key: str, value: str, expires_at: float) -> None:
         """Keep ``value`` until ``expires_at`` (epoch seconds)."""
         ttl_ms = int((expires_at - time.time()) * 1000)
-        if ttl_ms <= 0:
+        client = self._client()
+        if ttl_ms <= 0 or client is None:
             return
         try:
-            self._redis.set(self.prefix + "cache:" + key, value, px=ttl_ms)
+            client.set(self.prefix + "cache:" + key, value, px=ttl_ms)
         except redis.RedisError as exc:
             self._failed("writing", exc)
 
@@ -119,12 +168,15 @@ class RedisCache:
         leads: coalescing is a saving, never a reason to fail a call.
         """
         token = uuid.uuid4().hex
+        client = self._client()
+        if client is None:
+            return token
         try:
-            got = self._redis.set(
+            got = client.set(
                 self.prefix + "lead:" + key, token, nx=True, px=max(1, int(ttl * 1000))
             )
             if got:  # an earlier leader's result must not answer this lead's followers
-                self._redis.delete(self.prefix + "done:" + key)
+                client.delete(self.prefix + "done:" + key)
         except redis.RedisError as exc:
             self._failed("taking a lead lock", exc)
             return token
@@ -132,10 +184,12 @@ class RedisCache:
 
     def finish(self, key: str, token: str, value: str | None, keep: float = 60.0) -> None:
         """End the lead: publish ``value`` for followers (None: failed), free the lock."""
+        client = self._client(floor=FINISH_FLOOR)
+        assert client is not None
         try:
             if value is not None:
-                self._redis.set(self.prefix + "done:" + key, value, px=max(1, int(keep * 1000)))
-            self._unlock(keys=[self.prefix + "lead:" + key], args=[token])
+                client.set(self.prefix + "done:" + key, value, px=max(1, int(keep * 1000)))
+            self._unlock(keys=[self.prefix + "lead:" + key], args=[token], client=client)
         except redis.RedisError as exc:
             self._failed("finishing a lead", exc)
 
@@ -148,8 +202,11 @@ class RedisCache:
         deadline = time.monotonic() + timeout
         done, lead = self.prefix + "done:" + key, self.prefix + "lead:" + key
         while True:
+            client = self._client()
+            if client is None:
+                return None
             try:
-                value, leader = cast("list[str | None]", self._redis.mget(done, lead))
+                value, leader = cast("list[str | None]", client.mget(done, lead))
             except redis.RedisError as exc:
                 self._failed("waiting for a lead", exc)
                 return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import math
@@ -34,8 +35,14 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import anyio
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+import uvicorn
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -92,11 +99,15 @@ class HttpLimits:
     or idle one is closed. ``max_requests``: requests handled at once; more get 503 at
     once. ``max_body_bytes``: a bigger body gets 413 before it is read whole (the SDK's
     4 MiB holds the longest text, 500,000 characters, even \\u-escaped).
+    ``max_connections``: connections open at once (fewer when the descriptor limit is
+    lower); a new one then takes the place of the one that has waited longest for a
+    request, and when every one has a request in flight the listener stops accepting.
     """
 
     request_timeout: float = 30.0
     max_requests: int = 64
     max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_SIZE
+    max_connections: int = 512
 
 
 def run_server(
@@ -120,10 +131,16 @@ def run_server(
     if transport not in ("stdio", "http"):
         raise ConfigurationError(f"transport must be stdio or http; got {transport!r}.")
     limits = limits or HttpLimits()
-    if limits.request_timeout <= 0 or limits.max_requests < 1 or limits.max_body_bytes < 1:
+    if (
+        not limits.request_timeout > 0
+        or limits.max_requests < 1
+        or limits.max_body_bytes < 1
+        or limits.max_connections < 1
+    ):
         raise ConfigurationError(
-            "The request timeout, the request cap and the body cap must be positive; got "
-            f"{limits.request_timeout}, {limits.max_requests} and {limits.max_body_bytes}."
+            "The request timeout, the request cap, the body cap and the connection cap must "
+            f"be positive; got {limits.request_timeout}, {limits.max_requests}, "
+            f"{limits.max_body_bytes} and {limits.max_connections}."
         )
     token = _server_token(host, insecure_no_auth) if transport == "http" else None
     public_url = _public_url(os.environ.get(ENV_PUBLIC_URL)) if transport == "http" else None
@@ -345,6 +362,24 @@ class _NoStandaloneStream:
         await self._app(scope, receive, send)
 
 
+class _HostCheck:
+    """ASGI middleware: the SDK's DNS-rebinding check (``Host``, then ``Origin``) for the
+    routes it does not guard itself, ``/audio/...`` and ``/healthz``: a foreign ``Host``
+    gets 421 and a foreign ``Origin`` 403, exactly as on ``/mcp``."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self._app = app
+        self._check = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = await self._check.validate_request(Request(scope), is_post=False)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
 # ---------------------------------------------------------------- audio and health
 
 # The only names ever served: what new_audio_path() makes (a uuid4 is 122 random bits).
@@ -421,27 +456,46 @@ class _AudioShelf:
         if not _CLIP_NAME.fullmatch(name):
             await _not_found(scope, receive, send)
             return
-        try:
-            fd = os.open(
-                self.folder / name,
-                os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-            )
-        except OSError:  # absent, a link, unreadable: the same answer for all
+        # Off the event loop, like every read: a slow or stuck file system must not
+        # freeze the server for everyone.
+        opened = await anyio.to_thread.run_sync(self._open, name)
+        if opened is None:  # absent, a link, not a regular file, unreadable: one answer
             await _not_found(scope, receive, send)
             return
+        fd, info = opened
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                await _not_found(scope, receive, send)
-                return
             if self.expired(info.st_mtime, time.time()):
-                with contextlib.suppress(OSError):
-                    (self.folder / name).unlink()
+                await anyio.to_thread.run_sync(self._unlink, name)
                 await _not_found(scope, receive, send, 410)
                 return
             await self._send_file(fd, info.st_size, name, scope, send)
         finally:
             os.close(fd)
+
+    def _open(self, name: str) -> tuple[int, os.stat_result] | None:
+        """``name`` opened for reading when it is a regular file (not through a link), else
+        None. ``O_NONBLOCK``: opening a FIFO named like a clip waits for no writer (a
+        plain open would block until one came), and it is then refused by its type."""
+        flags = os.O_RDONLY
+        for extra in ("O_NONBLOCK", "O_NOFOLLOW", "O_CLOEXEC"):  # not all exist on Windows
+            flags |= getattr(os, extra, 0)
+        try:
+            fd = os.open(self.folder / name, flags)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return None
+        return fd, info
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / name).unlink()
 
     async def _send_file(self, fd: int, size: int, name: str, scope: Scope, send: Send) -> None:
         kind = _CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
@@ -595,14 +649,21 @@ class _DeadlineProtocol(H11Protocol):
     """
 
     request_timeout: float = HttpLimits.request_timeout
+    pool: _Pool | None = None  # the server's connection bookkeeping (None in unit tests)
+    opened = False
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.opened = True
+        if self.pool is not None:
+            self.pool.opened()
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.pool is not None:
+            self.pool.closed(self)
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
@@ -619,22 +680,331 @@ class _DeadlineProtocol(H11Protocol):
         self._disarm()
         if not self.transport.is_closing():
             self._deadline = self.loop.call_later(self.request_timeout, self._expire)
+            if self.pool is not None:
+                self.pool.waiting(self)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+            if self.pool is not None:
+                self.pool.busy(self)
 
     def _expire(self) -> None:
         self._deadline = None
+        if self.pool is not None:
+            self.pool.busy(self)
         if not self.transport.is_closing():
             self.logger.debug("Closing a connection that sent no whole request in time")
             self.transport.close()
 
+    def evict(self) -> None:
+        """Close this connection, which waits for a request, to make room for a new one."""
+        self._disarm()
+        if not self.transport.is_closing():
+            self.logger.debug("Closing the connection that waited longest, to take a new one")
+            self.transport.close()
 
-def _protocol_for(limits: HttpLimits) -> type[_DeadlineProtocol]:
-    timeout = {"request_timeout": limits.request_timeout}
-    return type("DeadlineProtocol", (_DeadlineProtocol,), timeout)
+
+def _protocol_for(limits: HttpLimits, pool: _Pool | None = None) -> type[_DeadlineProtocol]:
+    attributes = {"request_timeout": limits.request_timeout, "pool": pool}
+    return type("DeadlineProtocol", (_DeadlineProtocol,), attributes)
+
+
+class _Pool:
+    """The connections of one server: how many are open, and which wait for a request
+    (a new one, or the next on a kept-alive connection), oldest first."""
+
+    def __init__(self) -> None:
+        self._open = 0
+        self.pending = 0  # accepted, not yet connected to their protocol
+        self.closures = 0  # connections closed so far
+        self._closing: set[_DeadlineProtocol] = set()  # evicted, not yet gone
+        self._waiting: dict[_DeadlineProtocol, None] = {}  # insertion order: oldest first
+        self.on_change: Callable[[], None] | None = None  # the listener, to resume
+
+    @property
+    def open(self) -> int:
+        """Connections open and not on their way out."""
+        return self._open - len(self._closing)
+
+    @property
+    def any_waiting(self) -> bool:
+        return bool(self._waiting)
+
+    def accepted(self) -> None:
+        self.pending += 1
+
+    def abandoned(self) -> None:
+        self.pending -= 1
+
+    def opened(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        self._open += 1
+
+    def closed(self, connection: _DeadlineProtocol) -> None:
+        self._open -= 1
+        self.closures += 1
+        self._closing.discard(connection)
+        self._waiting.pop(connection, None)
+        self._changed()
+
+    def waiting(self, connection: _DeadlineProtocol) -> None:
+        self._waiting.pop(connection, None)
+        self._waiting[connection] = None
+        self._changed()
+
+    def busy(self, connection: _DeadlineProtocol) -> None:
+        self._waiting.pop(connection, None)
+
+    def evict_oldest(self) -> bool:
+        """Close the connection that has waited longest for a request; False if none waits."""
+        for connection in self._waiting:
+            del self._waiting[connection]
+            self._closing.add(connection)
+            connection.evict()
+            return True
+        return False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+# Errors of accept() that mean "no resources now", not "this connection failed".
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH = 32  # connections taken per readiness event, as asyncio does (it takes 100)
+_RETRY_AFTER_ERROR = 0.5  # seconds the listener rests after accept() ran out of resources
+_RECHECK = 1.0  # seconds between checks while paused at the cap with no one to evict
+
+
+def _descriptor_budget(limits: HttpLimits) -> tuple[int, int | None]:
+    """How many connections may be open at once, and the descriptor number at which the
+    listener stops accepting (None where there is no such limit).
+
+    A reserve stays free for what the server itself opens (upstream connections, audio
+    files, the store): a quarter of the soft ``RLIMIT_NOFILE``, at most 128.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return limits.max_connections, None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return limits.max_connections, None
+    reserve = min(128, soft // 4)
+    ceiling = soft - reserve
+    in_use = _descriptors_in_use()
+    return max(1, min(limits.max_connections, ceiling - in_use)), ceiling
+
+
+def _descriptors_in_use() -> int:
+    """How many descriptors this process has open (a lower bound where /proc is missing)."""
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return 0
+    os.close(probe)
+    return probe  # descriptors are numbered lowest free first
+
+
+class _Listener:
+    """Accepts connections on one listening socket, within the cap and the descriptors.
+
+    asyncio's own accept loop, when ``accept()`` fails for want of descriptors, logs a
+    traceback for every try (up to its backlog, 2,048 under uvicorn) and schedules as
+    many retries: 300 half-sent connections against a low descriptor limit wrote 10 MB
+    of log in 7 s and starved real clients (issue 22). Here: at most ``limit`` connections are
+    open; at the cap, or when an accepted descriptor reaches ``ceiling`` (the reserve
+    kept free for the server's own files and upstream connections), the connection that
+    has waited longest for a request is closed to make room; when every connection has
+    a request in flight, the listener stops accepting (clients wait in the kernel's
+    backlog) until one is free.
+    Accept errors rest the listener and are logged once a minute, counted.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        pool: _Pool,
+        limit: int,
+        ceiling: int | None,
+        log: _LogOnce,
+    ) -> None:
+        self._sock = sock
+        self._factory = factory
+        self._pool = pool
+        self._limit = limit
+        self._ceiling = ceiling
+        self._log = log
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._resting = False
+        self._short_since: int | None = None  # closures seen when descriptors ran short
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sock.setblocking(False)
+        self._pool.on_change = self._resume
+        self._resume()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.on_change = None
+        self._pause()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sock.close()
+
+    def _pause(self, *, rest: float | None = None) -> None:
+        """Stop accepting: for ``rest`` seconds after an accept error, else until a
+        connection closes or waits for a request (``_RECHECK`` at the latest)."""
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+        if self._closed or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._resting = rest is not None
+        self._timer = self._loop.call_later(_RECHECK if rest is None else rest, self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._resting = False
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._reading and not self._closed and not self._resting and self._room():
+            assert self._loop is not None
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._reading = True
+
+    def _count(self) -> int:
+        return self._pool.open + self._pool.pending
+
+    def _room(self) -> bool:
+        """Whether a connection can be taken: one waits to be replaced, or the server is
+        below the cap and, if descriptors ran short, a connection has closed since."""
+        if self._pool.any_waiting:
+            return True
+        short = self._short_since is not None and self._short_since == self._pool.closures
+        return self._count() < self._limit and not short
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            if not self._room():  # every connection has a request in flight
+                self._full()
+                self._pause()
+                return
+            try:
+                conn, _address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            over_cap = self._count() >= self._limit
+            if over_cap or (self._ceiling is not None and conn.fileno() >= self._ceiling):
+                self._full()
+                evicted = self._pool.evict_oldest()  # always, over the cap (see _room)
+                self._take(conn)  # one past the ceiling at most: that is what the reserve is for
+                if not evicted:  # descriptors are short and no connection can give one back
+                    self._short_since = self._pool.closures
+                    self._pause()
+                return  # the evicted connection closes before the listener runs again
+            self._take(conn)
+
+    def _full(self) -> None:
+        self._log.warning(
+            "full",
+            f"octave-tools: {self._count()} connections are open, the most this server "
+            "takes (--max-connections, or fewer under ulimit -n); each new one replaces the "
+            "one that has waited longest for a request.",
+        )
+
+    def _accept_failed(self, exc: OSError) -> None:
+        hint = "."
+        if exc.errno in _OUT_OF_RESOURCES:  # an idle connection gives back a descriptor
+            hint = "; raise the descriptor limit (ulimit -n) or lower --max-connections."
+            self._pool.evict_oldest()
+        reason = exc.strerror or str(exc)
+        self._log.warning(
+            f"accept {exc.errno}", f"octave-tools: cannot accept connections: {reason}{hint}"
+        )
+        self._pause(rest=_RETRY_AFTER_ERROR)
+
+    def _take(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        conn.setblocking(False)
+        self._pool.accepted()
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            made.append(self._factory())
+            return made[0]
+
+        try:
+            await self._loop.connect_accepted_socket(factory, conn)
+        except Exception:  # the client left already, or the loop is closing
+            conn.close()
+            if not any(getattr(protocol, "opened", False) for protocol in made):
+                self._pool.abandoned()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with ``_Listener`` accepting connections instead of asyncio."""
+
+    def __init__(self, config: uvicorn.Config, pool: _Pool, limit: int, ceiling: int | None):
+        super().__init__(config)
+        self._pool = pool
+        self._limit = limit
+        self._ceiling = ceiling
+        self._listeners: list[_Listener] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan and the state, no listening
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def factory() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+
+        log = _LogOnce(logging.getLogger("octave_tools.mcp"))
+        for sock in sockets or []:
+            listener = _Listener(sock, factory, self._pool, self._limit, self._ceiling, log)
+            try:
+                listener.start(loop)
+            except NotImplementedError:  # pragma: no cover - Windows' proactor loop
+                server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
+                self.servers.append(server)
+                continue
+            self._listeners.append(listener)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in self._listeners:
+            listener.close()
+        await super().shutdown(sockets=sockets)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -685,6 +1055,56 @@ _NOISE: dict[str, tuple[str, ...]] = {
 }
 
 
+class _LogOnce:
+    """At most one line per kind of event every ``period`` seconds, then a count of the
+    ones held back: a flood of failing connections writes a line a minute, not a line
+    each. ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        period: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._period = period
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str) -> bool:
+        """Log ``message`` unless a line of this ``kind`` went out within the period."""
+        now = self._clock()
+        last, held = self._seen.get(kind, (-math.inf, 0))
+        if now - last < self._period:
+            self._seen[kind] = (last, held + 1)
+            return False
+        if len(self._seen) > 64:  # kinds are few (errno values); never let them grow
+            self._seen.clear()
+        more = f" ({held} more like it in the last {now - last:.0f} s)" if held else ""
+        self._logger.warning("%s%s", message, more)
+        self._seen[kind] = (now, 0)
+        return True
+
+
+class _QuietAccept(logging.Filter):
+    """On the ``asyncio`` logger: its "socket.accept() out of system resource" records
+    (a traceback each, possibly thousands a second) become a counted line a minute.
+    The server accepts with ``_Listener``, so these come only from another listener."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, log: _LogOnce) -> None:
+        super().__init__()
+        self._log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.MESSAGE):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        self._log.warning("asyncio accept", f"octave-tools: asyncio: {self.MESSAGE}: {error}")
+        return False
+
+
 class _Demote(logging.Filter):
     """Turns client-caused warnings into DEBUG lines without a traceback."""
 
@@ -732,6 +1152,10 @@ def _quiet_client_noise(level: LogLevel) -> None:
         for old in [f for f in logger.filters if isinstance(f, _Demote)]:
             logger.removeFilter(old)
         logger.addFilter(_Demote(prefixes, threshold))
+    aio = logging.getLogger("asyncio")
+    for old_filter in [f for f in aio.filters if isinstance(f, _QuietAccept)]:
+        aio.removeFilter(old_filter)
+    aio.addFilter(_QuietAccept(_LogOnce(logging.getLogger("octave_tools.mcp"))))
 
 
 # ---------------------------------------------------------------- serving
@@ -746,7 +1170,8 @@ def _http_app(
     extras: _Extras | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/healthz`` open to all; then the gate and the request cap in front
-    of ``/audio/...`` and the SDK's streamable-HTTP app (no GET stream)."""
+    of ``/audio/...`` and the SDK's streamable-HTTP app (no GET stream). Every route
+    checks ``Host`` and ``Origin`` (the SDK on ``/mcp``, ``_HostCheck`` on the others)."""
     # Stateless: no session lives in this process, so replicas can share a load balancer.
     mcp_app: Starlette = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -759,12 +1184,13 @@ def _http_app(
     mcp_app.router.redirect_slashes = False
     app: ASGIApp = _NoStandaloneStream(mcp_app)
     if extras is not None:
-        app = _Route(_is_audio, extras.shelf, app)
+        app = _Route(_is_audio, _HostCheck(extras.shelf, security), app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token)
     if extras is not None:
-        app = _Route(lambda path: path == HEALTH_PATH, _Health(extras.health), app)
+        health = _HostCheck(_Health(extras.health), security)
+        app = _Route(lambda path: path == HEALTH_PATH, health, app)
     return app
 
 
@@ -778,14 +1204,20 @@ def _serve_http(
     limits: HttpLimits,
     extras: _Extras | None = None,
 ) -> None:
-    import uvicorn
-
     app = _http_app(server, host, token, security, limits, extras)
     # Bound here so a busy port is a clear error, and port 0 reports the port it got.
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     auth = "bearer token required" if token else "no authentication"
+    limit, ceiling = _descriptor_budget(limits)
+    if limit < limits.max_connections:
+        print(
+            f"At most {limit} connections at once, not {limits.max_connections}: the "
+            "descriptor limit is low (raise it with ulimit -n).",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"octave-tools MCP server on http://{shown}:{bound_port}{MCP_PATH} "
         f"(streamable HTTP, {auth}); Ctrl+C stops it.",
@@ -804,9 +1236,10 @@ def _serve_http(
         extras.shelf.base = f"http://{shown}:{bound_port}"
     _quiet_client_noise(level)
     grace = math.ceil(extras.grace) if extras is not None else None
+    pool = _Pool()
     config = uvicorn.Config(
         app,
-        http=_protocol_for(limits),
+        http=_protocol_for(limits, pool),
         log_config=None,
         log_level=level.lower(),
         access_log=level == "DEBUG",
@@ -822,7 +1255,7 @@ def _serve_http(
         sweeper.start()
     try:
         with _sigterm_is_an_exit():
-            uvicorn.Server(config).run(sockets=[sock])
+            _Server(config, pool, limit, ceiling).run(sockets=[sock])
     finally:
         if sweeper is not None:
             sweeper.stop()

@@ -726,11 +726,54 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
+# Address blocks that no public audio host lives in, from IANA's special-purpose address
+# registries (globally reachable: False or N/A), listed here rather than taken from
+# ``ipaddress``'s ``is_global``, whose tables differ between Python releases (3.11 calls
+# the site-local fec0::/10 and the documentation block 3fff::/20 global). Both must agree.
+_V4_NOT_GLOBAL = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/3",  # multicast, reserved (240/4) and the broadcast address
+    )
+)
+# IPv6: only global unicast (2000::/3) is public, less its special blocks. Everything
+# else (::/8 with the mapped, compatible and NAT64 forms, 100::/64, fc00::/7 ULA,
+# fe80::/10 link-local, fec0::/10 site-local, ff00::/8 multicast, the unassigned rest)
+# is refused, whatever IPv4 address it carries.
+_V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_V6_NOT_GLOBAL = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "2001::/23",  # IETF protocol assignments: Teredo, benchmarking, ORCHID, ...
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing (outside 2000::/3 too; listed for clarity)
+    )
+)
+
+
 def _address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """``loopback``, ``public`` or ``special`` for an IP literal.
+
+    IPv4 addresses carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64, the old
+    compatible form) reach the IPv4 host: a loopback one makes the whole loopback, and
+    a 6to4 address is public only when the IPv4 address it carries is.
+    """
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
     if isinstance(address, ipaddress.IPv6Address):
-        # IPv4 addresses carried inside IPv6 ones (mapped, 6to4, Teredo, NAT64,
-        # the old compatible form) reach the IPv4 host: judge that too.
         packed = int(address)
         embedded = [address.ipv4_mapped, address.sixtofour]
         if address.teredo is not None:
@@ -740,9 +783,20 @@ def _address_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
         candidates += [a for a in embedded if a is not None]
     if any(a.is_loopback for a in candidates):
         return "loopback"
-    if all(a.is_global and not (a.is_multicast or a.is_reserved) for a in candidates):
+    if all(_is_public(a) for a in candidates):
         return "public"
     return "special"
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally reachable unicast by IANA's registries and by ``ipaddress`` alike."""
+    if not address.is_global or address.is_multicast or address.is_reserved:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return not any(address in network for network in _V4_NOT_GLOBAL)
+    if address.is_site_local or address not in _V6_GLOBAL_UNICAST:
+        return False
+    return not any(address in network for network in _V6_NOT_GLOBAL)
 
 
 def url_excerpt(url: str, secret: str = "") -> str:

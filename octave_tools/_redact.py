@@ -29,10 +29,14 @@ _lock = threading.Lock()
 _registered: tuple[str, ...] = ()
 
 
-def register_secret(secret: str) -> None:
-    """Have ``redact`` and the log filter mask ``secret`` from now on, process-wide."""
+def register_secret(secret: str, *, min_chars: int = MIN_REGISTERED_CHARS) -> None:
+    """Have ``redact`` and the log filter mask ``secret`` from now on, process-wide.
+
+    ``min_chars=1`` registers a short one too (a store password, whatever its length):
+    below PIECE_CHARS it is masked where it stands as a whole token, not inside words.
+    """
     global _registered
-    if len(secret) < MIN_REGISTERED_CHARS or secret in _registered:
+    if not secret or len(secret) < min_chars or secret in _registered:
         return
     with _lock:
         if secret not in _registered:
@@ -41,16 +45,22 @@ def register_secret(secret: str) -> None:
 
 @functools.lru_cache(maxsize=32)
 def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
-    alternatives = {s for s in secrets if s}
+    alternatives = {s for s in secrets if len(s) >= PIECE_CHARS}
     for secret in secrets:
         alternatives.update(
             secret[i : i + PIECE_CHARS] for i in range(len(secret) - PIECE_CHARS + 1)
         )
-    if not alternatives:
+    short = {s for s in secrets if 0 < len(s) < PIECE_CHARS}
+    if not alternatives and not short:
         return None
     # Longest first: a whole key is masked as one, its pieces only where it was cut.
-    ordered = sorted(alternatives, key=lambda s: (-len(s), s))
-    return re.compile("|".join(map(re.escape, ordered)))
+    ordered = [re.escape(s) for s in sorted(alternatives, key=lambda s: (-len(s), s))]
+    # A short password only as a token of its own ("pw" in "password=pw", not in "pwd").
+    ordered += [
+        rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])"
+        for s in sorted(short, key=lambda s: (-len(s), s))
+    ]
+    return re.compile("|".join(ordered))
 
 
 def redact(text: str, *secrets: str) -> str:
@@ -105,8 +115,19 @@ def basic_config(**kwargs: Any) -> None:
             handler.addFilter(RedactingFilter())
 
 
-_CONNINFO_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
-_QUERY_PASSWORD = re.compile(r"(?i)(password=)([^&#]*)")
+# libpq's spellings of a secret: ``password`` (and ``sslpassword``, the client key's).
+# Keywords are case-sensitive to libpq, but any case is masked here.
+_SECRET_KEY = re.compile(r"(?i)(ssl)?password")
+# ``key = value`` (a conninfo string): a value is '...' with backslash escapes, or a run
+# of non-blanks in which a backslash escapes the next character (``a\ b`` is "a b").
+_CONNINFO_PAIR = re.compile(
+    r"""([^\s=&?]+)(\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\])*\\?)""", re.DOTALL
+)
+# ``?key=value&...`` (a URI): keys and values may be percent-encoded (``pass%77ord``);
+# a value runs to the next ``&`` (libpq gives ``#`` no meaning there).
+_QUERY_PAIR = re.compile(r"([?&])([^&=?#\s]*)=([^&]*)")
+# libpq reads a string as a URI when it starts with a scheme, else as key=value pairs.
+_URI = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _userinfo(url: str) -> tuple[str, str, str] | None:
@@ -122,29 +143,54 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     return scheme + sep, rest[:at], rest[at:]
 
 
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.fullmatch(unquote(key).strip()) is not None
+
+
+def _conninfo_value(raw: str) -> str:
+    """A conninfo value as libpq reads it: quotes dropped, backslash escapes undone."""
+    if raw.startswith("'"):
+        raw = raw[1:-1] if len(raw) > 1 and raw.endswith("'") else raw[1:]
+    return re.sub(r"\\(.)", r"\1", raw, flags=re.DOTALL)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (in the userinfo, a ``password=``
-    query, or a ``key=value`` connection string)."""
+    """``url`` with any password replaced by ``***``: in the userinfo, a ``password=``
+    (or ``sslpassword=``) query parameter in any case or percent-encoding, or a
+    ``key=value`` connection string (quoted or escaped values included)."""
     parts = _userinfo(url)
     if parts is not None:
         head, userinfo, rest = parts
         user, colon, _ = userinfo.partition(":")
         url = head + user + (":***" if colon else "") + rest
-    url = _QUERY_PASSWORD.sub(r"\1***", url)
-    return _CONNINFO_PASSWORD.sub(r"\1***", url)
+
+    def query(m: re.Match[str]) -> str:
+        return f"{m[1]}{m[2]}=***" if _is_secret_key(m[2]) else m[0]
+
+    def pair(m: re.Match[str]) -> str:
+        return f"{m[1]}{m[2]}***" if _is_secret_key(m[1]) else m[0]
+
+    url = _QUERY_PAIR.sub(query, url)
+    return url if _URI.match(url) else _CONNINFO_PAIR.sub(pair, url)
 
 
 def url_secrets(url: str) -> list[str]:
-    """The password(s) in ``url``, to scrub from any text before it is shown."""
+    """The password(s) in ``url``, as written and as the driver reads them, to scrub
+    from any text before it is shown."""
     found: list[str] = []
     parts = _userinfo(url)
     if parts is not None:
         _, colon, password = parts[1].partition(":")
         if colon and password:
             found += [password, unquote(password)]
-    found += [unquote(m[1]) for m in _QUERY_PASSWORD.findall(url)]
-    found += [m[1].strip("'") for m in _CONNINFO_PASSWORD.findall(url)]
-    return [s for s in dict.fromkeys(found) if s]
+    for m in _QUERY_PAIR.finditer(url):
+        if _is_secret_key(m[2]):
+            found += [m[3], unquote(m[3])]
+    for m in () if _URI.match(url) else _CONNINFO_PAIR.finditer(url):
+        if _is_secret_key(m[1]):
+            found += [m[3], _conninfo_value(m[3])]
+    # Longest first, so a value is never half-replaced by a shorter form of itself.
+    return sorted((s for s in dict.fromkeys(found) if s), key=len, reverse=True)
 
 
 def scrub(text: str, url: str) -> str:

@@ -257,7 +257,7 @@ def _parse_url(raw: str | None, source: str) -> str | None:
     url = raw.strip()
     # A password in the URL is as secret as the API key: scrubbed from every log line.
     for password in url_secrets(url):
-        register_secret(password)
+        register_secret(password, min_chars=1)  # a short one too (as a whole token)
     return url
 
 
@@ -393,7 +393,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Default audio format: `wav`, `mp3`, `opus`, `aac`, `flac` or `pcm`, as the model "
             "can give it.", _parse_format),
     Setting("timeout", ENV_TIMEOUT, f"`{DEFAULT_TIMEOUT:g}`",
-            "Total seconds for one call, retries included.", _parse_timeout),
+            "Total seconds for one call: retries and waits for the store included.",
+            _parse_timeout),
     Setting("max_retries", ENV_MAX_RETRIES, f"`{DEFAULT_MAX_RETRIES}`",
             f"Retries on 408/409/429/5xx and dropped connections (0 to {MAX_RETRIES_LIMIT}).",
             _parse_retries),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ._calltime import remaining
 from ._files import default_output_dir, user_dir
 from ._protocol import check_audio_url
 from ._redact import redact_url
@@ -22,7 +23,13 @@ from ._settings import ENV_MAX_CREDITS, Settings
 from ._store import GroupBy, LedgerEntry, LedgerLockedError, ReservationRefused, Store
 from ._store_url import open_store_url
 from .catalogue import MODELS
-from .errors import BudgetExceededError, ConfigurationError, InvalidInputError, OctaveError
+from .errors import (
+    APITimeoutError,
+    BudgetExceededError,
+    ConfigurationError,
+    InvalidInputError,
+    OctaveError,
+)
 from .models import Speech, UsageGroup, UsageReport
 
 __all__ = ["DAY", "Hold", "Spend", "default_data_dir", "parse_since"]
@@ -266,9 +273,16 @@ class Spend:
         token: str | None = coalescer.lead(key, timeout + LEASE_MARGIN)
         if token is not None:
             return token, None
-        # Waiting is bounded by the call's own time limit, not by the leader's lock.
-        value = coalescer.follow(key, timeout)
+        # Waiting ends with the call's own deadline (what is left of it), not the leader's.
+        value = coalescer.follow(key, remaining(timeout))
         if value is None:
+            if remaining(timeout) <= 0:
+                raise APITimeoutError(
+                    f"The same call was being made by another process and did not finish "
+                    f"within this call's {timeout:g} s limit. Try again, or raise "
+                    "OCTAVE_TOOLS_TIMEOUT.",
+                    timeout=timeout,
+                )
             return None, None
         try:
             earlier = Speech.model_validate_json(value)

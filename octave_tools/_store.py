@@ -18,10 +18,13 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Protocol
+
+from ._calltime import current
 
 __all__ = [
     "LedgerEntry",
@@ -38,8 +41,11 @@ logger = logging.getLogger("octave_tools")
 GroupBy = Literal["day", "model", "voice", "engine"]
 WINDOW_REFRESH = 1.0
 BATCH_WINDOW = 0.02
-# How long one statement waits for another connection's lock before it gives up.
+# How long one statement waits for another connection's lock before it gives up
+# (within a call: no longer than the call has left, see SQLiteStore._session).
 BUSY_TIMEOUT = 5.0
+# A write that records a paid call may wait this long even when the call's time is up.
+WRITE_FLOOR = 1.0
 # Queued writes that met a lock are retried, waiting at most this long between tries.
 RETRY_MAX_WAIT = 1.0
 # A ledger that failed for another reason (corrupt, unreadable) is tried again this often.
@@ -305,10 +311,47 @@ class SQLiteStore:
         self._db = self._connect()
         return self._db
 
+    @contextmanager
+    def _session(self, floor: float = 0.0) -> Iterator[None]:
+        """``_db_lock`` for one operation: within a call, waiting for it and SQLite's busy
+        wait end by the call's deadline (or ``floor`` seconds from now, if later)."""
+        call = current()
+        if call is None:
+            with self._db_lock:
+                yield
+            return
+        deadline = max(call.deadline, time.monotonic() + floor)
+        left = deadline - time.monotonic()
+        if left <= 0 or not self._db_lock.acquire(timeout=left):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            db = self._db
+            left = deadline - time.monotonic()
+            short = db is not None and left < BUSY_TIMEOUT
+            if short:
+                assert db is not None
+                if left <= 0:
+                    raise sqlite3.OperationalError("database is locked")
+                db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            try:
+                yield
+            finally:
+                if short and self._db is db:
+                    assert db is not None
+                    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        finally:
+            self._db_lock.release()
+
     def _locked_or_disable(self, exc: BaseException) -> None:
         """A budget read that failed: a lock fails the budget closed; anything else sets
         the ledger aside (until it is tried again)."""
         if _is_lock(exc):
+            call = current()
+            if call is not None and call.left() < BUSY_TIMEOUT:  # the wait was cut short
+                raise LedgerLockedError(
+                    "another program held it locked for longer than this call's time "
+                    f"limit ({call.limit:g} s) allows"
+                ) from None
             raise LedgerLockedError(
                 f"another program has held it locked for more than {BUSY_TIMEOUT:g} s"
             ) from None
@@ -549,7 +592,7 @@ class SQLiteStore:
         if self._broken:
             return 0.0, None
         try:
-            with self._db_lock:
+            with self._session():
                 db = self._ensure_db()
                 # Read under the write lock: if another program holds it (its writes, or
                 # other processes' queued ones, are unknown), this waits BUSY_TIMEOUT and
@@ -582,7 +625,7 @@ class SQLiteStore:
         self._maybe_reopen()
         if not self._broken:
             try:
-                with self._db_lock:
+                with self._session():
                     found = (
                         self._ensure_db()
                         .execute(
@@ -605,7 +648,7 @@ class SQLiteStore:
         if not self._broken:
             group = _GROUP_SQL[by]
             try:
-                with self._db_lock:
+                with self._session():
                     db = self._ensure_db()
                     found = db.execute(
                         f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
@@ -632,7 +675,7 @@ class SQLiteStore:
         if self._broken:
             return None
         try:
-            with self._db_lock:
+            with self._session():
                 row = (
                     self._ensure_db()
                     .execute("SELECT value FROM cache WHERE key = ? AND expires_at > ?", (key, now))
@@ -648,7 +691,7 @@ class SQLiteStore:
         if self._broken:
             return
         try:
-            with self._db_lock:
+            with self._session():
                 db = self._ensure_db()
                 db.execute(
                     "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
@@ -708,7 +751,7 @@ class SQLiteStore:
         self._maybe_reopen()
         if not self._broken:
             try:
-                with self._db_lock:
+                with self._session():
                     db = self._begin_reservations()
                     try:
                         db.execute(
@@ -796,7 +839,7 @@ class SQLiteStore:
                 self._memory_holds.pop(reservation_id, None)
         if not self._broken:
             try:
-                with self._db_lock:
+                with self._session(WRITE_FLOOR):
                     db = self._begin_reservations()
                     try:
                         db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
@@ -827,7 +870,7 @@ class SQLiteStore:
         if self._broken:
             return
         try:
-            with self._db_lock:
+            with self._session(WRITE_FLOOR):
                 db = self._begin_reservations()
                 try:
                     db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))

@@ -9,6 +9,14 @@ Failures: ``reserve``, ``spent_since`` and ``usage`` raise ConfigurationError na
 the setting (the budget fails closed: no call is made that it cannot count). A
 ledger write that fails after a paid call is kept in memory, counted, and written
 on the next success; a cache failure is a miss.
+
+Time: every operation ends by the call's deadline (``_calltime``), or OP_TIMEOUT
+outside a call. Waiting for a pooled connection is bounded by it; the session's
+``statement_timeout`` and ``lock_timeout`` are set from it before each operation, so
+the server gives up a lock wait in time; and a watchdog shuts the socket down just
+after it, for a network path that went silent (the server's own cancel could not
+reach us then, and psycopg waits on a silent socket for ever). Connections also
+get TCP keepalives and ``tcp_user_timeout`` unless the URL sets its own.
 """
 
 from __future__ import annotations
@@ -16,20 +24,30 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import astuple
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ._calltime import current, remaining, watchdog
 from ._redact import redact_url, scrub
 from ._store import GroupBy, LedgerEntry, ReservationRefused, UsageRow, _rates, _verdict, usage_rows
 from .errors import ConfigurationError
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool
+    from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    class StoreTimedOut(psycopg.OperationalError):
+        """The store did not answer within the call's time limit."""
+
 except ImportError:  # pragma: no cover - exercised without the extra
     psycopg = None  # type: ignore[assignment]
     ConnectionPool = None  # type: ignore[assignment,misc]
@@ -42,6 +60,28 @@ SCHEMA_VERSION = 1
 # Two-key advisory locks, first key = this number: apart from other apps' locks.
 _LOCK_SPACE = 0x6F637476  # "octv"
 _CACHE_PURGE_EVERY = 60.0
+# An operation outside any call (a flush at exit, a report) gets this long.
+OP_TIMEOUT = 30.0
+# A write that records a paid call is tried for at least this long, even when the call's
+# time is up: dropped, it would be counted in this process only.
+WRITE_FLOOR = 1.0
+# The client cuts a silent socket this long after the deadline: the server's own
+# timeouts (set to the deadline) answer first when it can still be heard.
+CUT_GRACE = 0.2
+# TCP settings a connection gets unless the URL sets them: a dead peer is noticed in
+# about 25 s even between calls (keepalives), and sent data left unacknowledged for
+# 15 s ends the connection (tcp_user_timeout, Linux).
+TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+# Sets both per operation, in one prepared round trip.
+_SET_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)"
+)
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS octave_calls (
@@ -136,25 +176,34 @@ class PostgresStore:
         self._lost: list[tuple[str | None, LedgerEntry]] = []
         self._warned = False
         self._last_purge = 0.0
-        timeout = max(1, round(connect_timeout))
+        # Opened on a call's first use: within what is left of it (libpq's least is 2 s).
+        wait = remaining(connect_timeout)
+        if wait <= 0:
+            raise self._unreachable(StoreTimedOut(self._late()))
+        timeout = max(1, math.ceil(wait))
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        tcp: dict[str, Any] = {k: v for k, v in TCP_DEFAULTS.items() if k not in params}
         try:
             # One direct connection first: its error says why (refused, no such
             # database, bad password); the pool's only says "timed out".
-            with psycopg.connect(url, connect_timeout=timeout, autocommit=True) as conn:
-                self._migrate(conn)
+            with psycopg.connect(url, connect_timeout=timeout, autocommit=True, **tcp) as conn:
+                self._bounded(conn, time.monotonic() + wait, self._migrate)
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": timeout},
+            kwargs={"autocommit": True, "connect_timeout": max(2, round(connect_timeout)), **tcp},
             timeout=connect_timeout,
             open=False,
             name="octave-tools",
         )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
+            self._pool.open(wait=True, timeout=max(0.1, remaining(connect_timeout)))
         except Exception as exc:
             self._pool.close()
             raise self._unreachable(exc) from None
@@ -193,17 +242,57 @@ class PostgresStore:
 
     # ------------------------------------------------------------ plumbing
 
-    def _run(self, fn: Callable[[psycopg.Connection[tuple[object, ...]]], T]) -> T:
+    def _late(self) -> str:
+        call = current()
+        if call is None:
+            return f"it did not answer within {OP_TIMEOUT:g} s"
+        return f"it did not answer within the call's time limit ({call.limit:g} s)"
+
+    def _run(
+        self, fn: Callable[[psycopg.Connection[tuple[object, ...]]], T], *, floor: float = 0.0
+    ) -> T:
+        """``fn`` on a pooled connection, ended by the call's deadline (see the module)."""
+        now = time.monotonic()
+        deadline = now + max(remaining(OP_TIMEOUT), floor)
         # One retry: after a server restart the pool may hand out a dead connection
         # once (it drops it when it comes back broken).
         for attempt in (0, 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreTimedOut(self._late())
             try:
-                with self._pool.connection() as conn:
-                    return fn(conn)
+                with self._pool.connection(timeout=left) as conn:
+                    return self._bounded(conn, deadline, fn)
+            except StoreTimedOut:
+                raise
+            except PoolTimeout:
+                raise StoreTimedOut(self._late()) from None
             except psycopg.OperationalError:
                 if attempt:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bounded(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        deadline: float,
+        fn: Callable[[psycopg.Connection[tuple[object, ...]]], T],
+    ) -> T:
+        """``fn(conn)`` with the server's timeouts set to ``deadline`` and the watchdog armed."""
+        fd = conn.pgconn.socket
+        alarm = watchdog.arm(deadline + CUT_GRACE, lambda: _cut(fd))
+        try:
+            ms = str(max(1, int((deadline - time.monotonic()) * 1000)))
+            conn.execute(_SET_TIMEOUTS, (ms, ms))
+            return fn(conn)
+        except psycopg.Error as exc:
+            if alarm.disarm() or isinstance(
+                exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)
+            ):
+                raise StoreTimedOut(self._late()) from None
+            raise
+        finally:
+            alarm.disarm()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         with self._lock:
@@ -250,7 +339,7 @@ class PostgresStore:
                 _insert(conn, [entry])
 
         try:
-            self._run(write)
+            self._run(write, floor=WRITE_FLOOR)
             self._warned = False
         except psycopg.Error as exc:
             with self._lock:
@@ -263,7 +352,7 @@ class PostgresStore:
             if not self._lost:
                 return
         try:
-            self._run(self._write_lost)
+            self._run(self._write_lost, floor=min(timeout, WRITE_FLOOR))
         except psycopg.Error as exc:
             self._failed("writing the ledger", exc)
 
@@ -397,7 +486,7 @@ class PostgresStore:
                 _insert(conn, [entry])
 
         try:
-            self._run(write)
+            self._run(write, floor=WRITE_FLOOR)
         except psycopg.Error as exc:
             with self._lock:
                 self._lost.append((reservation_id, entry))
@@ -412,7 +501,8 @@ class PostgresStore:
             self._run(
                 lambda conn: conn.execute(
                     "DELETE FROM octave_reservations WHERE id = %s", (reservation_id,)
-                )
+                ),
+                floor=WRITE_FLOOR,
             )
         except psycopg.Error as exc:
             self._failed("releasing a reservation", exc)
@@ -452,6 +542,15 @@ class PostgresStore:
             self._run(write)
         except psycopg.Error as exc:
             self._failed("writing the cache", exc)
+
+
+def _cut(fd: int) -> None:
+    """Shut a connection's socket down under the driver: its wait ends at once."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
 
 
 def _insert(conn: psycopg.Connection[tuple[object, ...]], entries: list[LedgerEntry]) -> None:

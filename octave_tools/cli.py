@@ -143,6 +143,14 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="HTTP: requests handled at once; more get 503 (default 64)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        metavar="N",
+        help="HTTP: connections open at once; a new one replaces the longest idle one "
+        "(default 512, fewer under a low ulimit -n)",
+    )
 
 
 # Bytes read from stdin at most: enough for MAX_TEXT_CHARS + 1 characters of UTF-8.
@@ -356,7 +364,11 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         insecure_no_auth=args.insecure_no_auth,
         log_level=args.log_level,
-        limits=HttpLimits(request_timeout=args.request_timeout, max_requests=args.max_requests),
+        limits=HttpLimits(
+            request_timeout=args.request_timeout,
+            max_requests=args.max_requests,
+            max_connections=args.max_connections,
+        ),
     )
     return EXIT_OK
 

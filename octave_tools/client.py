@@ -14,11 +14,12 @@ from typing_extensions import Unpack
 
 from . import _protocol as proto
 from ._body import BodyTooLarge, CappedBody
+from ._calltime import call_deadline, current
 from ._files import fetch_audio, new_audio_path, write_atomic
 from ._redact import shown
 from ._settings import Settings, SettingsOptions, check_options
 from ._spend import NO_HOLD, Hold, Spend, reused
-from .errors import ConfigurationError, InvalidInputError
+from .errors import APITimeoutError, ConfigurationError, InvalidInputError
 from .models import Speech, UsageReport, VoiceList
 from .voices import VoiceCatalogue, catalogue_for
 
@@ -33,6 +34,8 @@ logger = logging.getLogger("octave_tools")
 # idle 437-455 calls/s; all 64 kept idle 92-95 calls/s (httpcore's idle scans dominate).
 MAX_CONNECTIONS = 64
 MAX_KEEPALIVE = 16
+# A health check waits this long for the store at most (less if the call timeout is).
+HEALTH_TIMEOUT = 5.0
 
 if TYPE_CHECKING:
     import asyncio
@@ -123,6 +126,8 @@ class _BaseClient:
             raise TypeError("Pass settings= or individual settings, not both.")
         self._settings = settings or Settings.load(**options)
         self._spend = Spend(self._settings, client_limit=self._settings.max_credits)
+        self._health_lock = threading.Lock()
+        self._health_probe: concurrent.futures.Future[None] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -185,14 +190,55 @@ class _BaseClient:
 
         Blocking (it reads the ledger): the async client's ``usage()`` runs it in a thread.
         """
-        return self._spend.usage(since, by)
+        with call_deadline(self._settings.timeout):
+            return self._spend.usage(since, by)
 
-    def health(self) -> None:
+    def health(self, timeout: float | None = None) -> None:
         """Return if the ledger store answers a query, else raise OctaveError (blocking).
 
         For a server's health check: one cheap read of the store (none with the ledger
-        off). The error names the store without its password.
+        off), given ``timeout`` seconds (default: HEALTH_TIMEOUT, or the call timeout if
+        shorter). Concurrent checks share one read in flight, so a store that does not
+        answer never piles up checks: each caller waits at most its own ``timeout``.
+        The error names the store without its password.
         """
+        import concurrent.futures
+
+        limit = min(self._settings.timeout, HEALTH_TIMEOUT) if timeout is None else timeout
+        with self._health_lock:
+            probe = self._health_probe
+            if probe is None:
+                probe = self._health_probe = concurrent.futures.Future()
+                threading.Thread(
+                    target=self._run_health_probe,
+                    args=(probe, limit),
+                    name="octave-tools-health",
+                    daemon=True,
+                ).start()
+        try:
+            probe.result(timeout=limit)
+        except concurrent.futures.TimeoutError:
+            raise self._health_late(limit) from None
+
+    def _health_late(self, limit: float) -> ConfigurationError:
+        return ConfigurationError(
+            f"The usage ledger at {self._spend.ledger_name} did not answer within {limit:g} s."
+        )
+
+    def _run_health_probe(self, probe: concurrent.futures.Future[None], limit: float) -> None:
+        try:
+            with call_deadline(limit):
+                self._check_store()
+        except BaseException as exc:
+            with self._health_lock:
+                self._health_probe = None
+            probe.set_exception(exc)
+        else:
+            with self._health_lock:
+                self._health_probe = None
+            probe.set_result(None)
+
+    def _check_store(self) -> None:
         spend = self._spend
         spend.usage("1s", "day")  # a store that cannot be reached raises here
         problem = getattr(spend.store, "unusable_reason", None)  # SQLite degrades instead
@@ -282,7 +328,17 @@ class _BaseClient:
         return _Job(text, voice, fmt, call, model_key, chars, key)
 
     def _deadline(self) -> float:
-        return time.monotonic() + self._settings.timeout
+        """When the call must be over: set when it started (store time counts too)."""
+        call = current()
+        return call.deadline if call is not None else time.monotonic() + self._settings.timeout
+
+    def _follower_timeout(self) -> APITimeoutError:
+        timeout = self._settings.timeout
+        return APITimeoutError(
+            f"The same call was already being made and did not finish within this call's "
+            f"{timeout:g} s limit. Try again, or raise OCTAVE_TOOLS_TIMEOUT.",
+            timeout=timeout,
+        )
 
     def _next_step(
         self, call: proto.Call, raw: proto.RawResponse, attempt: int, deadline: float
@@ -370,6 +426,11 @@ class OctaveClient(_BaseClient):
         would be passed, and another OctaveError subclass when the call fails.
         """
         job = self._plan(text, voice, format, model, speed)
+        # From here the call's time runs: the store, a coalesced leader and the API share it.
+        with call_deadline(self._settings.timeout):
+            return self._synthesize_job(job)
+
+    def _synthesize_job(self, job: _Job) -> Speech:
         key = job.cache_key
         if key is None:
             return self._spend_and_run(job)
@@ -385,7 +446,11 @@ class OctaveClient(_BaseClient):
                 future: concurrent.futures.Future[Speech] = concurrent.futures.Future()
                 self._inflight[key] = future
         if leader is not None:
-            speech = reused(leader.result())  # a coalesced duplicate
+            try:  # waits no longer than this call may take
+                earlier = leader.result(timeout=max(0.0, self._deadline() - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                raise self._follower_timeout() from None
+            speech = reused(earlier)  # a coalesced duplicate
             self._spend.settle(speech, job.text, None)
             return speech
         try:
@@ -552,6 +617,11 @@ class AsyncOctaveClient(_BaseClient):
     ) -> Speech:
         """Turn ``text`` into speech and return where the audio is (see OctaveClient)."""
         job = self._plan(text, voice, format, model, speed)
+        # From here the call's time runs: the store, a coalesced leader and the API share it.
+        with call_deadline(self._settings.timeout):
+            return await self._synthesize_job(job)
+
+    async def _synthesize_job(self, job: _Job) -> Speech:
         key = job.cache_key
         if key is None:
             return await self._spend_and_run(job)
@@ -560,8 +630,11 @@ class AsyncOctaveClient(_BaseClient):
             await self._settle(hit, job.text, None)
             return hit
         while (leader := self._inflight.get(key)) is not None:
-            try:
-                earlier = await asyncio.shield(leader)
+            try:  # waits no longer than this call may take
+                left = max(0.0, self._deadline() - time.monotonic())
+                earlier = await asyncio.wait_for(asyncio.shield(leader), left)
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                raise self._follower_timeout() from None
             except asyncio.CancelledError:
                 if leader.cancelled():
                     continue  # the leading caller was cancelled, not this one: go on alone

@@ -172,7 +172,14 @@ class ServerProcess:
     network guard (see ``child_env``).
     """
 
-    def __init__(self, args: list[str], env: dict[str, str], *, stdin: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        stdin: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             SERVER + args,
             env=get_default_environment() | child_env(env),
@@ -182,6 +189,7 @@ class ServerProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
+            preexec_fn=preexec_fn,
         )
         self.stdout: queue.Queue[str] = queue.Queue()
         self.stdout_lines: list[str] = []
@@ -267,9 +275,15 @@ class ServerProcess:
 
 
 @contextmanager
-def http_server(env: dict[str, str], *args: str) -> Iterator[tuple[str, ServerProcess]]:
-    """``octave-tools-mcp --transport http`` on 127.0.0.1 and a free port; always stopped."""
-    server = ServerProcess(["--transport", "http", "--port", "0", *args], env)
+def http_server(
+    env: dict[str, str], *args: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[tuple[str, ServerProcess]]:
+    """``octave-tools-mcp --transport http`` on 127.0.0.1 and a free port; always stopped.
+
+    ``preexec_fn`` runs in the child before the server starts (to lower its limits)."""
+    server = ServerProcess(
+        ["--transport", "http", "--port", "0", *args], env, preexec_fn=preexec_fn
+    )
     try:
         yield server.url(), server
     finally:
