@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
-from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, url_excerpt
+from ._protocol import MAX_AUDIO_BYTES, audio_url_problem, loopback_test_mode, url_excerpt
 from ._settings import Settings
 from .errors import (
     APIConnectionError,
@@ -24,7 +24,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    import httpcore
     import httpx
+
+    from ._vetted import Resolver
 
 __all__ = [
     "AudioFetcher",
@@ -125,12 +128,20 @@ def _url2pathname(path: str) -> str:
     return unquote(path)
 
 
-def fetch_audio(url: str, settings: Settings) -> bytes:
+def fetch_audio(
+    url: str,
+    settings: Settings,
+    *,
+    resolve: Resolver | None = None,
+    network_backend: httpcore.NetworkBackend | None = None,
+) -> bytes:
     """The bytes behind an audio URL a synthesis returned (https, loopback http or file://).
 
-    Never sends the API key: the audio host is not the API.
+    Never sends the API key: the audio host is not the API. Each host name is resolved
+    once and connected to only at an address that passes the same check as a literal
+    (``resolve`` and ``network_backend`` stand in for the system's in tests).
     """
-    with AudioFetcher(settings) as fetcher:
+    with AudioFetcher(settings, resolve=resolve, network_backend=network_backend) as fetcher:
         return fetcher.fetch(url)
 
 
@@ -142,8 +153,16 @@ class AudioFetcher:
     ``fetch_audio``, and each download has the call's ``timeout``.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resolve: Resolver | None = None,
+        network_backend: httpcore.NetworkBackend | None = None,
+    ) -> None:
         self._settings = settings
+        self._resolve = resolve
+        self._backend = network_backend
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
 
@@ -170,7 +189,7 @@ class AudioFetcher:
     def _new_client(self) -> httpx.Client:
         import httpx
 
-        from ._deadline import deadline_transport
+        from ._vetted import vetted_transport
 
         settings = self._settings
 
@@ -187,7 +206,13 @@ class AudioFetcher:
                 )
 
         return httpx.Client(
-            transport=deadline_transport(httpx.Limits()),
+            # Each host name is resolved once; only an address that passes the same check
+            # as a literal is connected to (TLS and Host still name the host).
+            transport=vetted_transport(
+                allow_loopback=loopback_test_mode(settings.base_url),
+                resolve=self._resolve,
+                backend=self._backend,
+            ),
             timeout=settings.timeout,
             follow_redirects=True,
             max_redirects=5,

@@ -26,7 +26,7 @@ from ._redact import MASK, shown
 from ._redact import redact as _redact_all
 from ._settings import ENV_API_KEY, ENV_FORMAT, ENV_MODEL, Settings, is_loopback
 from ._version import __version__
-from .catalogue import MODELS, UNDOCUMENTED_TEXT_LIMIT, BodyPath, ModelSpec
+from .catalogue import ALL_FORMATS, MODELS, UNDOCUMENTED_TEXT_LIMIT, BodyPath, ModelSpec
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -61,6 +61,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+-]+")
 # Characters that make no sound: controls, format characters (zero-width space and
 # joiners, BOM, bidi marks) and separators. Lone surrogates (Cs) get their own message.
 _SILENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# The ASCII characters in those categories: the controls and the space.
+_ASCII_SILENT = "".join(map(chr, (*range(0x21), 0x7F)))
 # A dotted IPv4 spelling that getaddrinfo would take (127.1, 0x7f.0.0.1, 017700000001).
 _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?")
 # Content types an audio answer may carry, and the only extensions its file may get.
@@ -92,11 +94,27 @@ _AUDIO_EXTENSIONS = {
 }
 # Any other audio type: the upstream does not get to choose the file's extension.
 NEUTRAL_AUDIO_EXTENSION = "audio"
+_EXTENSIONS = frozenset(_AUDIO_EXTENSIONS.values())
+# How a file of each kind starts (offset, bytes), all of them: stronger than a content type.
+_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("wav", ((0, b"RIFF"), (8, b"WAVE"))),
+    ("mp3", ((0, b"ID3"),)),
+    ("opus", ((0, b"OggS"), (28, b"OpusHead"))),
+    ("ogg", ((0, b"OggS"),)),
+    ("flac", ((0, b"fLaC"),)),
+    ("m4a", ((4, b"ftyp"),)),
+    ("webm", ((0, b"\x1aE\xdf\xa3"),)),
+    ("au", ((0, b".snd"),)),
+)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
-    """A validated request, ready to send (the same bytes on every attempt)."""
+    """A validated request, ready to send (the same bytes on every attempt).
+
+    Never changed after it is made; not a frozen dataclass only because that one's
+    ``__init__`` sets each field through ``object.__setattr__``, a few µs on every call.
+    """
 
     url: str
     headers: dict[str, str] = field(repr=False)
@@ -111,9 +129,9 @@ class Call:
     speed: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawResponse:
-    """What came back from one attempt, body already capped and read.
+    """What came back from one attempt, body already capped and read (never changed).
 
     ``headers`` has lower-case names (a plain dict is much cheaper to query than
     ``httpx.Headers``, and this is on every call's path).
@@ -145,6 +163,8 @@ def validate_text(
     """
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a string, not {type(text).__name__}.", field="text")
+    if text.isascii() and text.strip(_ASCII_SILENT) and (limit is None or len(text) <= limit):
+        return text  # the usual case, decided in C: audible, short enough, no surrogates
     if not text.strip():
         raise InvalidInputError(
             "text is empty. Pass the words to speak (at least one non-space character).",
@@ -192,36 +212,137 @@ def prepare(
     spec describes (voice, format and speed in its own fields, all checked first);
     any other id is sent with the generic fields only and no local checks.
     """
-    model_id = _model_id(model, settings)
-    spec = MODELS.get(model_id)
-    if spec is None:
-        # No documented limit for an id outside the catalogue: the conservative one.
-        text = validate_text(text, limit=UNDOCUMENTED_TEXT_LIMIT, model=model_id)
-        payload, sent_voice, produced = _generic_body(settings, model_id, text, voice, fmt, speed)
+    key = _template_key(settings, voice, fmt, model, speed)
+    template = None if key is None else _TEMPLATES.get(key)
+    if template is None or template.settings is not settings:
+        model_id = _model_id(model, settings)
+        spec = MODELS.get(model_id)
+        limit, limit_model = _limit_of(model_id, spec)
+        text = validate_text(text, limit=limit, model=limit_model)
+        template = _make_template(settings, model_id, spec, voice, fmt, speed)
+        if key is not None and template.tail is not None:
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
     else:
-        text = validate_text(text, limit=spec.text_limit, model=spec.id)
-        payload, sent_voice, produced = _spec_body(settings, spec, text, voice, fmt, speed)
-    key = settings.require_key()
+        text = validate_text(text, limit=template.limit, model=template.limit_model)
+    if template.spec is None:
+        _warn_uncatalogued(template.model)
+    if template.tail is None:  # the mark was not found once: build this body whole
+        body = _JSON.encode(_body(settings, template, text, voice, fmt, speed)[0])
+        encoded = body.encode("utf-8")
+    else:
+        encoded = template.head + _encode_text(text).encode("utf-8") + template.tail
+    key_value = settings.require_key()
     # 128 random bits, as uuid4 has, at a quarter of its cost.
     client_request_id = f"octave-tools-{os.urandom(16).hex()}"
     return Call(
         url=settings.tts_url(),
         headers={
-            "Authorization": f"Bearer {key}",
+            "Authorization": f"Bearer {key_value}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
             "X-Client-Request-Id": client_request_id,
         },
-        body=_JSON.encode(payload).encode("utf-8"),
+        body=encoded,
         text_chars=len(text),
-        model=model_id,
-        voice=sent_voice,
-        format=produced,
+        model=template.model,
+        voice=template.voice,
+        format=template.format,
         client_request_id=client_request_id,
-        secret=key,
+        secret=key_value,
         speed=speed,
     )
+
+
+@dataclass(frozen=True)
+class _Template:
+    """The checked outcome of one (settings, model, voice, format, speed): the body as
+    ``head + JSON string of the text + tail``, and what the Call reports."""
+
+    settings: Settings
+    head: bytes
+    tail: bytes | None
+    """None when the body could not be cut around the text (never cached)."""
+    model: str
+    spec: ModelSpec | None
+    voice: str | None
+    format: str
+    limit: int | None
+    limit_model: str | None
+
+
+# Keyed on all a body depends on besides the text: the settings (the very object, so a
+# setting the body comes to read needs no change here) and the arguments. Only ones
+# that passed every check get in, so a hit re-checks nothing but the text. Bounded.
+_TEMPLATES: dict[tuple[object, ...], _Template] = {}
+_MAX_TEMPLATES = 256
+# Marks where the text goes in a body (as JSON: "\u0000octave-tools-text\u0000").
+_TEXT_MARK = "\x00octave-tools-text\x00"
+# The JSON string of a text, as _JSON would write it inside the body.
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring
+_PLAIN_TYPES = (str, type(None))
+_SPEED_TYPES = (int, float, type(None))
+
+
+def _template_key(
+    settings: Settings, voice: object, fmt: object, model: object, speed: object
+) -> tuple[object, ...] | None:
+    """The cache key, or None for argument types that take the full path every time."""
+    if (
+        type(voice) in _PLAIN_TYPES
+        and type(fmt) in _PLAIN_TYPES
+        and type(model) in _PLAIN_TYPES
+        and type(speed) in _SPEED_TYPES
+    ):
+        return (id(settings), model, voice, fmt, speed, type(speed))
+    return None
+
+
+def _make_template(
+    settings: Settings,
+    model_id: str,
+    spec: ModelSpec | None,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> _Template:
+    """Check the arguments (raising as the API would be told) and cut the body."""
+    limit, limit_model = _limit_of(model_id, spec)
+    partial = _Template(settings, b"", None, model_id, spec, voice, "", limit, limit_model)
+    payload, sent_voice, produced = _body(settings, partial, _TEXT_MARK, voice, fmt, speed)
+    body = _JSON.encode(payload)
+    mark = _encode_text(_TEXT_MARK)
+    if body.count(mark) == 1:
+        head, _, rest = body.partition(mark)
+        tail: bytes | None = rest.encode("utf-8")
+    else:  # a voice or format that holds the mark itself
+        head, tail = body, None
+    return _Template(
+        settings,
+        head.encode("utf-8"),
+        tail,
+        model_id,
+        spec,
+        sent_voice,
+        produced,
+        limit,
+        limit_model,
+    )
+
+
+def _body(
+    settings: Settings,
+    template: _Template,
+    text: str,
+    voice: str | None,
+    fmt: str | None,
+    speed: float | None,
+) -> tuple[dict[str, Any], str | None, str]:
+    if template.spec is None:
+        return _generic_body(settings, template.model, text, voice, fmt, speed)
+    return _spec_body(settings, template.spec, text, voice, fmt, speed)
 
 
 _USER_AGENT = f"octave-tools/{__version__}"
@@ -347,6 +468,32 @@ _warned_models: set[str] = set()
 _warned_lock = threading.Lock()
 
 
+def _limit_of(model_id: str, spec: ModelSpec | None) -> tuple[int, str]:
+    """The text limit of one request, and the model it is named after in errors: the
+    documented one, or for a model without one (or outside the catalogue) the
+    conservative UNDOCUMENTED_TEXT_LIMIT."""
+    if spec is None:
+        return UNDOCUMENTED_TEXT_LIMIT, model_id
+    return spec.text_limit, spec.id
+
+
+def _warn_uncatalogued(model_id: str) -> None:
+    """Once per model and process: say that an uncatalogued model is sent unchecked."""
+    if model_id in _warned_models:
+        return
+    with _warned_lock:
+        first = model_id not in _warned_models
+        _warned_models.add(model_id)
+    if first:
+        logger.warning(
+            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
+            "and format, with no local checks of voice or format and a text limit of %s "
+            "characters (none is documented).",
+            shown(model_id),
+            f"{UNDOCUMENTED_TEXT_LIMIT:,}",
+        )
+
+
 def _generic_body(
     settings: Settings,
     model_id: str,
@@ -361,17 +508,6 @@ def _generic_body(
             f"Model {shown(model_id)} is not in the catalogue, so where its speed goes is unknown; "
             "leave speed out or use a catalogued model (octave_tools.MODELS).",
             field="speed",
-        )
-    with _warned_lock:
-        first = model_id not in _warned_models
-        _warned_models.add(model_id)
-    if first:
-        logger.warning(
-            "octave-tools: model %s is not in the catalogue; sending only model, text, voice "
-            "and format, with no local checks of voice or format and a text limit of %s "
-            "characters (none is documented).",
-            shown(model_id),
-            f"{UNDOCUMENTED_TEXT_LIMIT:,}",
         )
     chosen_voice = resolve_voice(voice if voice is not None else settings.voice, model_id)
     chosen_format = fmt if fmt is not None else settings.format
@@ -581,6 +717,7 @@ def audio_url_problem(url: str, base_url: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _host_kind(hostname: str) -> str:
     """``public``, ``loopback`` or ``special`` for a URL's (lower-case) host name."""
     host = hostname.rstrip(".")
@@ -602,6 +739,20 @@ def _host_kind(hostname: str) -> str:
     else:
         return "public"
     return _address_kind(address)
+
+
+def address_kind(address: str) -> str:
+    """``public``, ``loopback`` or ``special`` for an IP address as a resolver gives it."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "special"
+    return _address_kind(parsed)
+
+
+def loopback_test_mode(base_url: str) -> bool:
+    """Whether the API is plain http on loopback (tests), where loopback audio is allowed."""
+    return _loopback_http_base(base_url)
 
 
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
@@ -722,7 +873,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         if not raw.body:
             raise _unexpected(call, raw, "an empty audio body", request_id)
         media_type = raw.headers["content-type"].split(";")[0].strip().lower()
-        extension = _AUDIO_EXTENSIONS.get(media_type, NEUTRAL_AUDIO_EXTENSION)
+        extension = audio_extension(raw.body, media_type, call.format)
         credits, usd = _usage(raw.headers, None)
         return AudioPayload(raw.body, extension, request_id, credits, usd)
     data = _json(raw.body)
@@ -738,7 +889,7 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
         # Passed on, the URL would show the key to the model, the user and every log.
         raise _unexpected(call, raw, "an audio URL that contains the API key", request_id)
     credits, usd = plausible_cost(*_usage(raw.headers, data), call.text_chars, call.model)
-    return Speech(
+    return _vetted_speech(
         audio_url=url,
         format=call.format,
         voice=call.voice,
@@ -751,6 +902,66 @@ def interpret_success(call: Call, raw: RawResponse, base_url: str) -> Speech | A
     )
 
 
+# Every Speech field with its default (required ones None), in the model's order.
+_SPEECH_DEFAULTS = {
+    name: None if info.is_required() else info.default for name, info in Speech.model_fields.items()
+}
+_SPEECH_PLAIN = not any(info.default_factory for info in Speech.model_fields.values())
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _vetted_speech(**values: Any) -> Speech:
+    """A Speech of values this module has just checked, without validating them again.
+
+    What ``Speech.model_construct`` does, less its generic loops: on the hot path a
+    validated Speech costs ~10 µs (its validator is cold after the HTTP stack ran), this
+    ~3. Only for values of the declared types (see interpret_success); the result is
+    equal to ``Speech(**values)`` in every way (fields, set fields, frozen).
+    """
+    if not _SPEECH_PLAIN:  # a field with a default factory: let pydantic fill it
+        return Speech(**values)
+    speech = _new_object(Speech)
+    _set_attribute(speech, "__dict__", {**_SPEECH_DEFAULTS, **values})
+    _set_attribute(speech, "__pydantic_fields_set__", set(values))
+    _set_attribute(speech, "__pydantic_extra__", None)
+    _set_attribute(speech, "__pydantic_private__", None)
+    return speech
+
+
+def audio_extension(data: bytes, media_type: str, asked: str) -> str:
+    """The extension for raw audio, from a fixed set: what its bytes show, else its
+    content type, else the format asked for; ``audio`` only when none of them tells.
+
+    A file signature beats the content type (a WAV sent as audio/mpeg is a WAV). An
+    MPEG or ADTS frame sync is weaker (raw PCM can start with those bits), so it counts
+    only when the content type is not one we know.
+    """
+    for extension, marks in _SIGNATURES:
+        if all(data[at : at + len(mark)] == mark for at, mark in marks):
+            return extension
+    known = _AUDIO_EXTENSIONS.get(media_type)
+    if known is not None:
+        return known
+    synced = _frame_sync(data)
+    if synced is not None:
+        return synced
+    return asked if asked in _EXTENSIONS else NEUTRAL_AUDIO_EXTENSION
+
+
+def _frame_sync(data: bytes) -> str | None:
+    """``aac`` for an ADTS header, ``mp3`` for an MPEG audio layer III one, else None."""
+    if len(data) < 4 or data[0] != 0xFF:
+        return None
+    second = data[1]
+    if second & 0xF6 == 0xF0:  # 12 sync bits, layer 00: ADTS
+        return "aac"
+    version, layer = (second >> 3) & 3, (second >> 1) & 3
+    if second & 0xE0 == 0xE0 and version != 1 and layer == 1:  # 11 sync bits, layer III
+        return "mp3"
+    return None
+
+
 def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech:
     """The Speech for raw audio that was saved to ``file_url``."""
     credits, usd = plausible_cost(
@@ -758,7 +969,7 @@ def speech_from_file(call: Call, payload: AudioPayload, file_url: str) -> Speech
     )
     return Speech(
         audio_url=file_url,
-        format=payload.extension if payload.extension in ("wav", "mp3") else call.format,
+        format=payload.extension if payload.extension in ALL_FORMATS else call.format,
         voice=call.voice,
         model=call.model,
         characters=call.text_chars,

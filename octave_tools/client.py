@@ -62,18 +62,26 @@ if TYPE_CHECKING:
 _net_loaded = False
 
 
-def _load_net() -> None:
-    """Import asyncio and the HTTP stack (~100 ms cold) as module globals, once.
-
-    Deferred so that a local-engine call (the CLI speaking offline) never pays for them;
-    every path that sends calls this first (a no-op after the first time).
-    """
-    global asyncio, concurrent, anyio, httpx, deadline_transport, hard_deadline, _LIMITS
-    global _net_loaded
+def _load_asyncio() -> None:
+    """Import asyncio and anyio as module globals (the async client's first needs)."""
+    global asyncio, concurrent, anyio
     import asyncio
     import concurrent.futures
 
     import anyio
+
+
+def _load_net() -> None:
+    """Import asyncio and the HTTP stack (~100 ms cold, httpx alone up to 150) as module
+    globals, once.
+
+    Deferred so that a local-engine call (the CLI speaking offline) and a starting MCP
+    server never pay for them; every path that sends calls this first (a no-op after
+    the first time).
+    """
+    global httpx, deadline_transport, hard_deadline, _LIMITS
+    global _net_loaded
+    _load_asyncio()
     import httpx
 
     from ._deadline import deadline_transport, hard_deadline
@@ -122,9 +130,12 @@ class _Route:
     local: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Job:
-    """One validated call: the request for the API (None for local) and its cache key."""
+    """One validated call: the request for the API (None for local) and its cache key.
+
+    Never changed once made (not frozen: a frozen dataclass's __init__ costs µs a call).
+    """
 
     text: str
     voice: str | None
@@ -854,8 +865,7 @@ class AsyncOctaveClient(_BaseClient):
         **options: Unpack[SettingsOptions],
     ) -> None:
         super().__init__(settings=settings, **options)
-        if not _net_loaded:
-            _load_net()
+        _load_asyncio()  # the HTTP stack waits for the first call (see _run)
         self._owns_http = http_client is None
         self._http: httpx.AsyncClient | None = http_client  # built on first use
         # Calls beyond the pool size wait here, not in httpcore's queue, whose
@@ -1053,6 +1063,8 @@ class AsyncOctaveClient(_BaseClient):
             return await _local.asynthesize(
                 job.text, voice=job.voice, format=job.format, settings=self._settings
             )
+        if not _net_loaded:
+            _load_net()
         if deadline is None:
             deadline = self._deadline()
         attempt = 0

@@ -238,6 +238,16 @@ class _SpecTool(_ClientOptions, BaseTool):
         super().model_post_init(context)
         _render(self, self._spec_of(tools_for(self._core)))
 
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        # LangChain skips the schema of a tool that takes no arguments, so list_voices
+        # given {"model": ...} would quietly list the default model's voices. Ours are
+        # closed even when empty: an argument is refused by name, as on MCP.
+        if isinstance(tool_input, dict) and tool_input and not self.args:
+            self._parse_input(tool_input, tool_call_id)
+        return super()._to_args_and_kwargs(tool_input, tool_call_id)
+
 
 def _progress_event(done: int, total: int) -> dict[str, Any]:
     return {"done": done, "total": total, "message": f"{done} of {total} parts"}

@@ -52,9 +52,8 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, MutableSequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from typing_extensions import Unpack
 
@@ -77,6 +76,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "The octave-tools MCP server needs the mcp extra: pip install 'octave-tools[mcp]'",
         name=exc.name,
     ) from exc
+
+if TYPE_CHECKING:
+    import httpx  # not at run time: a stdio server starts without the HTTP client stack
 
 from . import (
     MODELS,
@@ -404,7 +406,7 @@ class _KeyView:
 def create_server(
     client: AsyncOctaveClient | None = None,
     *,
-    http_client: httpx.AsyncClient | None = None,
+    http_client: "httpx.AsyncClient | None" = None,
     publish: Callable[[Speech], Speech] | None = None,
     audio_origins: MutableSequence[str] | None = None,
     **options: Unpack[SettingsOptions],

@@ -176,11 +176,12 @@ def test_the_echoed_id_reaches_neither_the_cli_json_nor_the_ledger(
         ("audio/x-flac", "flac"),
         ("audio/aac", "aac"),
         ("audio/L16; rate=16000", "pcm"),
-        ("audio/x.desktop", "audio"),
-        ("audio/../../../etc/cron.d/x", "audio"),
-        (f"audio/{KEY}", "audio"),
-        ("audio/", "audio"),
-        ("audio/exe", "audio"),
+        # Unknown types: the format asked for (wav, the default), never the upstream's word.
+        ("audio/x.desktop", "wav"),
+        ("audio/../../../etc/cron.d/x", "wav"),
+        (f"audio/{KEY}", "wav"),
+        ("audio/", "wav"),
+        ("audio/exe", "wav"),
     ],
 )
 def test_raw_audio_gets_an_extension_from_a_fixed_set(content_type: str, extension: str) -> None:
@@ -191,6 +192,21 @@ def test_raw_audio_gets_an_extension_from_a_fixed_set(content_type: str, extensi
     assert result.extension == extension
 
 
+@pytest.mark.parametrize("content_type", ["audio/x.desktop", f"audio/{KEY}", "audio/exe"])
+def test_raw_audio_of_no_known_kind_for_no_known_format_is_saved_as_audio(
+    content_type: str,
+) -> None:
+    unknown_format = proto.prepare(
+        Settings.load(api_key=KEY, environ={}, model="acme/tts-9"), "Hello there.", None, None
+    )
+    result = proto.interpret_success(
+        unknown_format, raw(200, b"\x00\x01data", **{"content-type": content_type}), BASE
+    )
+    assert unknown_format.format == "unknown"
+    assert isinstance(result, proto.AudioPayload)
+    assert result.extension == "audio"
+
+
 def test_a_key_shaped_audio_subtype_names_no_file(planted: FakeAIMLAPI, tmp_path: Path) -> None:
     planted.respond(200, b"RIFFdata", content_type=f"audio/{KEY}")
     planted.respond(200, b"RIFFdata", content_type="audio/x.desktop")
@@ -199,10 +215,28 @@ def test_a_key_shaped_audio_subtype_names_no_file(planted: FakeAIMLAPI, tmp_path
     ) as client:
         keyed = client.synthesize("Hi", format="mp3")
         desktop = client.synthesize("Hi")
-    assert keyed.audio_url.endswith(".audio") and desktop.audio_url.endswith(".audio")
+    assert keyed.audio_url.endswith(".mp3") and desktop.audio_url.endswith(".wav")
     assert (keyed.format, desktop.format) == ("mp3", "wav")
     assert not leaks(keyed.audio_url)
-    assert sorted(p.suffix for p in tmp_path.glob("speech-*")) == [".audio", ".audio"]
+    assert sorted(p.suffix for p in tmp_path.glob("speech-*")) == [".mp3", ".wav"]
+
+
+def test_wav_bytes_under_an_unknown_type_are_saved_as_wav(
+    planted: FakeAIMLAPI, tmp_path: Path
+) -> None:
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(24)
+    planted.respond(200, wav, content_type="audio/x-hume-octave")
+    planted.respond(200, wav, content_type="audio/x-hume-octave")
+    with OctaveClient(
+        api_key=KEY, base_url=planted.base_url, engine="aimlapi", output_dir=str(tmp_path)
+    ) as client:
+        asked = client.synthesize("Hi", format="wav")
+        other = client.synthesize("Hi", format="mp3")
+
+    assert (asked.format, other.format) == ("wav", "wav")
+    assert asked.audio_url.endswith(".wav") and other.audio_url.endswith(".wav")
+    assert [p.read_bytes() for p in tmp_path.glob("speech-*.wav")] == [wav, wav]
+    assert list(tmp_path.glob("*.audio")) == []
 
 
 # ---------------------------------------------------------------- 3. logs

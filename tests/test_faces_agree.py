@@ -231,3 +231,47 @@ async def test_a_one_credit_budget_refuses_a_model_whose_price_is_not_documented
     with pytest.raises(BudgetExceededError, match="1-credit daily budget"):
         tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": {"text": "Hi"}})
     assert fake_aimlapi.requests == []
+
+
+# ---------------------------------------------------------------- list_voices and its model
+
+
+async def _list_voices_both_faces(settings: dict[str, Any], args: dict[str, Any]) -> list[Any]:
+    """(is_error, text) of list_voices with ``args`` on MCP, then on LangChain."""
+    async with Client(create_server(**settings)) as client:
+        result = await client.call_tool("list_voices", args)
+    tool = OctaveVoicesTool(**settings)
+    message = tool.invoke({"type": "tool_call", "id": "c", "name": "list_voices", "args": args})
+    prefix = "Error executing tool list_voices: "
+    mcp_text = text_of(result)
+    return [
+        (result.is_error, mcp_text.removeprefix(prefix)),
+        (message.status == "error", str(message.content).removeprefix("Error: ")),
+    ]
+
+
+async def test_list_voices_with_one_model_refuses_a_model_argument_on_both_faces() -> None:
+    mcp, langchain = await _list_voices_both_faces({"engine": "aimlapi"}, {"model": "openai/tts-1"})
+
+    assert mcp == langchain == (True, "unknown argument 'model'; list_voices takes no arguments.")
+
+
+async def test_list_voices_with_several_models_lists_and_names_the_one_asked_for() -> None:
+    settings = {"engine": "aimlapi", "models": "hume/octave-2,openai/tts-1"}
+    mcp, langchain = await _list_voices_both_faces(settings, {"model": "openai/tts-1"})
+    refused_mcp, refused_langchain = await _list_voices_both_faces(
+        settings, {"model": "minimax/speech-2.6-hd"}
+    )
+
+    assert mcp == langchain
+    assert mcp == (
+        False,
+        "11 voices for openai/tts-1: alloy (default), ash, ballad, coral, echo, fable, nova, "
+        "onyx, sage, shimmer, verse.",
+    )
+    assert refused_mcp == refused_langchain
+    assert refused_mcp == (
+        True,
+        "invalid arguments: model: Input should be 'hume/octave-2' or 'openai/tts-1'. "
+        "Correct them and call the tool again.",
+    )

@@ -446,6 +446,24 @@ def test_importing_the_mcp_face_does_not_load_langchain() -> None:
     assert loaded & {"langchain", "langchain_core", "langgraph"} == set()
 
 
+def test_a_server_starts_and_lists_its_tools_without_the_http_client_stack() -> None:
+    # httpx costs a stdio server's cold start up to 150 ms; the first call loads it.
+    code = (
+        "import asyncio, sys\n"
+        "from mcp import Client\n"
+        "from octave_tools.mcp import create_server\n"
+        "async def main():\n"
+        "    async with Client(create_server(engine='aimlapi')) as client:\n"
+        "        names = [t.name for t in (await client.list_tools()).tools]\n"
+        "    print(sorted(names), 'httpx' in sys.modules)\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env({})
+    )
+    assert out.stdout.split("] ")[1].strip() == "False", out.stdout
+
+
 # ---------------------------------------------------------------- http specifics
 
 

@@ -7,6 +7,7 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from octave_tools import (
     APIStatusError,
@@ -20,6 +21,7 @@ from octave_tools import (
 )
 from octave_tools import _protocol as proto
 from octave_tools._settings import Settings
+from octave_tools.models import Speech
 
 KEY = "sk-unit-9b1c0d"
 BASE = "https://api.aimlapi.com/v1"
@@ -57,6 +59,48 @@ def test_prepare_builds_the_documented_request() -> None:
 def test_request_body_keeps_the_text_exactly() -> None:
     text = 'Quotes " and \\ slashes, emoji 🎙️, NUL \x00 and newlines\n\tend'
     assert json.loads(call(text=text).body)["text"] == text
+
+
+def test_each_settings_gets_its_own_body_for_the_same_arguments() -> None:
+    ava = Settings.load(api_key=KEY, environ={}, voice="ava song", format="mp3")
+    vince = Settings.load(api_key=KEY, environ={}, voice="Vince Douglas")
+    bodies = [json.loads(proto.prepare(s, "Hi.", None, None).body) for s in (ava, vince, ava)]
+
+    assert [(b["voice"], b["format"]) for b in bodies] == [
+        ("Ava Song", "mp3"),
+        ("Vince Douglas", "wav"),
+        ("Ava Song", "mp3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "voice", "fmt", "speed"),
+    [
+        (None, None, None, None),
+        ("openai/tts-1", "NOVA", "flac", 1.5),
+        ("openai/tts-1", None, None, 2),
+        ("minimax/speech-2.6-hd", "Wise_Woman", "mp3", None),
+        ("acme/tts-9", "Bob", "OGG", None),
+        # A voice that holds the mark the body is cut at: built whole, never cut wrongly.
+        ("acme/tts-9", "\x00octave-tools-text\x00", None, None),
+    ],
+)
+def test_repeated_arguments_give_the_body_built_from_scratch(
+    model: str | None, voice: str | None, fmt: str | None, speed: float | None
+) -> None:
+    settings = Settings.load(api_key=KEY, environ={})
+    texts = ["First.", 'Quotes " \\ and 🎙️ and \x00', "\x00octave-tools-text\x00", "Last."]
+    calls = [proto.prepare(settings, t, voice, fmt, model=model, speed=speed) for t in texts]
+    proto._TEMPLATES.clear()
+    fresh = [proto.prepare(settings, t, voice, fmt, model=model, speed=speed) for t in texts]
+
+    assert [c.body for c in calls] == [c.body for c in fresh]
+    assert [json.loads(c.body)["text"] for c in calls] == texts
+    assert len({c.client_request_id for c in calls}) == len(texts)
+    first = json.loads(calls[0].body)
+    assert first.get("voice", first.get("voice_setting", {}).get("voice_id")) == (calls[0].voice)
+    with pytest.raises(InvalidInputError, match="text is empty"):
+        proto.prepare(settings, " ", voice, fmt, model=model, speed=speed)
 
 
 @pytest.mark.parametrize(
@@ -166,6 +210,29 @@ def test_loopback_http_urls_are_allowed_only_with_a_loopback_http_base() -> None
     assert not proto.check_audio_url("http://evil.example/f.wav", "http://127.0.0.1:5/v1")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"audio": {"url": "https://cdn.example/a.wav"}, "meta": {"usage": {"credits_used": 10}}},
+        {"audio": "https://cdn.example/b.mp3", "meta": {"request_id": "r-1"}},
+        {"audio": {"url": "https://cdn.example/c"}, "meta": {"usage": {"usd_spent": "0.5"}}},
+    ],
+)
+def test_a_speech_from_an_answer_is_the_same_as_a_validated_one(body: dict[str, object]) -> None:
+    speech = proto.interpret_success(call(voice="ava song"), raw(201, body), BASE)
+    assert isinstance(speech, Speech)
+    validated = Speech(**{name: getattr(speech, name) for name in speech.model_fields_set})
+
+    assert speech == validated
+    assert repr(speech) == repr(validated)
+    assert speech.model_dump() == validated.model_dump()
+    assert speech.model_dump_json() == validated.model_dump_json()
+    assert speech.model_fields_set == validated.model_fields_set
+    assert hash(speech) == hash(validated)
+    with pytest.raises(ValidationError, match="frozen"):
+        speech.cached = True  # type: ignore[misc]
+
+
 def test_raw_audio_body_becomes_a_payload_to_save() -> None:
     result = proto.interpret_success(
         call(), raw(200, b"RIFF....WAVE", **{"content-type": "audio/wav"}), BASE
@@ -176,6 +243,49 @@ def test_raw_audio_body_becomes_a_payload_to_save() -> None:
     assert proto.body_limit(httpx.Headers({"content-type": "application/json"})) == (
         proto.MAX_JSON_BYTES
     )
+
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
+OPUS = b"OggS\x00\x02" + bytes(22) + b"OpusHead\x01\x01"
+VORBIS = b"OggS\x00\x02" + bytes(22) + b"\x01vorbis"
+MP3_FRAME = b"\xff\xfb\x90\x64" + bytes(8)  # MPEG-1 layer III, 128 kb/s, 44.1 kHz
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "fmt", "extension"),
+    [
+        # What the bytes show wins, whatever the content type says.
+        (WAV, "audio/x-unknown", "wav", "wav"),
+        (WAV, "audio/mpeg", "mp3", "wav"),
+        (b"ID3\x04\x00" + bytes(8), "audio/x-unknown", "wav", "mp3"),
+        (OPUS, "audio/x-unknown", "wav", "opus"),
+        (VORBIS, "audio/x-unknown", "wav", "ogg"),
+        (b"fLaC\x00\x00\x00\x22", "audio/x-unknown", "wav", "flac"),
+        (b"\x00\x00\x00\x20ftypM4A ", "audio/x-unknown", "wav", "m4a"),
+        # A frame sync only when the content type does not say.
+        (MP3_FRAME, "audio/x-unknown", "wav", "mp3"),
+        (b"\xff\xf1\x50\x80" + bytes(8), "audio/x-unknown", "wav", "aac"),
+        (MP3_FRAME, "audio/L16; rate=24000", "pcm", "pcm"),
+        # Bytes of no known kind: the content type, else the format asked for.
+        (b"\x00\x01\x02\x03", "audio/flac", "wav", "flac"),
+        (b"\x00\x01\x02\x03", "audio/x-unknown", "wav", "wav"),
+        (b"\x00\x01\x02\x03", "audio/x-unknown", "mp3", "mp3"),
+        (b"RIFF", "audio/x-unknown", "flac", "flac"),
+    ],
+)
+def test_raw_audio_is_named_by_its_bytes_then_its_type_then_the_format_asked(
+    data: bytes, content_type: str, fmt: str, extension: str
+) -> None:
+    asked = proto.prepare(
+        Settings.load(api_key=KEY, environ={}, model="openai/tts-1"), "Hi.", None, fmt
+    )
+    result = proto.interpret_success(asked, raw(200, data, **{"content-type": content_type}), BASE)
+
+    assert isinstance(result, proto.AudioPayload)
+    assert result.extension == extension
+    speech = proto.speech_from_file(asked, result, "file:///tmp/a")
+    formats = ("wav", "mp3", "opus", "aac", "flac", "pcm")  # the format says what the file is
+    assert speech.format == (extension if extension in formats else fmt)
 
 
 # ------------------------------------------------------------ error statuses
