@@ -103,11 +103,13 @@ class Speech(BaseModel):
     cached: bool = Field(default=False, description="True when served from the local cache.")
     parts: tuple[SpeechPart, ...] | None = Field(
         default=None,
+        exclude_if=_unset,
         description="Long text and dialogue: the requests joined into this file, in order "
         "(None when one request did it all).",
     )
     job_id: str | None = Field(
         default=None,
+        exclude_if=_unset,
         description="Long text and dialogue: the id shared by the parts' ledger rows and "
         "request ids (None for one request).",
     )

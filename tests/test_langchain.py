@@ -238,8 +238,6 @@ def test_tool_call_gives_url_sentence_and_speech_artifact(
         "usd_spent": credits / 2_000_000,
         "engine": "aimlapi",
         "cached": False,
-        "parts": None,  # the short path: one request, no parts
-        "job_id": None,
     }
     assert fake_aimlapi.tts_requests[0].json == {
         "model": "hume/octave-2",

@@ -141,8 +141,6 @@ async def test_text_to_speech_returns_the_url_as_text_and_the_call_as_structured
         "usd_spent": 11 * 125 / 2_000_000,
         "engine": "aimlapi",
         "cached": False,
-        "parts": None,  # the short path: one request, no parts
-        "job_id": None,
         "message": text_of(result),
     }
     assert text_of(result) == (

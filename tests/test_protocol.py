@@ -145,8 +145,6 @@ def test_object_shape_with_usage() -> None:
         "request_id": "inf-1",
         "engine": "aimlapi",
         "cached": False,
-        "parts": None,  # one request: no parts
-        "job_id": None,
     }
 
 
