@@ -948,17 +948,23 @@ def _key_budget() -> KeyBudget | None:
     return KeyBudget(grant.key.name, grant.key.max_credits_per_day)
 
 
+def _frees(frees_at: float | None, now: float) -> tuple[str, int] | None:
+    """When a budget frees up: its UTC clock time and the minutes until then."""
+    if frees_at is None:
+        return None
+    return time.strftime("%H:%M UTC", time.gmtime(frees_at)), max(1, round((frees_at - now) / 60))
+
+
 def _key_message(
     key: KeyBudget, estimate: float, spent: float, frees_at: float | None, now: float
 ) -> str:
-    when = ""
-    if frees_at is not None:
-        minutes = max(1, round((frees_at - now) / 60))
-        clock = time.strftime("%H:%M UTC", time.gmtime(frees_at))
-        when = (
-            f"; it frees up as the oldest charge leaves the 24-hour window, at {clock} "
-            f"(in {minutes} min)"
-        )
+    frees = _frees(frees_at, now)
+    when = (
+        f"; it frees up as the oldest charge leaves the 24-hour window, at {frees[0]} "
+        f"(in {frees[1]} min)"
+        if frees
+        else ""
+    )
     return (
         f"This key's daily budget (max_credits_per_day, {key.limit:,.0f} credits) would be "
         f"passed: it has {spent:,.0f} spent or in flight, and this call would cost about "
@@ -976,11 +982,12 @@ def _one_call_per_job(row: UsageRow) -> UsageRow:
 def _daily_message(
     estimate: float, spent: float, limit: float, frees_at: float | None, now: float
 ) -> str:
-    when = ""
-    if frees_at is not None:
-        minutes = max(1, round((frees_at - now) / 60))
-        clock = time.strftime("%H:%M UTC", time.gmtime(frees_at))
-        when = f" The oldest charge leaves the 24-hour window at {clock} (in {minutes} min)."
+    frees = _frees(frees_at, now)
+    when = (
+        f" The oldest charge leaves the 24-hour window at {frees[0]} (in {frees[1]} min)."
+        if frees
+        else ""
+    )
     return (
         f"Spend limit reached: this call would cost about {estimate:,.0f} credits and "
         f"{spent:,.0f} of the {limit:,.0f}-credit daily budget ({ENV_MAX_CREDITS[0]}) "
