@@ -1,18 +1,27 @@
 """Per-call context a shared server sets and the core reads: the caller's client key.
 
-Its own module with no imports, so the core (spend, client) and the faces can share it
-without an import cycle.
+Its own module, importing only the models, so the core (spend, client) and the faces
+can share it without an import cycle.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .keys import KeyGrant
+from .models import ClientKey
 
-__all__ = ["current_key"]
+__all__ = ["Grant", "current_key"]
+
+
+class Grant(Protocol):
+    """What the core needs of the caller's client key (``keys.KeyGrant`` is one)."""
+
+    @property
+    def key(self) -> ClientKey: ...
+    def model(self, model: str | None, default: str) -> str | None: ...
+    def admit(self) -> None: ...
+
 
 # The client key of the call in progress (None: the operator, or no server at all).
-current_key: ContextVar[KeyGrant | None] = ContextVar("octave_tools_client_key", default=None)
+current_key: ContextVar[Grant | None] = ContextVar("octave_tools_client_key", default=None)

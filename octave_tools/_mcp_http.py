@@ -172,6 +172,10 @@ def run_server(
         force=True,
     )
     install_log_format(log_format)
+    if level != "DEBUG":
+        # httpx logs each request's URL at INFO: the provider's audio URLs (and their
+        # signed query strings) stay out of an operator's INFO log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     stop_tracing = start_tracing()
     try:
         _run_transport(
@@ -532,11 +536,25 @@ class _AudioShelf:
             self.origins.append(f"{parts.scheme}://{parts.netloc}")
 
     def publish(self, speech: Speech) -> Speech:
-        """``speech`` with its URL served over HTTP when it names a clip of the folder."""
-        name = self._clip_name(speech.audio_url)
-        if name is None or not self.base:
+        """``speech`` with its URL served over HTTP when it names a clip of the folder;
+        a long call's parts likewise (a part file the join deleted keeps no path)."""
+        if not self.base:
             return speech
-        return speech.model_copy(update={"audio_url": f"{self.base}{AUDIO_PATH}{name}"})
+        update: dict[str, object] = {}
+        name = self._clip_name(speech.audio_url)
+        if name is not None:
+            update["audio_url"] = f"{self.base}{AUDIO_PATH}{name}"
+        if speech.parts:
+            parts = []
+            for part in speech.parts:
+                if not part.audio_url.startswith("file:"):
+                    parts.append(part)
+                    continue
+                clip = self._clip_name(part.audio_url)
+                served = f"{self.base}{AUDIO_PATH}{clip}" if clip is not None else ""
+                parts.append(part.model_copy(update={"audio_url": served}))
+            update["parts"] = tuple(parts)
+        return speech.model_copy(update=update) if update else speech
 
     def _clip_name(self, url: str) -> str | None:
         parts = urlsplit(url)
@@ -1301,7 +1319,8 @@ def _http_app(
     if extras is not None:
         app = _Route(_is_audio, _HostCheck(extras.shelf, security), app)
         if extras.metrics is not None:
-            app = _Route(lambda path: path == METRICS_PATH, extras.metrics, app)
+            metrics = _HostCheck(extras.metrics, security)  # rebinding: as every route
+            app = _Route(lambda path: path == METRICS_PATH, metrics, app)
     app = _RequestCap(app, limits.max_requests)
     if token is not None:
         app = _BearerTokenGate(app, token, extras.keys if extras is not None else None)

@@ -556,11 +556,15 @@ class Spend:
         deadline = time.monotonic() + self._settings.timeout
         while True:
             exclusive = not self._is_learned(model)
-            local = exclusive and not self.shared
+            # The store keeps the probe only where it reserves; else this process does.
+            store_budget = self.shared and (
+                self.daily_limit is not None or _key_budget() is not None
+            )
+            local = exclusive and not store_budget
             if local and not self._take_probe(model, characters, deadline):
                 continue  # the probe settled meanwhile: look again
             probe = None
-            if self.shared:
+            if store_budget:
                 seen = max(self._rates_read_wall, self._marks_seen.get(model, -math.inf))
                 probe = Probe(model, exclusive, seen)
             try:
@@ -645,26 +649,31 @@ class Spend:
             self._reserved += estimate  # held from here: a refusal below gives it back
         try:
             key = _key_budget()
-            if self.shared or key is not None:
+            if self.shared:
                 if self.daily_limit is None and key is None:
                     return Hold(estimate, probe=local_probe)
-                # A client key's budget lives in the store (its ledger rows), with the
-                # global one in the same transaction.
+                # The global budget and a client key's, in one transaction on the store.
                 return self._reserve_shared(estimate, now, probe, key, local_probe)
-            if self.daily_limit is None:
+            if self.daily_limit is None and key is None:
                 return Hold(estimate, probe=local_probe)
             with self._budget_lock:
-                day_spent, oldest = self._spent_in_window(now)
-                with self._lock:
-                    spent = day_spent + self._reserved - estimate
-                if spent + estimate > self.daily_limit or spent >= self.daily_limit:
-                    frees_at = oldest + DAY if oldest is not None else None
-                    raise BudgetExceededError(
-                        _daily_message(estimate, spent, self.daily_limit, frees_at, now),
-                        limit=self.daily_limit,
-                        spent=spent,
-                        estimate=estimate,
-                        frees_at=frees_at,
+                if self.daily_limit is not None:
+                    # Here, not in the file: this process's holds are in memory.
+                    day_spent, oldest = self._spent_in_window(now)
+                    with self._lock:
+                        spent = day_spent + self._reserved - estimate
+                    if spent + estimate > self.daily_limit or spent >= self.daily_limit:
+                        frees_at = oldest + DAY if oldest is not None else None
+                        raise BudgetExceededError(
+                            _daily_message(estimate, spent, self.daily_limit, frees_at, now),
+                            limit=self.daily_limit,
+                            spent=spent,
+                            estimate=estimate,
+                            frees_at=frees_at,
+                        )
+                if key is not None:  # a client key's budget: its ledger rows, in the file
+                    return self._reserve_shared(
+                        estimate, now, None, key, local_probe, with_global=False
                     )
             return Hold(estimate, probe=local_probe)
         except BaseException:
@@ -678,9 +687,12 @@ class Spend:
         probe: Probe | None = None,
         key: KeyBudget | None = None,
         local_probe: str | None = None,
+        *,
+        with_global: bool = True,
     ) -> Hold:
         """Reserve on the store: one transaction, atomic across every replica (and, with a
-        client key's budget, for both budgets at once)."""
+        client key's budget, for both budgets at once; ``with_global=False``: the key's
+        only, the global one checked by the caller)."""
         store = self.store
         if store is None:
             raise ConfigurationError(
@@ -689,12 +701,17 @@ class Spend:
                 "budgets. No call was made."
             )
         lease = self._settings.timeout + LEASE_MARGIN
-        limit = self.daily_limit
-        if probe is None and key is None:  # the store's call as it always was
-            assert limit is not None
-            got = store.reserve("daily", estimate, limit, DAY, lease, now)
-        else:
-            got = store.reserve("daily", estimate, limit, DAY, lease, now, probe, key)
+        limit = self.daily_limit if with_global else None
+        try:
+            if probe is None and key is None:  # the store's call as it always was
+                assert limit is not None
+                got = store.reserve("daily", estimate, limit, DAY, lease, now)
+            else:
+                got = store.reserve("daily", estimate, limit, DAY, lease, now, probe, key)
+        except LedgerLockedError as exc:
+            raise self._ledger_refusal(
+                str(exc), "close the program holding it (a sqlite3 shell, a backup) "
+            ) from None
         if isinstance(got, ReservationRefused) and (got.busy or got.rate is not None):
             raise _Retry(got.rate, got.marked_at)
         if isinstance(got, ReservationRefused):

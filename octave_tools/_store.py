@@ -826,6 +826,7 @@ class SQLiteStore:
         """Totals per group since ``since`` (of client ``key``'s calls only, if given;
         ``operator`` for the operator's), largest spend first."""
         rows: dict[str, list[float]] = {}
+        unwritten: list[LedgerEntry] | None = None
         self._maybe_reopen()
         if not self._broken:
             group = _GROUP_SQL[by]
@@ -840,6 +841,9 @@ class SQLiteStore:
                         "AND (? IS NULL OR coalesce(key_name, 'operator') = ?) GROUP BY 1",
                         (since, key, key),
                     ).fetchall()
+                    # Under the same lock as the writer's commit-and-drop: each row is
+                    # counted once, from the file or from the queue, never in neither.
+                    unwritten = self._unwritten()
                 for group_key, calls, cached, chars, credits, usd, estimated in found:
                     rows[str(group_key)] = [calls, cached, chars, credits, usd, estimated]
             except (sqlite3.Error, OSError, _LedgerRefused) as exc:
@@ -851,7 +855,9 @@ class SQLiteStore:
                     )
                 else:
                     self._disable(exc)
-        return usage_rows(rows, [e for e in self._unwritten() if e.ts >= since], by, key)
+        if unwritten is None:
+            unwritten = self._unwritten()
+        return usage_rows(rows, [e for e in unwritten if e.ts >= since], by, key)
 
     # ------------------------------------------------------------ cache
 

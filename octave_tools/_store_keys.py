@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._calltime import remaining
 from ._redact import redact_url, scrub
 from .errors import ConfigurationError
 from .models import ClientKey
@@ -98,8 +99,17 @@ class SQLiteKeys:
         path.chmod(0o600)
 
     def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
+        # Within a call, no longer than the call has left (a locked file is an error).
+        left = remaining(_TIMEOUT)
+        if left <= 0 or not self._lock.acquire(timeout=left):
+            raise _unavailable(self.path, "it did not answer in time")
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
             return fn(self._db)
+        except sqlite3.Error as exc:
+            raise _unavailable(self.path, str(exc) or type(exc).__name__) from None
+        finally:
+            self._lock.release()
 
     def key_pepper(self) -> bytes:
         def read(db: sqlite3.Connection) -> bytes:
@@ -231,17 +241,21 @@ class PostgresKeys:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
+            from psycopg_pool import PoolTimeout as _PoolTimeout
+
+            from ._store_pg import TCP_DEFAULTS
         except ImportError:
             raise ConfigurationError(
                 f"{setting} is a postgresql:// URL, which needs the PostgreSQL driver: "
                 "pip install 'octave-tools[postgres]'."
             ) from None
-        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error, _PoolTimeout)
         self.url, self.setting = url, setting
         options = {
             "autocommit": True,
             "connect_timeout": int(_TIMEOUT),
             "options": f"-c statement_timeout={int(_TIMEOUT * 1000)}",
+            **TCP_DEFAULTS,  # a silent network ends the connection, not the call's wait
         }
         try:
             with psycopg.connect(url, **options) as conn, conn.transaction():  # type: ignore[arg-type]
@@ -268,8 +282,16 @@ class PostgresKeys:
         )
 
     def _do(self, fn: Callable[[Any], T]) -> T:
+        # Within a call, the pool wait and each statement end by the call's deadline.
+        left = remaining(_TIMEOUT)
+        if left <= 0:
+            raise self._unreachable(TimeoutError("the call's time is up"))
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=left) as conn:
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, false)",
+                    (str(max(1, int(left * 1000))),),
+                )
                 return fn(conn)
         except self._errors as exc:
             raise self._unreachable(exc) from None
@@ -365,6 +387,13 @@ class PostgresKeys:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _unavailable(path: Path, reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"The client keys in {path} cannot be read ({reason}); keys fail closed until it "
+        "can be. Close the program holding the file, or check its folder."
+    )
 
 
 def open_keys(store_url: str | None, ledger_path: Path) -> SQLiteKeys | PostgresKeys:

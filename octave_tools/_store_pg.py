@@ -366,10 +366,13 @@ class PostgresStore:
             return
         try:
             with conn.transaction():
-                holds = [(rid,) for rid, _ in lost if rid is not None]
+                # Every hold of the call: the global one, its probe's and its key's.
+                holds = [
+                    (rid, f"{rid}/probe", key_hold(rid)) for rid, _ in lost if rid is not None
+                ]
                 if holds:
                     with conn.cursor() as cur:
-                        cur.executemany("DELETE FROM octave_reservations WHERE id = %s", holds)
+                        cur.executemany(_DELETE_HOLD, holds)
                 _insert(conn, [e for _, e in lost])
         except BaseException:
             with self._lock:

@@ -434,7 +434,11 @@ class _BaseClient:
         """The asked model, then the ``fallback`` models not already in the chain."""
         first = self._check_model(model)
         chain = [_Route(first, None, first=True)]
+        grant = current_key.get()
+        allowed = grant.key.models if grant is not None else ()
         for name, voice in self._settings.fallback:
+            if allowed and name not in allowed and name != LOCAL_FALLBACK:
+                continue  # a client key's models bound its fallbacks too
             if name != first.strip():
                 chain.append(_Route(name, voice, local=name == LOCAL_FALLBACK))
         return chain
@@ -490,8 +494,9 @@ class _BaseClient:
         """
         reason = fallback_reason(exc)
         if reason is not None:
-            self._cooldowns.failed(route.model)
-            self._record_attempt(route, exc, job)
+            with call_deadline(self._settings.timeout):  # the store: no longer than a call
+                self._cooldowns.failed(route.model)
+                self._record_attempt(route, exc, job)
         elif route.first:
             raise exc
         else:
@@ -503,8 +508,27 @@ class _BaseClient:
         if last:
             raise tried.fail(exc)
 
+    def _cooled_down(self, model: str) -> None:
+        with call_deadline(self._settings.timeout):
+            self._cooldowns.succeeded(model)
+
+    def _admit(self) -> None:
+        """Count the call against the client key's requests per minute (a shared server)."""
+        grant = current_key.get()
+        if grant is not None:
+            with call_deadline(self._settings.timeout):
+                grant.admit()
+
+    def _key_model(self, model: str | None) -> str | None:
+        """For a client key limited to some models, the model it will use (so long text
+        is split for that model's limit)."""
+        if model is None and current_key.get() is not None:
+            return self._check_model(None)
+        return model
+
     def _skip_cooling(self, route: _Route, tried: _Tried) -> bool:
-        left = self._cooldowns.cooling(route.model)
+        with call_deadline(self._settings.timeout):
+            left = self._cooldowns.cooling(route.model)
         if left is None:
             return False
         reason = f"failing; skipped for {left:.0f} s"
@@ -612,9 +636,8 @@ class OctaveClient(_BaseClient):
         another model could fix moves on to the next model (``Speech.fallback_from`` says
         which were tried and why). Long text retries its parts instead.
         """
-        grant = current_key.get()
-        if grant is not None:
-            grant.admit()  # the client key's requests per minute, shared by every replica
+        self._admit()  # a client key's requests per minute, shared by every replica
+        model = self._key_model(model)
         if isinstance(text, str) and len(text) > (
             self._split_at if model is None else self._split_limit(model)
         ):
@@ -647,7 +670,7 @@ class OctaveClient(_BaseClient):
             except OctaveError as exc:
                 self._fallback_step(route, exc, tried, last, job)
                 continue
-            self._cooldowns.succeeded(route.model)
+            self._cooled_down(route.model)
             return _spoken(speech, tried)
         raise AssertionError("unreachable: the last model raises or returns")
 
@@ -741,9 +764,7 @@ class OctaveClient(_BaseClient):
         """
         from . import _longform
 
-        grant = current_key.get()
-        if grant is not None:
-            grant.admit()
+        self._admit()
         return _longform.synthesize_dialogue(self, lines, format, model, pause_ms, on_progress)
 
     def _run(self, job: _Job, deadline: float | None = None) -> Speech:
@@ -887,9 +908,9 @@ class AsyncOctaveClient(_BaseClient):
 
         ``on_progress(done, total)`` may return an awaitable; it is awaited.
         """
-        grant = current_key.get()
-        if grant is not None:
-            await asyncio.to_thread(grant.admit)
+        if current_key.get() is not None:
+            await asyncio.to_thread(self._admit)
+        model = self._key_model(model)
         if isinstance(text, str) and len(text) > (
             self._split_at if model is None else self._split_limit(model)
         ):
@@ -925,7 +946,7 @@ class AsyncOctaveClient(_BaseClient):
             except OctaveError as exc:
                 await asyncio.to_thread(self._fallback_step, route, exc, tried, last, job)
                 continue
-            await asyncio.to_thread(self._cooldowns.succeeded, route.model)
+            await asyncio.to_thread(self._cooled_down, route.model)
             return _spoken(speech, tried)
         raise AssertionError("unreachable: the last model raises or returns")
 
@@ -1048,9 +1069,8 @@ class AsyncOctaveClient(_BaseClient):
         """Speak ``lines`` in order into one file (see OctaveClient.synthesize_dialogue)."""
         from . import _longform
 
-        grant = current_key.get()
-        if grant is not None:
-            await asyncio.to_thread(grant.admit)
+        if current_key.get() is not None:
+            await asyncio.to_thread(self._admit)
         return await _longform.asynthesize_dialogue(
             self, lines, format, model, pause_ms, on_progress
         )

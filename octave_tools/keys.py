@@ -85,6 +85,12 @@ def digest(key: str, pepper: bytes) -> str:
 
 
 def check_name(name: str) -> str:
+    if name.lower() == "operator":
+        raise InvalidInputError(
+            "Key name 'operator' is taken: it names the server token's calls in the ledger "
+            "and the usage report. Choose another name.",
+            field="name",
+        )
     if not _NAME.fullmatch(name):
         raise InvalidInputError(
             f"Key name {shown(name)} is not allowed: use 1 to 64 letters, digits, '.', '_' "
@@ -231,14 +237,14 @@ class KeyBook:
                 return None
             return verified if verified.key.usable(now) else None
         found = self.store.key_find(key_id)
+        if len(self._seen) >= 10_000:  # guessed ids cannot grow this without bound
+            self._seen.clear()
         if found is None:
             self._seen[key_id] = (now, "", None)
             return None
         record, stored = found
         verified = Verified(record, now)
         self._seen[key_id] = (now, stored, verified)
-        if len(self._seen) > 10_000:  # garbage ids cannot grow this without bound
-            self._seen.clear()
         if not hmac.compare_digest(stored, computed) or not record.usable(now):
             return None
         self.store.key_touch(key_id, now)

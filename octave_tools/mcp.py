@@ -391,15 +391,17 @@ class _KeyView:
             else copy.deepcopy(result)
         )
         for tool in data.get("tools", []):
-            prop = tool.get("inputSchema", {}).get("properties", {}).get("model")
-            if prop is None:
-                continue
-            for option in prop.get("anyOf", [prop]):
-                if "enum" in option:
-                    option["enum"] = models
-            prop["description"] = (
-                f"Which model speaks: {', '.join(models)}. Leave it out for {models[0]}."
-            )
+            props = tool.get("inputSchema", {}).get("properties", {})
+            line = props.get("lines", {}).get("items", {}).get("properties", {})
+            for prop in (props.get("model"), line.get("model")):  # a dialogue's lines too
+                if prop is None:
+                    continue
+                for option in prop.get("anyOf", [prop]):
+                    if "enum" in option:
+                        option["enum"] = models
+                prop["description"] = (
+                    f"Which model speaks: {', '.join(models)}. Leave it out for {models[0]}."
+                )
         return data
 
 

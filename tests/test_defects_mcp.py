@@ -189,7 +189,8 @@ async def test_invalid_arguments_read_as_one_line_per_field_without_pydantic_lin
         "string; voice: Input should be a valid string. Correct them and call the tool again."
     )
     assert text_of(grouping) == (
-        "Error executing tool usage: by must be one of day, model, voice, engine, job; got 'week'."
+        "Error executing tool usage: by must be one of day, model, voice, engine, job, key; "
+        "got 'week'."
     )
     for result in (missing, wrong, grouping):
         assert result.is_error is True

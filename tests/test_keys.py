@@ -327,6 +327,11 @@ def test_tools_list_shows_a_key_only_its_models(
 
     assert enum(for_key["text_to_speech"]) == ["openai/tts-1"]
     assert enum(for_key["list_voices"]) == ["openai/tts-1"]
+    line = for_key["text_to_dialogue"]["inputSchema"]["properties"]["lines"]["items"]
+    line_model = line["properties"]["model"]
+    assert [o["enum"] for o in line_model.get("anyOf", [line_model]) if "enum" in o] == [
+        ["openai/tts-1"]
+    ]
     assert enum(for_operator["text_to_speech"]) == [
         "hume/octave-2",
         "openai/tts-1",
@@ -334,7 +339,51 @@ def test_tools_list_shows_a_key_only_its_models(
     ]
 
 
+def test_a_key_may_not_be_named_operator(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    code, out, err = cli(capsys, "keys", "add", "Operator")
+    assert (code, out) == (2, "")
+    assert "Key name 'operator' is taken" in err
+
+
+def test_guessed_key_ids_cannot_grow_the_verify_cache_without_bound(tmp_path: Path) -> None:
+    from octave_tools._store_keys import open_keys
+
+    store = open_keys(None, tmp_path / "ledger.sqlite3")
+    book = KeyBook(store)
+    for i in range(10_050):
+        assert book.verify(f"otk_{i:012x}_" + "A" * 43) is None
+    assert len(book._seen) <= 10_000
+    store.close()
+
+
 # ---------------------------------------------------------------- budgets per key
+
+
+def test_on_sqlite_a_key_call_counts_the_operators_holds_in_flight_here(
+    tmp_path: Path,
+) -> None:
+    from octave_tools import BudgetExceededError
+    from octave_tools._context import current_key
+    from octave_tools._spend import Spend
+    from octave_tools._store_keys import open_keys
+
+    settings = Settings.load(data_dir=str(tmp_path / "data"), max_credits_per_day=1_000)
+    spend = Spend(settings, client_limit=None)
+    held = spend.reserve("hume/octave-2", 5)  # an operator call in flight: 625 credits
+    store = open_keys(None, tmp_path / "keys.sqlite3")
+    book = KeyBook(store)
+    verified = book.verify(book.add("team", max_credits_per_day=5_000))
+    assert verified is not None
+    token = current_key.set(KeyGrant(verified.key, book))
+    try:
+        with pytest.raises(BudgetExceededError, match="1,000-credit daily budget"):
+            spend.reserve("hume/octave-2", 5)  # 625 more would pass the global 1,000
+    finally:
+        current_key.reset(token)
+        spend.release(held)
+        store.close()
 
 
 def test_store_reserves_a_keys_budget_with_the_global_one_and_names_which_refused(

@@ -110,6 +110,8 @@ def test_metrics_need_the_server_token(served: tuple[str, Any]) -> None:
     url, _ = served
     base = url.removesuffix("/mcp")
     assert httpx.get(base + "/metrics").status_code == 401
+    rebound = httpx.get(base + "/metrics", headers={**AUTH, "Host": "evil.example"})
+    assert rebound.status_code == 421  # DNS rebinding: the token does not bypass it
     assert httpx.get(base + "/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
