@@ -227,7 +227,8 @@ def _run_transport(
         output_dir=str(folder), publish=shelf.publish, audio_origins=shelf.origins
     )
     security = _transport_security(host, os.environ.get(ENV_ALLOWED_HOSTS))
-    metrics, _ = start_metrics(probe, metrics_host, metrics_port)
+    keys = open_key_book(settings) if token is not None else None
+    metrics, _ = start_metrics(probe, metrics_host, metrics_port, keys)
     extras = _Extras(
         shelf=shelf,
         health=probe.health,
@@ -235,7 +236,7 @@ def _run_transport(
         ready=Readiness(readiness_checks(probe)),
         metrics=MetricsEndpoint(metrics),
         traced=traced,
-        keys=open_key_book(settings) if token is not None else None,
+        keys=keys,
     )
     _serve_http(server, host, port, token, security, level, limits, extras)
 

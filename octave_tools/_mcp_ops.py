@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,7 @@ from ._metrics import CONTENT_TYPE, Metrics
 from ._metrics import available as metrics_available
 from ._oplog import CallLog, JsonFormatter
 from .errors import ConfigurationError
+from .keys import KeyBook
 
 __all__ = [
     "METRICS_PATH",
@@ -125,17 +127,32 @@ class MetricsEndpoint:
         await response(scope, receive, send)
 
 
-def budgets_of(client: OctaveClient) -> Callable[[], Mapping[str, float | None]]:
-    """Credits left per budget, read at scrape time (``global``: the daily budget)."""
+def budgets_of(
+    client: OctaveClient, keys: KeyBook | None = None
+) -> Callable[[], Mapping[str, float | None]]:
+    """Credits left per budget, read at scrape time: ``global`` (the daily budget) and
+    each usable client key with a daily budget, by its name (from the ledger's 24 hours)."""
 
     def read() -> Mapping[str, float | None]:
-        return {"global": client.budget_left()}
+        left: dict[str, float | None] = {"global": client.budget_left()}
+        if keys is None:
+            return left
+        now = time.time()
+        limited = [
+            k for k in keys.list() if k.max_credits_per_day is not None and k.usable(now)
+        ]
+        if limited:
+            spent = {g.key: g.credits for g in client.usage_report("24h", "key").groups}
+            for k in limited:
+                assert k.max_credits_per_day is not None
+                left[k.name] = k.max_credits_per_day - spent.get(k.name, 0.0)
+        return left
 
     return read
 
 
 def start_metrics(
-    client: OctaveClient, host: str | None, port: int | None
+    client: OctaveClient, host: str | None, port: int | None, keys: KeyBook | None = None
 ) -> tuple[Metrics | None, str | None]:
     """The metrics sink (None without the extra), and the URL of a separate scrape
     listener when ``port`` is given (``host`` defaults to loopback)."""
@@ -145,7 +162,7 @@ def start_metrics(
                 "--metrics-port needs the metrics extra: pip install 'octave-tools[metrics]'."
             )
         return None, None
-    metrics = Metrics(budgets_of(client))
+    metrics = Metrics(budgets_of(client, keys))
     _observe.add_sink(metrics)
     if port is None:
         return metrics, None

@@ -459,3 +459,23 @@ def test_each_keys_budget_and_rate_hold_exactly_under_a_burst_on_three_replicas_
     assert sum("requests per minute is reached" in t for t in refusals) == 4
     assert len(fake_aimlapi.tts_requests) == 9
     assert all(keys[n] not in "".join(refusals) for n in keys)
+
+
+def test_metrics_show_each_keys_budget_left(
+    capsys: pytest.CaptureFixture[str], shared: dict[str, str]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    key = make_key(capsys, "metered", "--max-credits-per-day", "10000")
+    with http_server(shared) as (url, _):
+        assert rpc_result(post(url, key, {"text": "Hi"}))["isError"] is False
+        scraped = httpx.get(
+            url.removesuffix("/mcp") + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+        ).text
+    left = {
+        s.labels["budget"]: s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+        if s.name == "octave_tools_budget_remaining_credits"
+    }
+    assert left == {"metered": 10_000 - 2 * 125}
