@@ -264,7 +264,7 @@ def usage_rows(
         }[by]
         acc = rows.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0])
         values = (
-            1,
+            int(e.outcome == "ok"),
             int(e.cached),
             e.characters,
             e.credits,
@@ -834,7 +834,9 @@ class SQLiteStore:
                 with self._session():
                     db = self._ensure_db()
                     found = db.execute(
-                        f"SELECT {group}, count(*), sum(cached), sum(characters), "  # noqa: S608
+                        # A fallback's failed attempt is a row, not a call.
+                        f"SELECT {group}, sum(outcome = 'ok'), sum(cached), "  # noqa: S608
+                        "sum(characters), "
                         "sum(credits), coalesce(sum(usd), 0), "
                         "coalesce(sum(CASE WHEN estimated THEN credits END), 0) "
                         "FROM calls WHERE ts >= ? "

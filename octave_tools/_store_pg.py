@@ -450,7 +450,9 @@ class PostgresStore:
         try:
             found = self._run(
                 lambda conn: conn.execute(
-                    f"SELECT {group}, count(*), sum(cached::int), sum(characters), "  # noqa: S608
+                    # A fallback's failed attempt is a row, not a call.
+                    f"SELECT {group}, count(*) FILTER (WHERE outcome = 'ok'), "  # noqa: S608
+                    "sum(cached::int), sum(characters), "
                     "sum(credits), coalesce(sum(usd), 0), "
                     "coalesce(sum(credits) FILTER (WHERE estimated), 0) "
                     "FROM octave_calls WHERE ts >= %s "

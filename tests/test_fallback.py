@@ -256,9 +256,9 @@ def test_the_ledger_keeps_both_attempts_and_bills_only_the_one_that_spoke(
     ]
     assert rows[0][3] == rows[1][3]  # the same text: one call, two attempts
     report = client.usage_report("1h", "model")
-    assert {g.key: g.credits for g in report.groups} == {
-        OPENAI: speech.credits_used,
-        OCTAVE: 0.0,
+    assert {g.key: (g.calls, g.credits) for g in report.groups} == {
+        OPENAI: (1, speech.credits_used),
+        OCTAVE: (0, 0.0),  # the failed attempt is kept, but it was no call
     }
 
 
