@@ -373,17 +373,24 @@ class PostgresKeys:
         )
 
     def key_rate(self, name: str, minute: int, limit: int) -> bool:
-        """One more call in ``minute`` if under ``limit``: one atomic statement."""
-        row = self._do(
-            lambda conn: conn.execute(
+        """One more call in ``minute`` if under ``limit``: one atomic statement (and the
+        key's past minutes dropped, so the table stays a row or two a key)."""
+
+        def count(conn: Any) -> bool:
+            row = conn.execute(
                 "INSERT INTO octave_client_key_minutes (name, minute, calls) VALUES (%s, %s, 1) "
                 "ON CONFLICT (name, minute) DO UPDATE SET "
                 "calls = octave_client_key_minutes.calls + 1 "
                 "WHERE octave_client_key_minutes.calls < %s RETURNING calls",
                 (name, minute, limit),
             ).fetchone()
-        )
-        return row is not None
+            conn.execute(
+                "DELETE FROM octave_client_key_minutes WHERE name = %s AND minute < %s",
+                (name, minute - 1),
+            )
+            return row is not None
+
+        return self._do(count)
 
     def close(self) -> None:
         self._pool.close()
