@@ -105,7 +105,13 @@ class SQLiteKeys:
             raise _unavailable(self.path, "it did not answer in time")
         try:
             self._db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
-            return fn(self._db)
+            try:
+                return fn(self._db)
+            finally:
+                # A read left unfinished keeps a transaction open; a write made within it
+                # would then hold the file's write lock and stall the ledger's writer.
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _unavailable(self.path, str(exc) or type(exc).__name__) from None
         finally:
@@ -117,7 +123,9 @@ class SQLiteKeys:
                 "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('key_pepper', ?)",
                 (secrets.token_hex(32),),
             )
-            row = db.execute("SELECT value FROM store_meta WHERE name = 'key_pepper'").fetchone()
+            (row,) = db.execute(
+                "SELECT value FROM store_meta WHERE name = 'key_pepper'"
+            ).fetchall()
             return bytes.fromhex(str(row[0]))
 
         return self._do(read)
@@ -137,21 +145,24 @@ class SQLiteKeys:
         return self._do(add)
 
     def key_find(self, key_id: str) -> tuple[ClientKey, str] | None:
-        row = self._do(
+        # fetchall: every read runs to its end, so no statement keeps a lock.
+        rows = self._do(
             lambda db: db.execute(
                 _SELECT + ", digest FROM client_keys WHERE key_id = ?",
                 (key_id,),
-            ).fetchone()
+            ).fetchall()
         )
+        row = rows[0] if rows else None
         return None if row is None else (_record(row[:-1]), str(row[-1]))
 
     def key_by_name(self, name: str) -> ClientKey | None:
-        row = self._do(
+        rows = self._do(
             lambda db: db.execute(
                 _SELECT + " FROM client_keys WHERE name = ?",
                 (name,),
-            ).fetchone()
+            ).fetchall()
         )
+        row = rows[0] if rows else None
         return None if row is None else _record(row)
 
     def key_list(self) -> list[ClientKey]:
@@ -189,11 +200,11 @@ class SQLiteKeys:
         def count(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
+                rows = db.execute(
                     "SELECT calls FROM client_key_minutes WHERE name = ? AND minute = ?",
                     (name, minute),
-                ).fetchone()
-                if row is not None and int(row[0]) >= limit:
+                ).fetchall()
+                if rows and int(rows[0][0]) >= limit:
                     return False
                 db.execute(
                     "INSERT INTO client_key_minutes (name, minute, calls) VALUES (?, ?, 1) "

@@ -588,11 +588,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .keys import open_key_book, parse_duration, reject_unknown_models
+    from .keys import open_key_book
 
     if args.keys_command is None:
         raise _UsageError("keys needs an action: add, list, revoke or rotate (see keys --help)")
     book = open_key_book(Settings.load())
+    try:
+        return _key_action(args, book)
+    finally:
+        book.close()
+
+
+def _key_action(args: argparse.Namespace, book: Any) -> int:
+    from .keys import parse_duration, reject_unknown_models
+
     if args.keys_command == "add":
         for flag, number in (
             ("--max-credits-per-day", args.max_credits_per_day),

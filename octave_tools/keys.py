@@ -215,6 +215,14 @@ class KeyBook:
     def list(self) -> list[ClientKey]:
         return self.store.key_list()
 
+    def close(self) -> None:
+        """Close the store's connection, if it was opened."""
+        store = self._store
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()
+        self._store = None
+
     def _named(self, name: str) -> ClientKey:
         record = self.store.key_by_name(name)
         if record is None:

@@ -15,7 +15,16 @@ from typing import Any
 import httpx
 import pytest
 from _services import postgres_database
-from harness import MCP_HEADERS, api_env, cli, http_server, rpc_result, tool_call
+from harness import (
+    MCP_HEADERS,
+    api_env,
+    cli,
+    cli_process,
+    http_server,
+    rpc_result,
+    subprocess_env,
+    tool_call,
+)
 
 from octave_tools import ClientKeyLimitError, Settings
 from octave_tools.keys import VERIFY_TTL, KeyBook, KeyGrant, open_key_book
@@ -293,10 +302,23 @@ def test_every_ledger_row_carries_its_key_and_each_key_sees_only_its_own_usage(
             ]
 
         seen_by_a, seen_by_b, seen_by_operator = usage(a), usage(b), usage(TOKEN)
-    billed = {r.json["text"]: len(r.json["text"]) * 125 for r in fake_aimlapi.tts_requests}
 
-    def groups(report: dict[str, Any]) -> dict[str, tuple[int, float]]:
-        return {g["key"]: (g["calls"], g["credits"]) for g in report["groups"]}
+        def groups(report: dict[str, Any]) -> dict[str, tuple[int, float]]:
+            return {g["key"]: (g["calls"], g["credits"]) for g in report["groups"]}
+
+        # The operator's CLI, in another process, reads the file: the server's writer
+        # thread puts rows there a moment after each call (asynchronously, by design).
+        import json as _json
+
+        deadline = time.monotonic() + 10
+        while True:
+            done = cli_process("usage", "--by", "key", "--json", env=subprocess_env(**shared))
+            assert done.returncode == 0, done.stderr
+            from_cli = groups(_json.loads(done.stdout))
+            if from_cli == groups(seen_by_operator) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    billed = {r.json["text"]: len(r.json["text"]) * 125 for r in fake_aimlapi.tts_requests}
 
     assert groups(seen_by_a) == {"team-a": (2, billed["One."] + billed["Two, two."])}
     assert groups(seen_by_b) == {"team-b": (1, billed["Three!"])}
@@ -305,11 +327,7 @@ def test_every_ledger_row_carries_its_key_and_each_key_sees_only_its_own_usage(
         "team-b": (1, billed["Three!"]),
         "operator": (1, billed["Four"]),
     }
-    code, out, _ = cli(capsys, "usage", "--by", "key", "--json")
-    assert code == 0
-    import json as _json
-
-    assert groups(_json.loads(out)) == groups(seen_by_operator)
+    assert from_cli == groups(seen_by_operator)
 
 
 def test_tools_list_shows_a_key_only_its_models(
