@@ -96,8 +96,11 @@ class FreezableProxy:
                 time.sleep(0.02)
                 continue
             try:
-                ready, _, _ = select.select([src], [], [], 0.02)
-                if not ready:
+                # poll, not select: late in a long run this process's descriptors pass
+                # select's 1,024 limit (select then raises, and the pump would die).
+                poller = select.poll()
+                poller.register(src, select.POLLIN)
+                if not poller.poll(20):
                     continue
                 if self.frozen.is_set():
                     continue
