@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .observe import CallRecord
+from .observe import CallRecord, Sink
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -39,7 +39,7 @@ def _label(value: str | None) -> str:
     return (value or "none")[:MAX_LABEL_CHARS]
 
 
-class Metrics:
+class Metrics(Sink):
     """The server's metric families in their own registry, and the sink that feeds them.
 
     ``budgets`` is read at each scrape (in the scraping thread): the credits left per

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from .observe import CallRecord
+from .observe import CallRecord, Sink
 
 __all__ = ["CALL_FIELDS", "CallLog", "JsonFormatter"]
 
@@ -54,14 +54,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-class CallLog:
+class CallLog(Sink):
     """An ``observe`` sink: one INFO line per finished tool call (``octave_tools.calls``)."""
 
     def __init__(self) -> None:
         self._log = logging.getLogger("octave_tools.calls")
-
-    def call_started(self, record: CallRecord) -> None:
-        pass
 
     def call_finished(self, record: CallRecord) -> None:
         if not self._log.isEnabledFor(logging.INFO):
@@ -86,21 +83,3 @@ class CallLog:
             record.seconds * 1000,
             extra=fields,
         )
-
-    def upstream(self, model: str, status: int | None, seconds: float) -> None:
-        pass
-
-    def retry(self, model: str, reason: str) -> None:
-        pass
-
-    def cache_hit(self, model: str) -> None:
-        pass
-
-    def coalesced(self, model: str) -> None:
-        pass
-
-    def store_error(self, operation: str) -> None:
-        pass
-
-    def store(self, operation: str, seconds: float, ok: bool) -> None:
-        pass

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .observe import CallRecord
+from .observe import CallRecord, Sink
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -76,7 +76,7 @@ def configure() -> TracerProvider | None:
     return provider
 
 
-class Tracing:
+class Tracing(Sink):
     """An ``observe`` sink that turns events into spans and span events."""
 
     def __init__(self, tracer: Tracer) -> None:

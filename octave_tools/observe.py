@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .models import Speech
@@ -87,17 +87,35 @@ def outcome_of(exc: BaseException) -> str:
     return "error"
 
 
-class Sink(Protocol):
-    """Receives events; every method must be cheap and must never raise."""
+class Sink:
+    """Receives events: subclass it and override what you watch (the rest do nothing).
 
-    def call_started(self, record: CallRecord) -> None: ...
-    def call_finished(self, record: CallRecord) -> None: ...
-    def upstream(self, model: str, status: int | None, seconds: float) -> None: ...
-    def retry(self, model: str, reason: str) -> None: ...
-    def cache_hit(self, model: str) -> None: ...
-    def coalesced(self, model: str) -> None: ...
-    def store_error(self, operation: str) -> None: ...
-    def store(self, operation: str, seconds: float, ok: bool) -> None: ...
+    Every method must be cheap and must never raise.
+    """
+
+    def call_started(self, record: CallRecord) -> None:
+        pass
+
+    def call_finished(self, record: CallRecord) -> None:
+        pass
+
+    def upstream(self, model: str, status: int | None, seconds: float) -> None:
+        pass
+
+    def retry(self, model: str, reason: str) -> None:
+        pass
+
+    def cache_hit(self, model: str) -> None:
+        pass
+
+    def coalesced(self, model: str) -> None:
+        pass
+
+    def store_error(self, operation: str) -> None:
+        pass
+
+    def store(self, operation: str, seconds: float, ok: bool) -> None:
+        pass
 
 
 SINKS: list[Sink] = []
